@@ -1,0 +1,227 @@
+"""Typed config schema: every key, its type and its default live here, once.
+
+The YAML files under conf/ only choose an option and set what differs from these
+defaults. Because the YAML is merged into these dataclasses (registered once in
+Hydra's ConfigStore), an unknown key or a wrong type fails at compose time with the
+key named. Ranges cannot be typed, so `validate` checks them after composition and
+raises `ConfigError` with the key, the bad value and what is allowed.
+
+This module and the entry points (train, summary) are the only ones that know about
+Hydra/OmegaConf; everything downstream receives these plain dataclasses.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A config value that composed fine but is impossible (the message names the key)."""
+
+
+@dataclass
+class ModelConfig:
+    # mean_pool: per-frame MLP encoder + temporal mean pooling (the classic design that
+    # over-averages); temporal_conv: same encoder + a Conv1d over time + last step;
+    # gru: same encoder + a GRU whose last hidden state reads out (can weight frames).
+    name: str = "mean_pool"
+    hidden_dim: int = 64
+    n_layers: int = 2            # layers of the per-frame encoder
+    dropout: float = 0.0
+    kernel_size: int = 3         # temporal_conv only
+    init_std: float = 0.5        # std of the output layer's weight init (the study's knob)
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"      # synthetic | npz
+    path: Optional[str] = None   # npz only: file with X (N, T, C), y (N,), optional split (N,)
+    n_samples: int = 6000        # synthetic only
+    n_frames: int = 7            # synthetic only: T
+    n_features: int = 8          # synthetic only: C
+    signal: float = 1.0          # synthetic only: 0 = targets independent of inputs (negative control)
+    noise_std: float = 0.3       # synthetic only: observation noise on the features
+    period_jitter: float = 0.15  # synthetic only: relative jitter of the latent period around n_frames
+    temporal_frames: int = 3     # how many of the most recent frames the model sees (1..T)
+    val_fraction: float = 0.15   # seeded split when the file has no `split`
+    test_fraction: float = 0.15
+    # Sample weighting for rare targets. `overweight_factor` multiplies the weight of
+    # train targets outside the central [rare_quantile, 1 - rare_quantile] band;
+    # `weighting` generalises it (none | inverse | sqrt_inverse | dense) on a smoothed
+    # label density (LDS, Yang et al. 2021); weights are normalised to mean 1.
+    overweight_factor: float = 1.0
+    rare_quantile: float = 0.1
+    weighting: str = "none"
+    weighting_bins: int = 50
+    weighting_sigma: float = 2.0  # LDS Gaussian kernel width, in bins
+    dense_alpha: float = 1.0      # DenseWeight's alpha (weighting=dense)
+
+
+@dataclass
+class LossConfig:
+    # base: mse | huber | l1 | ccc | bmc. Every option adds the variance term:
+    #   lambda * (1 - var(pred) / var(target))**2    (see collapse.losses)
+    name: str = "mse"
+    huber_delta: float = 1.0
+    bmc_sigma: float = 0.1          # Balanced MSE noise std (target units)
+    ccc_weight: float = 1.0         # ccc: total = (1 - w) * mse + w * (1 - CCC)
+    variance_lambda: float = 0.0
+    variance_mode: str = "squared"  # squared | hinge (does not punish over-dispersion)
+    variance_target: str = "batch"  # batch | train (target variance of the whole train split)
+    eps: float = 1e-8
+
+
+@dataclass
+class SSLConfig:
+    # Masked-feature reconstruction of single frames by the per-frame encoder, on the
+    # unlabeled train frames, before supervised training.
+    enabled: bool = False
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 512
+    mask_ratio: float = 0.3
+    corruption_std: float = 0.0  # > 0 adds Gaussian noise to the reconstruction targets (degraded SSL)
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 60
+    batch_size: int = 256
+    optimizer: str = "adam"         # adam (coupled L2 weight decay) | adamw (decoupled) | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    monitor: str = "r2"             # r2 (maximised) | val_loss (minimised)
+    patience: int = 10              # epochs without improvement before early stopping
+    min_delta: float = 1e-4
+    # Collapse guard: stop when the val variance ratio stays below `guard_threshold`
+    # for `guard_patience` epochs after `guard_warmup` epochs.
+    guard: bool = True
+    guard_threshold: float = 0.02
+    guard_warmup: int = 10
+    guard_patience: int = 5
+    device: str = "auto"            # auto | cpu | cuda
+    threads: int = 0                # torch intra-op threads; 0 = cores / concurrent jobs
+    deterministic: bool = True
+
+
+@dataclass
+class DiagnosisConfig:
+    # Val-split diagnosis (collapse.metrics.diagnose): |r| below `min_r` is no_signal
+    # (honest shrinkage); a variance ratio below `collapse_ratio_of_r` * |r| is collapsed
+    # (squeezed harder than calibrated shrinkage would, hence fixable); else healthy.
+    min_r: float = 0.2
+    collapse_ratio_of_r: float = 0.5
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+    study: str = "default"          # free label, copied into metrics.json
+    resume: bool = False            # skip jobs whose metrics.json is complete for the same config
+    save_weights: bool = True
+    recalibrate: bool = True        # report metrics after an affine refit on val (see metrics)
+    diagnosis: DiagnosisConfig = field(default_factory=lambda: DiagnosisConfig())
+
+
+CHOICES = {
+    "model.name": ("mean_pool", "temporal_conv", "gru"),
+    "data.name": ("synthetic", "npz"),
+    "data.weighting": ("none", "inverse", "sqrt_inverse", "dense"),
+    "loss.name": ("mse", "huber", "l1", "ccc", "bmc"),
+    "loss.variance_mode": ("squared", "hinge"),
+    "loss.variance_target": ("batch", "train"),
+    "trainer.optimizer": ("adam", "adamw", "sgd"),
+    "trainer.monitor": ("r2", "val_loss"),
+    "trainer.device": ("auto", "cpu", "cuda"),
+}
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: must be {allowed}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check ranges the types cannot express; raise ConfigError naming the key."""
+    for key, allowed in CHOICES.items():
+        group, name = key.split(".")
+        value = getattr(getattr(cfg, group), name)
+        _check(value in allowed, key, value, f"one of {', '.join(allowed)}")
+
+    def positive(key: str, value: float) -> None:
+        _check(math.isfinite(value) and value > 0, key, value, "> 0")
+
+    def non_negative(key: str, value: float) -> None:
+        _check(math.isfinite(value) and value >= 0, key, value, ">= 0")
+
+    m, d, lo, s, t = cfg.model, cfg.data, cfg.loss, cfg.ssl, cfg.trainer
+    positive("model.hidden_dim", m.hidden_dim)
+    positive("model.n_layers", m.n_layers)
+    positive("model.kernel_size", m.kernel_size)
+    non_negative("model.init_std", m.init_std)
+    _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "in [0, 1)")
+
+    positive("data.n_samples", d.n_samples)
+    positive("data.n_frames", d.n_frames)
+    positive("data.n_features", d.n_features)
+    _check(0 <= d.signal <= 1, "data.signal", d.signal, "in [0, 1]")
+    non_negative("data.noise_std", d.noise_std)
+    _check(0 <= d.period_jitter < 1, "data.period_jitter", d.period_jitter, "in [0, 1)")
+    positive("data.temporal_frames", d.temporal_frames)
+    if d.name == "synthetic":
+        _check(d.temporal_frames <= d.n_frames, "data.temporal_frames", d.temporal_frames,
+               f"in 1..{d.n_frames} (data.n_frames)")
+    if d.name == "npz":
+        _check(bool(d.path), "data.path", d.path, "a path to an .npz file when data=npz")
+    _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "in (0, 1)")
+    _check(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "in (0, 1)")
+    _check(d.val_fraction + d.test_fraction < 1, "data.test_fraction", d.test_fraction,
+           f"< 1 - data.val_fraction ({1 - d.val_fraction:g})")
+    _check(math.isfinite(d.overweight_factor) and d.overweight_factor >= 1,
+           "data.overweight_factor", d.overweight_factor, ">= 1 (1 = no overweighting)")
+    _check(0 < d.rare_quantile < 0.5, "data.rare_quantile", d.rare_quantile, "in (0, 0.5)")
+    _check(d.weighting_bins >= 2, "data.weighting_bins", d.weighting_bins, ">= 2")
+    non_negative("data.weighting_sigma", d.weighting_sigma)
+    non_negative("data.dense_alpha", d.dense_alpha)
+
+    positive("loss.huber_delta", lo.huber_delta)
+    positive("loss.bmc_sigma", lo.bmc_sigma)
+    _check(0 <= lo.ccc_weight <= 1, "loss.ccc_weight", lo.ccc_weight, "in [0, 1]")
+    non_negative("loss.variance_lambda", lo.variance_lambda)
+    positive("loss.eps", lo.eps)
+
+    positive("ssl.epochs", s.epochs)
+    positive("ssl.lr", s.lr)
+    positive("ssl.batch_size", s.batch_size)
+    _check(0 < s.mask_ratio < 1, "ssl.mask_ratio", s.mask_ratio, "in (0, 1)")
+    non_negative("ssl.corruption_std", s.corruption_std)
+
+    positive("trainer.epochs", t.epochs)
+    positive("trainer.batch_size", t.batch_size)
+    positive("trainer.lr", t.lr)
+    non_negative("trainer.weight_decay", t.weight_decay)
+    non_negative("trainer.patience", t.patience)
+    non_negative("trainer.min_delta", t.min_delta)
+    _check(0 <= t.guard_threshold < 1, "trainer.guard_threshold", t.guard_threshold, "in [0, 1)")
+    non_negative("trainer.guard_warmup", t.guard_warmup)
+    positive("trainer.guard_patience", t.guard_patience)
+    non_negative("trainer.threads", t.threads)
+    non_negative("seed", cfg.seed)
+    _check(0 < cfg.diagnosis.min_r < 1, "diagnosis.min_r", cfg.diagnosis.min_r, "in (0, 1)")
+    _check(0 < cfg.diagnosis.collapse_ratio_of_r <= 1, "diagnosis.collapse_ratio_of_r",
+           cfg.diagnosis.collapse_ratio_of_r, "in (0, 1]")
+    return cfg
+
+
+def register_configs() -> None:
+    """Register the schema once. Its name differs from every YAML option's name
+    (Hydra would otherwise merge the two silently)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="collapse_schema", node=Config)

@@ -1,0 +1,113 @@
+"""Training losses: a base regression loss plus a variance-preserving term.
+
+    total = base(pred, target; w) + lambda * V(pred, target)
+
+Base losses (per-sample weights `w`, normalised by the data module to mean 1 over the
+train split, enter as a weighted mean so `overweight_factor` really shifts the optimum):
+    mse    mean(w * (p - y)^2)
+    huber  mean(w * huber_delta(p - y))
+    l1     mean(w * |p - y|)
+    ccc    (1 - c) * mse + c * (1 - CCC(p, y)), CCC = 2 cov / (var_p + var_y + (mu_p - mu_y)^2)
+           over the batch (Lin 1989); CCC penalises a shrunken spread directly.
+    bmc    Balanced MSE, batch-based Monte-Carlo (Ren et al., CVPR 2022):
+           CE(-(p_i - y_j)^2 / (2 sigma^2), i) * 2 sigma^2, which cancels the label
+           prior that MSE bakes in, so rare targets are not pulled to the mean.
+
+Variance term (why: MSE's optimum shrinks predictions toward the mean; when the
+shrinkage is pathological, a term that rewards matching the target spread undoes it):
+    squared  V = (1 - var(p) / (var_y + eps))^2
+    hinge    V = max(0, 1 - var(p) / (var_y + eps))^2   (no penalty for over-dispersion)
+var_y is the batch's target variance, or the whole train split's (`train_target_var`,
+less noisy for small batches). eps keeps the ratio finite for a constant-target batch.
+Variances are population variances (unbiased=False) so a batch of one gives var 0
+and a finite, gradient-free term rather than a NaN.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+BASE_LOSSES = ("mse", "huber", "l1", "ccc", "bmc")
+
+
+def variance_term(pred: torch.Tensor, target: torch.Tensor, mode: str = "squared",
+                  target_var: Optional[float] = None, eps: float = 1e-8) -> torch.Tensor:
+    """(1 - var(pred)/var(target))^2, or its one-sided hinge. pred, target: (B,)."""
+    var_t = target.var(unbiased=False) if target_var is None else torch.as_tensor(target_var)
+    shortfall = 1.0 - pred.var(unbiased=False) / (var_t + eps)
+    if mode == "hinge":
+        shortfall = torch.clamp(shortfall, min=0.0)
+    elif mode != "squared":
+        raise ValueError(f"variance mode={mode!r} is invalid: must be squared or hinge")
+    return shortfall ** 2
+
+
+def concordance(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Lin's concordance correlation over the batch (differentiable). (B,), (B,) -> ()."""
+    mu_p, mu_t = pred.mean(), target.mean()
+    cov = ((pred - mu_p) * (target - mu_t)).mean()
+    return 2 * cov / (pred.var(unbiased=False) + target.var(unbiased=False) + (mu_p - mu_t) ** 2 + eps)
+
+
+def bmc(pred: torch.Tensor, target: torch.Tensor, sigma: float,
+        weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Balanced MSE, batch-based Monte-Carlo estimate (Ren et al. 2022). (B,), (B,) -> ()."""
+    noise_var = sigma ** 2
+    logits = -(pred[:, None] - target[None, :]) ** 2 / (2 * noise_var)   # (B, B)
+    ce = F.cross_entropy(logits, torch.arange(pred.shape[0], device=pred.device), reduction="none")
+    if weight is not None:
+        ce = ce * weight
+    # the 2 sigma^2 factor restores MSE's gradient scale (the paper's trick)
+    return ce.mean() * (2 * noise_var)
+
+
+class RegressionLoss:
+    """Callable loss: `loss(pred, target, weight=None) -> scalar tensor`.
+
+    Stores its settings at construction (scikit-learn style); `train_target_var` is
+    required when `variance_target == "train"`.
+    """
+
+    def __init__(self, name: str = "mse", variance_lambda: float = 0.0,
+                 variance_mode: str = "squared", variance_target: str = "batch",
+                 train_target_var: Optional[float] = None, huber_delta: float = 1.0,
+                 bmc_sigma: float = 0.1, ccc_weight: float = 1.0, eps: float = 1e-8):
+        if name not in BASE_LOSSES:
+            raise ValueError(f"loss name={name!r} is invalid: must be one of {', '.join(BASE_LOSSES)}")
+        if variance_lambda < 0:
+            raise ValueError(f"variance_lambda={variance_lambda!r} is invalid: must be >= 0")
+        if variance_target == "train" and train_target_var is None:
+            raise ValueError("variance_target='train' needs train_target_var")
+        self.name = name
+        self.variance_lambda = variance_lambda
+        self.variance_mode = variance_mode
+        self.target_var = train_target_var if variance_target == "train" else None
+        self.huber_delta = huber_delta
+        self.bmc_sigma = bmc_sigma
+        self.ccc_weight = ccc_weight
+        self.eps = eps
+
+    def base(self, pred: torch.Tensor, target: torch.Tensor,
+             weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.name == "bmc":
+            return bmc(pred, target, self.bmc_sigma, weight)
+        if self.name == "l1":
+            per_sample = (pred - target).abs()
+        elif self.name == "huber":
+            per_sample = F.huber_loss(pred, target, reduction="none", delta=self.huber_delta)
+        else:  # mse, and the MSE part of ccc
+            per_sample = (pred - target) ** 2
+        base = (per_sample * weight).mean() if weight is not None else per_sample.mean()
+        if self.name == "ccc":
+            base = (1 - self.ccc_weight) * base + self.ccc_weight * (1 - concordance(pred, target, self.eps))
+        return base
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor,
+                 weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+        total = self.base(pred, target, weight)
+        if self.variance_lambda > 0:
+            total = total + self.variance_lambda * variance_term(
+                pred, target, self.variance_mode, self.target_var, self.eps)
+        return total

@@ -1,0 +1,72 @@
+"""Sequence regressors: a per-frame encoder, a temporal aggregator, a linear head.
+
+    x (B, T, C) -> FrameEncoder -> (B, T, H) -> aggregator -> (B, H) -> head -> (B,)
+
+Aggregators:
+    mean_pool      mean over frames: the classic design, which over-averages when the
+                   signal lives in *where* in the window a pattern sits
+    temporal_conv  Conv1d over time, then the last step: learns frame weights
+    gru            a GRU whose last hidden state reads out: can weight frames freely
+
+The output layer's weight init std is the study's `init_std` knob. Its bias starts
+at the train-target mean (`output_bias`), the same rule for every configuration,
+so the initial prediction *spread* is set by init_std alone.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+AGGREGATORS = ("mean_pool", "temporal_conv", "gru")
+
+
+class FrameEncoder(nn.Module):
+    """Per-frame MLP shared across time: (..., C) -> (..., H)."""
+
+    def __init__(self, n_features: int, hidden_dim: int = 64, n_layers: int = 2, dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = n_features
+        for _ in range(n_layers):
+            layers += [nn.Linear(width, hidden_dim), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = hidden_dim
+        self.net = nn.Sequential(*layers)
+        self.hidden_dim = hidden_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class SequenceRegressor(nn.Module):
+    def __init__(self, n_features: int, name: str = "mean_pool", hidden_dim: int = 64,
+                 n_layers: int = 2, dropout: float = 0.0, kernel_size: int = 3,
+                 init_std: float = 0.5, output_bias: float = 0.0):
+        super().__init__()
+        if name not in AGGREGATORS:
+            raise ValueError(f"model name={name!r} is invalid: must be one of {', '.join(AGGREGATORS)}")
+        self.name = name
+        self.encoder = FrameEncoder(n_features, hidden_dim, n_layers, dropout)
+        if name == "temporal_conv":
+            # causal padding on the left so the last step sees the last `kernel_size` frames
+            self.temporal = nn.Conv1d(hidden_dim, hidden_dim, kernel_size)
+            self.pad = kernel_size - 1
+        elif name == "gru":
+            self.temporal = nn.GRU(hidden_dim, hidden_dim, batch_first=True)
+        self.head = nn.Linear(hidden_dim, 1)
+        nn.init.normal_(self.head.weight, mean=0.0, std=init_std)
+        nn.init.constant_(self.head.bias, output_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, T, C)
+        h = self.encoder(x)                                # (B, T, H)
+        if self.name == "mean_pool":
+            pooled = h.mean(dim=1)                         # (B, H)
+        elif self.name == "temporal_conv":
+            h = nn.functional.pad(h.transpose(1, 2), (self.pad, 0))    # (B, H, T + pad)
+            pooled = torch.relu(self.temporal(h))[:, :, -1]            # (B, H)
+        else:
+            _, last = self.temporal(h)                     # (1, B, H)
+            pooled = last[0]
+        return self.head(pooled).squeeze(-1)               # (B,)
+

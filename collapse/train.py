@@ -1,0 +1,140 @@
+"""Entry point: one experiment per Hydra job, and `run()` for notebooks.
+
+    python -m collapse.train loss.variance_lambda=0.5
+    python -m collapse.train --multirun data.temporal_frames=1,3,7 seed=0,1,2
+
+Flow: compose (Hydra) -> typed Config + range checks -> data -> collapse.runner ->
+metrics.json in the job's output dir. Bad input fails before anything that looks
+like a result is written: a single run prints one line and exits 2; inside a sweep
+the job records status `failed` with the error so the other jobs carry on.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional, Sequence
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from collapse import records
+from collapse.config import Config, ConfigError, register_configs, validate
+from collapse.data import DataError
+
+# Absolute, built from __file__: a package-relative config_path fails when main()
+# is called from a console script (shared/STYLE.md).
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+log = logging.getLogger("collapse")
+register_configs()
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """Composed DictConfig -> validated dataclass (raises ConfigError naming the key)."""
+    return validate(OmegaConf.to_object(cfg))
+
+
+def _base_record(cfg: DictConfig, overrides: Sequence[str], choices: dict, job: dict) -> dict:
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return {"schema": records.SCHEMA_VERSION, "config": resolved,
+            "config_hash": records.config_hash(resolved), "overrides": list(overrides),
+            "choices": choices, "job": job}
+
+
+def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: dict,
+             job: dict, multirun: bool, launcher: Optional[DictConfig]) -> float:
+    import torch
+
+    from collapse.runner import load_data, run_experiment
+    from collapse.sweep import existing_run, threads_per_job
+
+    metrics_path = run_dir / records.METRICS_FILE
+    record = _base_record(cfg, overrides, choices, job)
+    try:
+        typed = to_config(cfg)
+        previous = existing_run(run_dir, record["config_hash"], typed.resume)
+        if previous is not None:
+            log.info(f"resume: {metrics_path} already holds a {previous['status']} run of this config; skipped")
+            value = previous.get("monitor_value")
+            return float(value) if value is not None else math.nan
+        torch.set_num_threads(threads_per_job(typed.trainer.threads, launcher))
+        data = load_data(typed)
+    except (ConfigError, DataError, RuntimeError) as e:
+        if not multirun:
+            print(f"collapse: error: {e}", file=sys.stderr)
+            raise SystemExit(2)
+        log.error(f"collapse: error: {e}")
+        if isinstance(e, RuntimeError):     # would overwrite a result: touch nothing
+            return math.nan
+        records.write_json(metrics_path, {**record, "status": "failed", "stop_reason": "bad_input",
+                                          "error": f"{type(e).__name__}: {e}"})
+        return math.nan
+
+    try:
+        record = run_experiment(typed, data, run_dir, record,
+                                write=lambda r: records.write_json(metrics_path, r))
+    except Exception as e:  # noqa: BLE001 - a crash mid-run is a recorded result, not a dead sweep
+        log.error(f"run failed: {type(e).__name__}: {e}")
+        record.update({"status": "failed", "stop_reason": "exception",
+                       "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
+        records.write_json(metrics_path, record)
+        if not multirun:
+            print(f"collapse: error: run failed: {type(e).__name__}: {e} (traceback in {metrics_path})",
+                  file=sys.stderr)
+            raise SystemExit(1)
+        return math.nan
+
+    best = record.get("best") or {}
+    val = best.get("val") or {}
+    log.info(f"{record['status']} ({record['stop_reason']}) | best epoch {record['best_epoch']} | "
+             f"val R² {val.get('r2', math.nan):.3f} | var ratio {val.get('variance_ratio', math.nan):.3f} "
+             f"| diagnosis {(record.get('diagnosis') or {}).get('label')} | {metrics_path}")
+    if record["status"] == "diverged":
+        log.warning("the loss became non-finite: recorded as diverged (try a lower trainer.lr)")
+    return float(record["monitor_value"])
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> float:
+    """Hydra task function. Returns the monitored val metric (for Hydra sweepers)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}
+    job = {"num": hc.job.get("num"), "dir": hc.runtime.output_dir, "config_name": hc.job.config_name}
+    multirun = hc.mode == RunMode.MULTIRUN
+    return _run_job(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), choices, job,
+                    multirun, hc.launcher if multirun else None)
+
+
+def run(overrides: Sequence[str] = (), run_dir: Optional[str | Path] = None) -> dict:
+    """Notebook API: compose the config with `overrides`, train, return the metrics record.
+
+    Writes metrics.json and model.pt only when `run_dir` is given. Raises ConfigError
+    or DataError for bad input (the message names the key or file).
+    """
+    from hydra import compose, initialize_config_dir
+
+    from collapse.runner import load_data, run_experiment
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra/")}
+    with open_dict(cfg):
+        del cfg["hydra"]
+    typed = to_config(cfg)
+    if typed.trainer.threads > 0:
+        import torch
+
+        torch.set_num_threads(typed.trainer.threads)
+    record = _base_record(cfg, overrides, choices, {"num": None, "dir": str(run_dir) if run_dir else None})
+    data = load_data(typed)
+    write = (lambda r: records.write_json(Path(run_dir) / records.METRICS_FILE, r)) if run_dir else (lambda r: None)
+    return run_experiment(typed, data, Path(run_dir) if run_dir else None, record, write)
+
+
+if __name__ == "__main__":
+    main()
