@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 
 class ConfigError(ValueError):
@@ -115,6 +115,15 @@ class DiagnosisConfig:
 
 
 @dataclass
+class SweepInfo:
+    # Declared by a named sweep (sweeps/*.yaml) for the summary: the config keys it
+    # varies (seed is always the replicate axis) and its baseline cell as key=value.
+    name: str = "adhoc"
+    factors: List[str] = field(default_factory=list)
+    baseline: List[str] = field(default_factory=list)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -127,6 +136,7 @@ class Config:
     save_weights: bool = True
     recalibrate: bool = True        # report metrics after an affine refit on val (see metrics)
     diagnosis: DiagnosisConfig = field(default_factory=lambda: DiagnosisConfig())
+    sweep: SweepInfo = field(default_factory=lambda: SweepInfo())
 
 
 CHOICES = {
