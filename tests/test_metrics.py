@@ -1,0 +1,56 @@
+"""collapse.metrics against scikit-learn and hand-computed values."""
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+from collapse import metrics
+
+rng = np.random.default_rng(0)
+Y_TRUE = rng.normal(0.72, 0.1, size=200)
+Y_PRED = 0.5 * Y_TRUE + rng.normal(0.3, 0.02, size=200)
+
+
+def test_r2_rmse_mae_match_sklearn():
+    assert metrics.r2(Y_TRUE, Y_PRED) == pytest.approx(r2_score(Y_TRUE, Y_PRED), abs=1e-12)
+    assert metrics.rmse(Y_TRUE, Y_PRED) == pytest.approx(math.sqrt(mean_squared_error(Y_TRUE, Y_PRED)), abs=1e-12)
+    assert metrics.mae(Y_TRUE, Y_PRED) == pytest.approx(mean_absolute_error(Y_TRUE, Y_PRED), abs=1e-12)
+
+
+def test_hand_computed_small_case():
+    y, p = np.array([1.0, 2.0, 3.0, 4.0]), np.array([2.0, 2.0, 3.0, 3.0])
+    # std(y) = sqrt(1.25), std(p) = 0.5
+    assert metrics.variance_ratio(y, p) == pytest.approx(0.5 / math.sqrt(1.25))
+    # cov = mean((y - 2.5)(p - 2.5)) = (0.75 + 0.25 + 0.25 + 0.75) / 4 = 0.5
+    assert metrics.pearson_r(y, p) == pytest.approx(0.5 / (math.sqrt(1.25) * 0.5))
+    assert metrics.calibration_slope(y, p) == pytest.approx(0.5 / 0.25)
+    assert metrics.ccc(y, p) == pytest.approx(2 * 0.5 / (1.25 + 0.25 + 0.0))
+    report = metrics.regression_report(y, p)
+    assert report["pred_range"] == 1.0 and report["pred_std"] == pytest.approx(0.5)
+
+
+def test_slope_and_r_agree_with_numpy():
+    slope = np.polyfit(Y_PRED, Y_TRUE, 1)[0]
+    assert metrics.calibration_slope(Y_TRUE, Y_PRED) == pytest.approx(slope, rel=1e-9)
+    assert metrics.pearson_r(Y_TRUE, Y_PRED) == pytest.approx(np.corrcoef(Y_TRUE, Y_PRED)[0, 1], rel=1e-9)
+
+
+def test_constant_predictions_collapse_signature():
+    const = np.full_like(Y_TRUE, 0.72)
+    report = metrics.regression_report(Y_TRUE, const)
+    assert report["variance_ratio"] == 0.0
+    assert report["r2"] <= 0.0
+    assert math.isnan(report["pearson_r"]) and math.isnan(report["calibration_slope"])
+    assert metrics.diagnose(report)["label"] == "collapsed"
+
+
+def test_fit_affine_recovers_squeeze():
+    squeezed = 0.72 + 0.2 * (Y_TRUE - 0.72)
+    a, b = metrics.fit_affine(Y_TRUE, squeezed)
+    assert b == pytest.approx(5.0) and metrics.r2(Y_TRUE, a + b * squeezed) == pytest.approx(1.0)
+
+
+def test_length_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="differ in length"):
+        metrics.r2([1.0, 2.0], [1.0])

@@ -1,0 +1,31 @@
+"""Model shapes, the output-layer init knob, and frame sensitivity of each aggregator."""
+import pytest
+import torch
+
+from collapse.models import AGGREGATORS, SequenceRegressor
+
+
+@pytest.mark.parametrize("name", AGGREGATORS)
+def test_forward_shape(name):
+    model = SequenceRegressor(n_features=5, name=name, hidden_dim=8)
+    assert model(torch.randn(4, 7, 5)).shape == (4,)       # (B, T, C) -> (B,)
+    assert model(torch.randn(4, 1, 5)).shape == (4,)       # one frame works too
+
+
+def test_init_std_and_output_bias():
+    torch.manual_seed(0)
+    model = SequenceRegressor(n_features=5, hidden_dim=512, init_std=0.2, output_bias=0.72)
+    assert model.head.weight.std().item() == pytest.approx(0.2, rel=0.1)
+    assert model.head.bias.item() == pytest.approx(0.72)
+    tiny = SequenceRegressor(n_features=5, hidden_dim=16, init_std=0.0, output_bias=0.72)
+    assert torch.allclose(tiny(torch.randn(8, 3, 5)), torch.full((8,), 0.72))
+
+
+def test_mean_pool_ignores_frame_order_but_gru_does_not():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 3)
+    reversed_x = x.flip(1)
+    pool = SequenceRegressor(3, "mean_pool", hidden_dim=8)
+    gru = SequenceRegressor(3, "gru", hidden_dim=8)
+    assert torch.allclose(pool(x), pool(reversed_x), atol=1e-6)
+    assert not torch.allclose(gru(x), gru(reversed_x), atol=1e-6)
