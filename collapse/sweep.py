@@ -70,7 +70,7 @@ def threads_per_job(requested: int, launcher: Optional[DictConfig]) -> int:
     if requested > 0:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    target = str(launcher.get("_target_", "")) if launcher is not None else ""
+    target = str(launcher.get("_target_", "")).lower() if launcher is not None else ""
     concurrent = 1
     if "joblib" in target:
         n_jobs = int(launcher.get("n_jobs") or 1)

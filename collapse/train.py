@@ -100,12 +100,14 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
 def main(cfg: DictConfig) -> float:
     """Hydra task function. Returns the monitored val metric (for Hydra sweepers)."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     hc = HydraConfig.get()
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}
-    job = {"num": hc.job.get("num"), "dir": hc.runtime.output_dir, "config_name": hc.job.config_name}
-    multirun = hc.mode == RunMode.MULTIRUN
+    # a launcher numbers every sweep job; hydra.mode is not reliable inside jobs (it
+    # is only set there when the sweep was started with -m or hydra.mode=MULTIRUN)
+    multirun = not OmegaConf.is_missing(hc.job, "num")
+    job = {"num": hc.job.num if multirun else None, "dir": hc.runtime.output_dir,
+           "config_name": hc.job.config_name}
     return _run_job(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), choices, job,
                     multirun, hc.launcher if multirun else None)
 

@@ -1,0 +1,126 @@
+"""Multiruns for real: in-process through the basic and joblib launchers, the documented
+sweep command in a subprocess, failing and diverging jobs, resume, submitit_local."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import collapse.train as train
+from collapse import records
+from collapse.sweep import threads_per_job
+
+TINY = ["data.n_samples=300", "trainer.epochs=2", "model.hidden_dim=16"]
+SWEEPS_DIR = str(Path(train.CONF_DIR).parent / "sweeps")
+
+
+def _records(sweep_dir):
+    jobs = sorted((p for p in Path(sweep_dir).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    return [json.loads((job / "metrics.json").read_text()) for job in jobs]
+
+
+def _cli(args, cwd, timeout=300):
+    return subprocess.run([sys.executable, "-m", "collapse.train", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
+                         ids=["basic", "joblib"])
+def test_in_process_multirun(hydra_sweep_runner, tmp_path, launcher):
+    sweep = hydra_sweep_runner(
+        calling_file=train.__file__, calling_module=None, task_function=train.main.__wrapped__,
+        config_path=train.CONF_DIR, config_name="config",
+        overrides=TINY + ["data.temporal_frames=1,3", "seed=0,1"] + launcher, temp_dir=tmp_path / "sweep")
+    with sweep:
+        returns = sweep.returns[0]
+        assert len(returns) == 4
+        runs = _records(tmp_path / "sweep")
+        assert [r["status"] for r in runs] == ["completed"] * 4
+        assert [(r["config"]["data"]["temporal_frames"], r["seed"]) for r in runs] == \
+            [(1, 0), (1, 1), (3, 0), (3, 1)]
+        # the task function returns the monitored metric, for Hydra's optimising sweepers
+        assert [ret.return_value for ret in returns] == pytest.approx([r["monitor_value"] for r in runs])
+        if launcher:
+            assert [r["threads"] for r in runs] == [threads_per_job(0, {"_target_": "joblib", "n_jobs": 2})] * 4
+
+
+@pytest.mark.slow
+def test_documented_sweep_command(tmp_path):
+    sweep_dir = tmp_path / "quick"
+    proc = _cli(["--config-dir", SWEEPS_DIR, "--config-name", "quick", f"hydra.sweep.dir={sweep_dir}", *TINY],
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = _records(sweep_dir)
+    assert len(runs) == 12 and {r["status"] for r in runs} == {"completed"}
+    assert {r["config"]["sweep"]["name"] for r in runs} == {"quick"}
+    assert f"summary: python -m collapse.summary {sweep_dir}" in proc.stdout
+    # job directories are job numbers; factors live in the JSON
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == sorted(str(i) for i in range(12))
+
+
+@pytest.mark.slow
+def test_failing_and_diverging_jobs_are_recorded_and_the_sweep_goes_on(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = _cli(["-m", *TINY, "trainer.lr=1e-3,1e8", "data.temporal_frames=3,99",
+                 f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "jobs that did not complete" in proc.stderr
+    by_cell = {(r["config"]["trainer"]["lr"], r["config"]["data"]["temporal_frames"]): r for r in _records(sweep_dir)}
+    assert by_cell[(1e-3, 3)]["status"] == "completed"
+    assert by_cell[(1e8, 3)]["status"] == "diverged"
+    for lr in (1e-3, 1e8):
+        failed = by_cell[(lr, 99)]
+        assert failed["status"] == "failed" and "data.temporal_frames=99" in failed["error"]
+        assert "best" not in failed      # nothing that looks like a result
+
+
+@pytest.mark.slow
+def test_resume_runs_only_what_is_missing_and_never_rewrites(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", *TINY, "seed=0,1,2", f"hydra.sweep.dir={sweep_dir}"]
+    assert _cli(args, cwd=tmp_path).returncode == 0
+    done = {i: os.stat(sweep_dir / str(i) / "metrics.json").st_mtime_ns for i in (0, 2)}
+    before = _records(sweep_dir)
+    (sweep_dir / "1" / "metrics.json").unlink()          # as if job 1 never finished
+
+    refused = _cli(args, cwd=tmp_path)                     # same dir without resume=true
+    assert refused.returncode == 2 and "resume=true" in refused.stderr
+    other = _cli(["-m", *TINY, "seed=5,6", f"hydra.sweep.dir={sweep_dir}", "resume=true"], cwd=tmp_path)
+    assert other.returncode == 2 and "another sweep" in other.stderr
+
+    resumed = _cli(args + ["resume=true"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert {i: os.stat(sweep_dir / str(i) / "metrics.json").st_mtime_ns for i in (0, 2)} == done
+    after = _records(sweep_dir)
+    assert [r["best"] for r in after] == [r["best"] for r in before]   # same seed, same metrics
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    sweep_dir = tmp_path / "sweep"
+    proc = _cli(["-m", *TINY, "seed=0,1", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep_dir}"],
+                cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [r["status"] for r in _records(sweep_dir)] == ["completed", "completed"]
+
+
+def test_slurm_preset_composes():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_dir(config_dir=train.CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.cpus_per_task == 2
+    assert threads_per_job(0, cfg.hydra.launcher) == 2
+
+
+def test_threads_per_job_never_oversubscribes():
+    cores = len(os.sched_getaffinity(0))
+    assert threads_per_job(3, None) == 3
+    assert threads_per_job(0, None) == cores
+    assert threads_per_job(0, {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher",
+                               "n_jobs": -1}) == 1
+    assert threads_per_job(0, {"_target_": "x.JoblibLauncher", "n_jobs": 2}) == max(1, cores // min(cores, 2))
