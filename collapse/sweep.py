@@ -22,6 +22,10 @@ from collapse import records
 FAILED = ("failed", "diverged")
 
 
+class RunExists(RuntimeError):
+    """Running this job would overwrite a result already in its directory."""
+
+
 def _task_overrides(overrides) -> list[str]:
     # `resume=...` is how a sweep is continued, not part of what it computes
     return sorted(o for o in overrides if not o.lstrip("+~").startswith("resume="))
@@ -42,7 +46,7 @@ def existing_run(run_dir: Path, cfg_hash: str, resume: bool) -> Optional[dict]:
 
     Returns the earlier record when it is a result for the same config and `resume`
     is set (skip the job). Returns None when the job should run (nothing there, or an
-    earlier failed/interrupted attempt). Raises RuntimeError when running would
+    earlier failed/interrupted attempt). Raises RunExists when running would
     overwrite a result (another config's, or this one's without `resume`)."""
     path = Path(run_dir) / records.METRICS_FILE
     try:
@@ -54,10 +58,10 @@ def existing_run(run_dir: Path, cfg_hash: str, resume: bool) -> Optional[dict]:
     if old["status"] not in records.RESULT_STATUSES:
         return None
     if old.get("config_hash") != cfg_hash:
-        raise RuntimeError(f"{path} holds a result of another config (hash {old.get('config_hash')}, "
+        raise RunExists(f"{path} holds a result of another config (hash {old.get('config_hash')}, "
                            f"this one {cfg_hash}); refusing to overwrite it - use another output dir")
     if not resume:
-        raise RuntimeError(f"{path} already holds a result of this config; pass resume=true to skip it "
+        raise RunExists(f"{path} already holds a result of this config; pass resume=true to skip it "
                            "or use another output dir")
     return old
 

@@ -47,8 +47,8 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
              job: dict, multirun: bool, launcher: Optional[DictConfig]) -> float:
     import torch
 
-    from collapse.runner import load_data, run_experiment
-    from collapse.sweep import existing_run, threads_per_job
+    from collapse.runner import load_data, resolve_device, run_experiment
+    from collapse.sweep import RunExists, existing_run, threads_per_job
 
     metrics_path = run_dir / records.METRICS_FILE
     record = _base_record(cfg, overrides, choices, job)
@@ -59,14 +59,15 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
             log.info(f"resume: {metrics_path} already holds a {previous['status']} run of this config; skipped")
             value = previous.get("monitor_value")
             return float(value) if value is not None else math.nan
+        resolve_device(typed.trainer.device)          # trainer.device=cuda without CUDA is bad input
         torch.set_num_threads(threads_per_job(typed.trainer.threads, launcher))
         data = load_data(typed)
-    except (ConfigError, DataError, RuntimeError) as e:
+    except (ConfigError, DataError, RunExists) as e:
         if not multirun:
             print(f"collapse: error: {e}", file=sys.stderr)
             raise SystemExit(2)
         log.error(f"collapse: error: {e}")
-        if isinstance(e, RuntimeError):     # would overwrite a result: touch nothing
+        if isinstance(e, RunExists):        # would overwrite a result: touch nothing
             return math.nan
         records.write_json(metrics_path, {**record, "status": "failed", "stop_reason": "bad_input",
                                           "error": f"{type(e).__name__}: {e}"})
