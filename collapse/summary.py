@@ -1,0 +1,739 @@
+"""Summarise a sweep directory: ranked cells, main effects, paired differences, plots.
+
+    python -m collapse.summary SWEEP_DIR [--thresholds r2=0,0.3,0.5 ratio=0.4,0.7,0.85 collapse=0.1]
+                               [--no-plots]
+
+Reads, for every job directory (numeric subdirectory), `.hydra/overrides.yaml`,
+`.hydra/hydra.yaml` (`job.num`, `runtime.choices`) and `metrics.json` - never
+`multirun.yaml`, which holds the sweep unexpanded (shared/STYLE.md). A job that failed,
+is missing, still running, corrupt or of an unknown schema is reported on its own line
+and the rest is summarised. Writes summary.{csv,md,json} (and summary_*.png) into the
+sweep directory, atomically.
+
+Statistics, over the *result runs* of a cell (status completed / diverged /
+stopped_collapse with a best epoch; diverged ones are flagged), on the best epoch:
+- mean = sum(x) / n,  std = sqrt(sum((x - mean)^2) / (n - 1)),
+  95% CI = mean +- t_{0.975, n-1} * std / sqrt(n)  (Student t; NaN when n < 2).
+- collapse rate = fraction of runs with val variance ratio < `collapse` or diagnosis
+  label "collapsed".
+- verdict: the highest of minimum / good / excellent whose thresholds the cell's mean
+  val R² *and* mean val variance ratio both exceed; else "fail".
+- main effect of a factor: marginal mean (and CI) per level over all runs at that level;
+  eta^2 = SS_between / SS_total, SS_between = sum_l n_l (mean_l - mean)^2,
+  SS_total = sum_i (x_i - mean)^2 over the runs - the share of run-to-run variance of
+  the metric that the factor's levels explain.
+- paired difference of a cell against the baseline: d_s = x_cell,s - x_baseline,s for
+  each seed s with a result in both; mean, t-CI and the number of pairs.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import itertools
+import json
+import math
+import re
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+from collapse import records
+
+METRICS = ("r2", "variance_ratio", "pred_std", "rmse", "mae")
+SPLITS = ("val", "test")
+STAT_KEYS = tuple(f"{split}.{m}" for split in SPLITS for m in METRICS)
+EFFECT_KEYS = ("val.r2", "val.variance_ratio")              # main effects, eta^2
+PAIRED_KEYS = ("val.r2", "val.variance_ratio", "test.r2")   # differences vs baseline
+STATES = ("completed", "diverged", "stopped_collapse", "failed", "running", "interrupted",
+          "unreadable", "missing")
+LEVELS = ("minimum", "good", "excellent")
+DIAGNOSES = ("healthy", "collapsed", "no_signal")
+NOT_FACTORS = ("seed", "resume")    # seed is the replicate axis; resume is bookkeeping
+Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# t_{0.975, df} for df = 1..30 (checked against scipy.stats.t.ppf to 1e-8)
+_T975 = (12.70620474, 4.30265273, 3.18244631, 2.77644511, 2.57058184, 2.44691185,
+         2.36462425, 2.30600414, 2.26215716, 2.22813885, 2.20098516, 2.17881283,
+         2.16036866, 2.14478669, 2.13144955, 2.11990530, 2.10981558, 2.10092204,
+         2.09302405, 2.08596345, 2.07961384, 2.07387307, 2.06865761, 2.06389856,
+         2.05953855, 2.05552944, 2.05183052, 2.04840714, 2.04522964, 2.04227246)
+
+
+class SweepDirError(ValueError):
+    """The sweep directory does not exist or holds no job directories."""
+
+
+# ---------------------------------------------------------------- statistics
+
+def t975(df: int) -> float:
+    """Student t quantile t_{0.975, df}: exact table for df <= 30, beyond it the
+    Cornish-Fisher expansion t = z + g1/df + g2/df^2 + g3/df^3 + g4/df^4 around
+    z = 1.95996 (Abramowitz & Stegun 26.7.5; error < 1e-7 for df > 30)."""
+    if df < 1:
+        return math.nan
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959963984540054
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
+    return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+
+
+def _finite(values) -> list[float]:
+    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def describe(values) -> dict:
+    """n, mean, sample std (n - 1) and the 95% t-interval of the finite values."""
+    xs = _finite(values)
+    n = len(xs)
+    mean = math.fsum(xs) / n if n else math.nan
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else math.nan
+    half = t975(n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def eta_squared(groups: Sequence[Sequence[float]]) -> float:
+    """SS_between / SS_total of the finite values, grouped (NaN if SS_total is 0)."""
+    groups = [g for g in (_finite(g) for g in groups) if g]
+    xs = [x for g in groups for x in g]
+    if len(xs) < 2:
+        return math.nan
+    grand = math.fsum(xs) / len(xs)
+    ss_total = math.fsum((x - grand) ** 2 for x in xs)
+    ss_between = math.fsum(len(g) * (math.fsum(g) / len(g) - grand) ** 2 for g in groups)
+    return ss_between / ss_total if ss_total > 0 else math.nan
+
+
+# ---------------------------------------------------------------- thresholds
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Phase-1 verdict levels (minimum, good, excellent) and the collapse cut-off."""
+    r2: tuple = (0.0, 0.3, 0.5)
+    ratio: tuple = (0.40, 0.70, 0.85)
+    collapse: float = 0.1
+
+    def __post_init__(self):
+        for name in ("r2", "ratio"):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) != 3 or list(value) != sorted(value):
+                raise ValueError(f"thresholds {name}={value} is invalid: must be 3 increasing numbers "
+                                 "(minimum, good, excellent)")
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "collapse", float(self.collapse))
+
+    def verdict(self, r2: float, ratio: float) -> str:
+        if not (math.isfinite(r2) and math.isfinite(ratio)):
+            return "n/a"
+        passed = [lvl for lvl, r, v in zip(LEVELS, self.r2, self.ratio) if r2 > r and ratio > v]
+        return passed[-1] if passed else "fail"
+
+    @classmethod
+    def parse(cls, items: Sequence[str]) -> "Thresholds":
+        """From CLI items `r2=A,B,C`, `ratio=A,B,C`, `collapse=X` (ValueError names the item)."""
+        kwargs: dict[str, Any] = {}
+        for item in items:
+            key, _, value = item.partition("=")
+            try:
+                numbers = tuple(float(v) for v in value.split(","))
+            except ValueError:
+                numbers = ()
+            ok = (key == "collapse" and len(numbers) == 1) or \
+                (key in ("r2", "ratio") and len(numbers) == 3 and list(numbers) == sorted(numbers))
+            if not ok:
+                raise ValueError(f"--thresholds {item!r} is invalid: expected r2=MIN,GOOD,EXCELLENT or "
+                                 "ratio=MIN,GOOD,EXCELLENT (3 increasing numbers) or collapse=X")
+            kwargs[key] = numbers[0] if key == "collapse" else numbers
+        return cls(**kwargs)
+
+
+# ---------------------------------------------------------------- reading jobs
+
+@dataclass
+class Job:
+    num: int
+    path: Path
+    status: str = "missing"                 # one of STATES
+    settings: Optional[dict] = None         # key -> value (overrides + group choices); None: unknown
+    override_keys: set = field(default_factory=set)
+    seed: Optional[str] = None
+    record: Optional[dict] = None
+    problems: list = field(default_factory=list)
+
+    @property
+    def best(self) -> Optional[dict]:
+        """The best-epoch metrics when this job is a result, else None."""
+        if self.status in records.RESULT_STATUSES and self.record:
+            return self.record.get("best") or None
+        return None
+
+
+# YAML construction is slow in Python even with libyaml (all of a job's ~4 kB hydra.yaml
+# took ~1.3 ms, 1.3 s for 1,000 jobs). Hydra writes .hydra/ files in one layout (OmegaConf's
+# 2-space YAML), so the few lines needed are matched directly: `- key=value` items in
+# overrides.yaml, `job.num` and the `runtime.choices` lines in hydra.yaml. A line outside
+# that plain form (quotes, comments, flow style, ...) sends the whole file to the YAML parser.
+_PLAIN_ITEM = re.compile(r"- ([^\s'\"\[\]{}!&*|>%@`#,?:-][^#'\"]*)")
+_HYDRA_BLOCK = re.compile(r"^  (job|runtime):\n((?:    .*\n|[ \t]*\n)*)", re.M)
+_JOB_NUM = re.compile(r"^    num: (\d+)[ \t]*$", re.M)
+_CHOICES = re.compile(r"^    choices:\n((?:      .*\n)*)", re.M)
+_CHOICE = re.compile(r"      ([^\s:'\"#]+): (null|'[^']*'|[^\s'\"\[\]{}!&*|>%@`#,?:-][^#'\":]*)")
+
+
+def _load_overrides(path: Path) -> list:
+    """The override strings of a job's .hydra/overrides.yaml."""
+    text = path.read_text()
+    items = [_PLAIN_ITEM.fullmatch(line) for line in text.splitlines()]
+    if items and all(items) and not any(": " in m.group(1) or " #" in m.group(1) for m in items):
+        return [m.group(1) for m in items]
+    return yaml.load(text, Loader=Loader) or []
+
+
+def _hydra_job_info(path: Path) -> tuple[Optional[int], dict]:
+    """(job.num, runtime.choices) from a job's .hydra/hydra.yaml."""
+    text = path.read_text()
+    blocks = dict(m.groups() for m in _HYDRA_BLOCK.finditer(text))
+    num, block = _JOB_NUM.search(blocks.get("job", "")), _CHOICES.search(blocks.get("runtime", ""))
+    lines = [_CHOICE.fullmatch(line) for line in block.group(1).splitlines()] if block else [None]
+    if num and all(lines):
+        return int(num.group(1)), {m.group(1): None if m.group(2) == "null" else m.group(2).strip("'")
+                                   for m in lines}
+    hydra = (yaml.load(text, Loader=Loader) or {}).get("hydra") or {}
+    num = (hydra.get("job") or {}).get("num")
+    return (int(num) if num is not None else None), (hydra.get("runtime") or {}).get("choices") or {}
+
+
+# The per-epoch histories are ~85% of a 60-epoch metrics.json, and json.loads of 1,000
+# whole records took 1.2 s here. Tables do not need them: they are cut out before
+# parsing (they are lists of flat dicts, so the first "]" ends one). Anything unusual
+# goes through records.read_record, which also words every error.
+_HISTORIES = re.compile(r'"(history|ssl_history)": \[[^\]]*\]')
+
+
+def read_metrics(path: Path, histories: bool = True) -> dict:
+    """records.read_record, faster when `histories` is False (they come back as None)."""
+    if histories:
+        return records.read_record(path)
+    try:
+        record = json.loads(_HISTORIES.sub(r'"\1": null', path.read_text()))
+    except (OSError, ValueError):
+        record = None
+    if isinstance(record, dict) and record.get("schema") == records.SCHEMA_VERSION \
+            and record.get("status") in records.STATUSES:
+        return record
+    return records.read_record(path)
+
+
+def _is_hydra_key(key: str) -> bool:
+    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+
+
+def _settings(overrides: Sequence[str], choices: dict) -> tuple[dict, set, Optional[str]]:
+    """Group choices updated by the overrides -> (settings, override keys, seed)."""
+    settings = {k: "null" if v is None else str(v) for k, v in choices.items() if not _is_hydra_key(k)}
+    keys, seed = set(), None
+    for override in overrides:
+        key, _, value = str(override).partition("=")
+        deleted = key.startswith("~")
+        key = key.lstrip("+~")
+        if key == "seed":
+            seed = value
+        elif key not in NOT_FACTORS and not _is_hydra_key(key):
+            settings[key] = "~deleted" if deleted else value
+            keys.add(key)
+    return settings, keys, seed
+
+
+def read_job(job_dir: Path, histories: bool = True) -> Job:
+    """Everything the summary needs from one job directory; problems go in job.problems."""
+    job = Job(num=int(job_dir.name), path=job_dir)
+    hydra_dir = job_dir / ".hydra"
+    overrides = choices = hydra_problem = None
+    try:
+        overrides = _load_overrides(hydra_dir / "overrides.yaml")
+        if not isinstance(overrides, list):
+            raise ValueError("overrides.yaml is not a list")
+        num, choices = _hydra_job_info(hydra_dir / "hydra.yaml")
+        job.num = num if num is not None else job.num
+    except FileNotFoundError as e:
+        hydra_problem = f"{e.filename if hydra_dir.is_dir() else hydra_dir}: missing"
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError) as e:
+        overrides = choices = None
+        hydra_problem = f"{hydra_dir}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})"
+
+    metrics = job_dir / records.METRICS_FILE
+    try:
+        job.record = read_metrics(metrics, histories)
+        job.status = job.record["status"]
+    except FileNotFoundError:
+        job.problems.append(f"{metrics}: missing (the job never wrote a record)")
+    except records.RecordError as e:
+        job.status = "unreadable"
+        job.problems.append(str(e))
+
+    record = job.record or {}
+    if hydra_problem and overrides is None:
+        overrides = record.get("overrides")
+        job.problems.append(hydra_problem + (": factors taken from metrics.json" if overrides is not None
+                                             else "; no usable metrics.json either: left out"))
+    elif hydra_problem:
+        job.problems.append(hydra_problem + ": group choices taken from metrics.json")
+    if overrides is not None:
+        choices = choices if choices is not None else record.get("choices") or {}
+        job.settings, job.override_keys, job.seed = _settings(overrides, choices)
+        if job.seed is None and record.get("seed") is not None:
+            job.seed = str(record["seed"])
+
+    if job.status == "running":
+        prov = record.get("provenance") or {}
+        host, pid = prov.get("hostname"), prov.get("pid")
+        if host == socket.gethostname() and isinstance(pid, int) and not records.pid_alive(pid):
+            job.status = "interrupted"
+            job.problems.append(f"{metrics}: status running but pid {pid} on {host} is gone: interrupted")
+        else:
+            job.problems.append(f"{metrics}: still running (pid {pid} on {host})")
+    elif job.status == "failed":
+        error = str(record.get("error") or record.get("stop_reason") or "no error recorded")
+        job.problems.append(f"{metrics}: failed: {error.splitlines()[0][:200]}")
+    elif job.status == "diverged":
+        kept = f"best epoch {record.get('best_epoch')} kept as a result" if job.best else "no best epoch: not a result"
+        job.problems.append(f"{metrics}: diverged ({kept})")
+    return job
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted((p for p in sweep_dir.iterdir() if p.name.isdigit() and p.is_dir()), key=lambda p: int(p.name))
+
+
+# ---------------------------------------------------------------- factors
+
+def _level_key(value: Optional[str]):
+    """Numbers in numeric order, before strings; a missing value first."""
+    if value is None:
+        return (0, 0.0, "")
+    try:
+        return (1, float(value), value)
+    except ValueError:
+        return (2, 0.0, value)
+
+
+def _same_level(a: Optional[str], b: Optional[str]) -> bool:
+    return a == b or (a is not None and b is not None and _level_key(a)[:2] == _level_key(b)[:2] != (2, 0.0))
+
+
+def find_factors(jobs: Sequence[Job], declared: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Keys whose values vary across the jobs -> (factors, notes).
+
+    Order: `declared` (sweep.factors) first, then varying override keys, then varying
+    group choices. A key whose value follows from the factors already kept (a group
+    choice an `experiment=` option sets, say) adds no cells and is left out."""
+    known = [j for j in jobs if j.settings is not None]
+    keys = sorted(set().union(*(j.settings for j in known))) if known else []
+    values = {k: [j.settings.get(k) for j in known] for k in keys}
+    varying = {k for k in keys if len(set(values[k])) > 1}
+    overridden = set().union(*(j.override_keys for j in known)) if known else set()
+    notes = [f"sweep.factors names {k}, which does not vary across the jobs: not a factor"
+             for k in declared if k not in varying]
+    candidates = [k for k in declared if k in varying]
+    candidates += sorted(varying & overridden - set(candidates)) + sorted(varying - overridden - set(candidates))
+    factors: list[str] = []
+    for key in candidates:
+        seen: dict[tuple, Optional[str]] = {}
+        follows = bool(factors) and all(
+            seen.setdefault(tuple(values[f][i] for f in factors), values[key][i]) == values[key][i]
+            for i in range(len(known)))
+        if follows:
+            notes.append(f"{key} varies but follows from {', '.join(factors)}: not a separate factor")
+            continue
+        if declared and key not in declared:
+            notes.append(f"{key} varies but is not in sweep.factors: treated as a factor")
+        factors.append(key)
+    return factors, notes
+
+
+def _sweep_info(jobs: Sequence[Job]) -> dict:
+    """The runs' `sweep` config (name, factors, baseline), from a record or .hydra/config.yaml."""
+    for job in jobs:
+        config = (job.record or {}).get("config")
+        if isinstance(config, dict):
+            return config.get("sweep") or {}
+    for job in jobs:
+        try:
+            config = yaml.load((job.path / ".hydra" / "config.yaml").read_text(), Loader=Loader)
+        except (OSError, yaml.YAMLError):
+            continue
+        return (config or {}).get("sweep") or {}
+    return {}
+
+
+# ---------------------------------------------------------------- the summary
+
+def _label(factors: Sequence[str], cell: tuple) -> str:
+    return " ".join(f"{k}={v}" for k, v in zip(factors, cell)) or "(all jobs)"
+
+
+def _metric(best: dict, key: str) -> Optional[float]:
+    split, name = key.split(".")
+    return (best.get(split) or {}).get(name)
+
+
+def _below(value: Optional[float], threshold: float) -> bool:
+    """value < threshold, an undefined ratio (constant predictions) counting as below."""
+    return not (isinstance(value, (int, float)) and value >= threshold)
+
+
+def _paired(cell_runs: dict, base_runs: dict, key: str) -> dict:
+    """Per-seed differences cell - baseline over the seeds with a value in both."""
+    shared = sorted(cell_runs.keys() & base_runs.keys(), key=_level_key)
+    diffs = [cell_runs[s][key] - base_runs[s][key] for s in shared
+             if len(_finite([cell_runs[s][key], base_runs[s][key]])) == 2]
+    stats = describe(diffs)
+    return {"n_pairs": stats["n"], "mean": stats["mean"], "ci_low": stats["ci_low"], "ci_high": stats["ci_high"]}
+
+
+def _choose_baseline(grid: list, factors: list, declared: Sequence[str]) -> tuple[tuple, str, list[str]]:
+    """The baseline cell from sweep.baseline (`key=value` items), else the first cell."""
+    if not grid:
+        return (), "none", []
+    wanted = dict(str(item).partition("=")[::2] for item in declared)
+    matches = [c for c in grid if all(_same_level(v, wanted[f]) for f, v in zip(factors, c) if f in wanted)]
+    if not declared:
+        return grid[0], "first cell", ["no sweep.baseline declared: baseline = first cell in sorted order"]
+    if not matches:
+        return grid[0], "first cell", [f"sweep.baseline {' '.join(declared)} matches no cell: "
+                                       "baseline = first cell in sorted order"]
+    notes = [f"sweep.baseline {' '.join(declared)} matches {len(matches)} cells: the first is the baseline"
+             ] if len(matches) > 1 else []
+    return matches[0], "sweep.baseline", notes
+
+
+def _cell_summary(cell_jobs: list, cell_runs: dict, base_runs: dict, seeds: list, th: Thresholds) -> dict:
+    """Counts, statistics, collapse rate, diagnoses, verdict, differences vs baseline."""
+    counts = dict.fromkeys(STATES, 0)
+    for job in cell_jobs:
+        counts[job.status] += 1
+    counts["missing"] += len(set(seeds) - {j.seed for j in cell_jobs})   # (cell, seed) with no job
+    results = [r["_job"] for r in cell_runs.values()]
+    stats = {k: describe(r[k] for r in cell_runs.values()) for k in STAT_KEYS}
+    labels = [(j.record.get("diagnosis") or {}).get("label") for j in results]
+    collapsed = [label == "collapsed" or _below(_metric(j.best, "val.variance_ratio"), th.collapse)
+                 for j, label in zip(results, labels)]
+    return {"jobs": sorted(j.num for j in cell_jobs), "seeds": sorted({j.seed for j in cell_jobs}, key=_level_key),
+            "counts": counts, "n_results": len(results),
+            "n_diverged_results": sum(j.status == "diverged" for j in results), "metrics": stats,
+            "collapse_rate": sum(collapsed) / len(collapsed) if collapsed else math.nan,
+            "diagnosis": {d: labels.count(d) for d in DIAGNOSES},
+            "verdict": th.verdict(stats["val.r2"]["mean"], stats["val.variance_ratio"]["mean"]),
+            "vs_baseline": {k: _paired(cell_runs, base_runs, k) for k in PAIRED_KEYS}, "warning": False}
+
+
+def _variance_up_r2_down(cells: list) -> list[str]:
+    """Flag cells that raised the val variance ratio vs the baseline but lowered val R²
+    (paired means over shared seeds; the difference of cell means when none are shared)."""
+    base = next((c["metrics"] for c in cells if c["baseline"]), None)
+    warnings = []
+    for c in cells:
+        if c["baseline"] or base is None:
+            continue
+        d_r2, d_ratio = c["vs_baseline"]["val.r2"], c["vs_baseline"]["val.variance_ratio"]
+        paired = d_r2["n_pairs"] > 0 and d_ratio["n_pairs"] > 0
+        dr2 = d_r2["mean"] if paired else c["metrics"]["val.r2"]["mean"] - base["val.r2"]["mean"]
+        dratio = (d_ratio["mean"] if paired else
+                  c["metrics"]["val.variance_ratio"]["mean"] - base["val.variance_ratio"]["mean"])
+        if dratio > 0 and dr2 < 0:
+            c["warning"] = True
+            warnings.append(f"{c['label']}: val variance ratio up {dratio:+.3f} but val R² down {dr2:+.3f} "
+                            f"vs baseline ({'paired by seed' if paired else 'cell means'}): "
+                            "variance forced up on weak signal?")
+    return warnings
+
+
+def _main_effects(factors: list, levels: dict, all_runs: list) -> list[dict]:
+    """Per factor: marginal mean and CI per level, and eta^2 (share of run-to-run variance)."""
+    effects = []
+    for i, f in enumerate(factors):
+        groups = [[r for cell, r in all_runs if cell[i] == lvl] for lvl in levels[f]]
+        effects.append({
+            "factor": f,
+            "levels": [{"value": lvl, **{k: describe(r[k] for r in g) for k in EFFECT_KEYS}}
+                       for lvl, g in zip(levels[f], groups)],
+            "eta_squared": {k: eta_squared([[r[k] for r in g] for g in groups]) for k in EFFECT_KEYS}})
+    return effects
+
+
+def summarize(sweep_dir, thresholds=None, plots: bool = True) -> dict:
+    """Read every job of `sweep_dir`, write summary.{csv,md,json} (and PNGs when `plots`)
+    into it and return the summary dict. `thresholds`: a Thresholds, a dict of its
+    fields, or None for the Phase-1 defaults. Raises SweepDirError naming the path."""
+    sweep_dir = Path(sweep_dir)
+    th = Thresholds(**thresholds) if isinstance(thresholds, dict) else thresholds or Thresholds()
+    if not sweep_dir.is_dir():
+        raise SweepDirError(f"{sweep_dir}: no such directory")
+    dirs = job_dirs(sweep_dir)
+    if not dirs:
+        raise SweepDirError(f"{sweep_dir}: holds no job directories (numeric subdirectories)")
+
+    jobs = [read_job(d, histories=plots) for d in dirs]
+    problems = [f"job {j.num}: {p}" for j in jobs for p in j.problems]
+    info = _sweep_info(jobs)
+    declared = [str(k) for k in info.get("factors") or []]
+    factors, notes = find_factors(jobs, declared)
+    placed = [j for j in jobs if j.settings is not None]
+
+    # levels, the full grid of cells (Hydra sweeps are cartesian), the seeds (replicates)
+    levels = {f: sorted({j.settings.get(f) for j in placed}, key=_level_key) for f in factors}
+    seeds = sorted({j.seed for j in placed}, key=_level_key)
+    grid = list(itertools.product(*(levels[f] for f in factors)))
+    by_cell: dict[tuple, list[Job]] = {c: [] for c in grid}
+    for job in placed:
+        by_cell[tuple(job.settings.get(f) for f in factors)].append(job)
+
+    # jobs that never got a directory: gaps in the numbering, and the grid's tail
+    nums = {j.num for j in jobs}
+    absent = [n for n in range(max(max(nums) + 1, len(grid) * len(seeds))) if n not in nums]
+    problems += [f"job {n}: {sweep_dir / str(n)}: missing (no job directory)" for n in absent]
+    for cell in grid:
+        have = {j.seed for j in by_cell[cell]}
+        problems += ([f"cell {_label(factors, cell)}: no jobs at all"] if not have else
+                     [f"cell {_label(factors, cell)}: no job for seed {s}" for s in seeds if s not in have])
+
+    # per-run best metrics of the result runs, by seed (for pairing)
+    runs: dict[tuple, dict] = {}
+    for cell, cell_jobs in by_cell.items():
+        runs[cell] = {}
+        for job in sorted(cell_jobs, key=lambda j: j.num):
+            if job.best is None:
+                continue
+            if job.seed in runs[cell]:
+                problems.append(f"job {job.num}: seed {job.seed} of cell {_label(factors, cell)} "
+                                "has an earlier job too: the later one is used")
+            runs[cell][job.seed] = {**{k: _metric(job.best, k) for k in STAT_KEYS}, "_job": job}
+
+    baseline, baseline_source, baseline_notes = _choose_baseline(grid, factors, info.get("baseline") or [])
+    notes += baseline_notes
+    cells = [{"label": _label(factors, cell), "settings": dict(zip(factors, cell)), "baseline": cell == baseline,
+              **_cell_summary(by_cell[cell], runs[cell], runs.get(baseline, {}), seeds, th)} for cell in grid]
+    warnings = _variance_up_r2_down(cells)
+    ranked = sorted(cells, key=lambda c: -c["metrics"]["val.r2"]["mean"]
+                    if math.isfinite(c["metrics"]["val.r2"]["mean"]) else math.inf)
+    for rank, c in enumerate(ranked, 1):
+        c["rank"] = rank
+
+    all_runs = [(cell, r) for cell in grid for r in runs[cell].values()]
+    cells_eta = {k: eta_squared([[r[k] for r in runs[c].values()] for c in grid]) for k in EFFECT_KEYS}
+    heatmap = None
+    if len(factors) >= 2:
+        rows, cols = levels[factors[0]], levels[factors[1]]
+        heatmap = {"rows": factors[0], "cols": factors[1], "row_levels": rows, "col_levels": cols,
+                   "mean_val_r2": [[describe(r["val.r2"] for cell, r in all_runs if cell[:2] == (a, b))["mean"]
+                                    for b in cols] for a in rows]}
+    by_status = dict.fromkeys(STATES, 0)
+    for job in jobs:
+        by_status[job.status] += 1
+    by_status["missing"] += len(absent)
+
+    summary = {
+        "schema": 1, "sweep_dir": str(sweep_dir), "sweep_name": info.get("name"),
+        "thresholds": {"r2": list(th.r2), "ratio": list(th.ratio), "collapse": th.collapse, "levels": list(LEVELS)},
+        "jobs": {"total": len(jobs) + len(absent), "by_status": by_status, "absent": absent},
+        "factors": [{"key": f, "levels": levels[f], "declared": f in declared} for f in factors],
+        "seeds": seeds,
+        "baseline": {"label": _label(factors, baseline), "settings": dict(zip(factors, baseline)),
+                     "source": baseline_source},
+        "cells": ranked, "main_effects": _main_effects(factors, levels, all_runs),
+        "variance_explained": {"cells": cells_eta, "within_cells": {k: 1 - v for k, v in cells_eta.items()}},
+        "heatmap": heatmap, "notes": notes, "problems": problems, "warnings": warnings, "files": [],
+    }
+    if plots:
+        from collapse.plots import write_plots
+
+        histories = {_label(factors, cell): [r["_job"].record.get("history") or [] for r in runs[cell].values()]
+                     for cell in grid}
+        written, plot_notes = write_plots(summary, histories, sweep_dir)
+        summary["files"] += [p.name for p in written]
+        notes += plot_notes
+    _write_outputs(summary, sweep_dir)
+    return summary
+
+
+# ---------------------------------------------------------------- output
+
+def _fmt(x, digits: int = 3) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "—"
+
+
+def _mean_ci(stats: dict) -> str:
+    if not math.isfinite(stats["mean"]):
+        return "—"
+    half = (stats["ci_high"] - stats["ci_low"]) / 2
+    return f"{stats['mean']:.3f} ± {half:.3f}" if math.isfinite(half) else f"{stats['mean']:.3f}"
+
+
+def _cell_flags(c: dict) -> str:
+    flags = ["baseline"] if c["baseline"] else []
+    flags += [f"{n} {s}" for s, n in c["counts"].items() if n and s not in ("completed", "stopped_collapse")]
+    if c["warning"]:
+        flags.append("WARN var up, R² down")
+    return ", ".join(flags)
+
+
+def _ranked_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    factors = [f["key"] for f in summary["factors"]]
+    headers = ["rank", *factors, "results", "val R² (95% CI)", "test R²", "val var ratio (95% CI)",
+               "collapse", "healthy/collapsed/no_signal", "verdict", "ΔR² vs base (paired)", "flags"]
+    rows = []
+    for c in summary["cells"]:
+        m, d = c["metrics"], c["vs_baseline"]["val.r2"]
+        expected = c["n_results"] + sum(n for s, n in c["counts"].items()
+                                        if s not in ("completed", "diverged", "stopped_collapse"))
+        delta = "" if c["baseline"] else (_mean_ci(d) + f" (n {d['n_pairs']})" if d["n_pairs"] else "—")
+        rows.append([str(c["rank"]), *(str(c["settings"][f]) for f in factors), f"{c['n_results']}/{expected}",
+                     _mean_ci(m["val.r2"]), _fmt(m["test.r2"]["mean"]), _mean_ci(m["val.variance_ratio"]),
+                     _fmt(c["collapse_rate"], 2), "/".join(str(c["diagnosis"][k]) for k in DIAGNOSES),
+                     c["verdict"], delta, _cell_flags(c)])
+    return headers, rows
+
+
+def _text_table(headers, rows) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    return ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in (headers, *rows)]
+
+
+def _md_table(headers, rows) -> list[str]:
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+            *("| " + " | ".join(str(x) for x in row) + " |" for row in rows)]
+
+
+def _effect_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    headers = ["factor", "level", "n", "val R² (95% CI)", "val var ratio (95% CI)", "eta² R²", "eta² var ratio"]
+    rows = []
+    for e in summary["main_effects"]:
+        for i, lvl in enumerate(e["levels"]):
+            eta = [_fmt(e["eta_squared"][k], 2) if i == 0 else "" for k in EFFECT_KEYS]
+            rows.append([e["factor"] if i == 0 else "", str(lvl["value"]), str(lvl["val.r2"]["n"]),
+                         _mean_ci(lvl["val.r2"]), _mean_ci(lvl["val.variance_ratio"]), *eta])
+    return headers, rows
+
+
+def _paired_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    headers = ["cell", "pairs", "Δ val R² (95% CI)", "Δ val var ratio (95% CI)", "Δ test R² (95% CI)"]
+    rows = [[c["label"], str(c["vs_baseline"]["val.r2"]["n_pairs"]),
+             *(_mean_ci(c["vs_baseline"][k]) for k in PAIRED_KEYS)]
+            for c in summary["cells"] if not c["baseline"]]
+    return headers, rows
+
+
+def _header_lines(summary: dict) -> list[str]:
+    th, j = summary["thresholds"], summary["jobs"]
+    statuses = ", ".join(f"{n} {s}" for s, n in j["by_status"].items() if n)
+    factors = "; ".join(f"{f['key']} ({', '.join(map(str, f['levels']))})" for f in summary["factors"]) or "none"
+    ve = summary["variance_explained"]
+    return [f"sweep {summary['sweep_dir']}: {j['total']} jobs ({statuses}); {len(summary['cells'])} cells "
+            f"x {len(summary['seeds'])} seeds",
+            f"factors: {factors}",
+            f"baseline: {summary['baseline']['label']} ({summary['baseline']['source']})",
+            f"verdict on mean val R² > {'/'.join(map(str, th['r2']))} and val variance ratio > "
+            f"{'/'.join(map(str, th['ratio']))} (minimum/good/excellent); collapse: val variance ratio "
+            f"< {th['collapse']:g} or diagnosis collapsed",
+            f"share of run-to-run variance of val R² explained by the cells: {_fmt(ve['cells']['val.r2'], 2)}, "
+            f"within cells (seeds): {_fmt(ve['within_cells']['val.r2'], 2)}"]
+
+
+def render_text(summary: dict) -> str:
+    lines = _header_lines(summary) + [f"note: {n}" for n in summary["notes"]] + [""]
+    lines += _text_table(*_ranked_rows(summary))
+    if summary["main_effects"]:
+        lines += ["", "main effects (marginal means over result runs):", *_text_table(*_effect_rows(summary))]
+    if len(summary["cells"]) > 1:
+        lines += ["", f"paired differences vs baseline (same seed, cell - baseline):",
+                  *_text_table(*_paired_rows(summary))]
+    lines += [""] + [f"warning: {w}" for w in summary["warnings"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_markdown(summary: dict) -> str:
+    lines = [f"# Sweep summary: `{summary['sweep_dir']}`", "", *(f"- {x}" for x in _header_lines(summary)), ""]
+    for title, items in (("Warnings", summary["warnings"]), ("Notes", summary["notes"]),
+                         ("Problems", summary["problems"])):
+        if items:
+            lines += [f"## {title}", "", *(f"- {x}" for x in items), ""]
+    lines += ["## Cells, ranked by mean val R²", "", *_md_table(*_ranked_rows(summary)), ""]
+    if summary["main_effects"]:
+        lines += ["## Main effects", "", *_md_table(*_effect_rows(summary)), ""]
+    if len(summary["cells"]) > 1:
+        lines += ["## Paired differences vs baseline", "", *_md_table(*_paired_rows(summary)), ""]
+    pngs = [f for f in summary["files"] if f.endswith(".png")]
+    if pngs:
+        lines += ["## Plots", "", *(f"![{f}]({f})" for f in pngs), ""]
+    return "\n".join(lines)
+
+
+def render_csv(summary: dict) -> str:
+    """One row per cell, ranked; floats unrounded, NaN as empty."""
+    factors = [f["key"] for f in summary["factors"]]
+    header = ["rank", "cell", *factors, "baseline", "n_results", *STATES,
+              *(f"{k.replace('.', '_')}_{s}" for k in STAT_KEYS for s in ("mean", "std", "ci_low", "ci_high")),
+              "collapse_rate", *DIAGNOSES, "verdict",
+              *(f"delta_{k.replace('.', '_')}_{s}" for k in PAIRED_KEYS for s in ("mean", "ci_low", "ci_high", "n_pairs")),
+              "warning"]
+
+    def num(x):
+        return "" if isinstance(x, float) and not math.isfinite(x) else x
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for c in summary["cells"]:
+        writer.writerow([c["rank"], c["label"], *(c["settings"][f] for f in factors), c["baseline"], c["n_results"],
+                         *(c["counts"][s] for s in STATES),
+                         *(num(c["metrics"][k][s]) for k in STAT_KEYS for s in ("mean", "std", "ci_low", "ci_high")),
+                         num(c["collapse_rate"]), *(c["diagnosis"][d] for d in DIAGNOSES), c["verdict"],
+                         *(num(c["vs_baseline"][k][s]) for k in PAIRED_KEYS for s in ("mean", "ci_low", "ci_high", "n_pairs")),
+                         c["warning"]])
+    return out.getvalue()
+
+
+def _write_text(path: Path, text: str) -> None:
+    records._atomic_write_bytes(path, lambda f: f.write(text.encode()))   # temp file + os.replace
+
+
+def _write_outputs(summary: dict, sweep_dir: Path) -> None:
+    summary["files"] = ["summary.csv", "summary.md", "summary.json"] + summary["files"]
+    _write_text(sweep_dir / "summary.csv", render_csv(summary))
+    _write_text(sweep_dir / "summary.md", render_markdown(summary))
+    records.write_json(sweep_dir / "summary.json", summary)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="collapse-summary", description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory (job dirs 0, 1, ...)")
+    parser.add_argument("--thresholds", nargs="+", action="extend", default=[], metavar="KEY=VALUES",
+                        help="r2=0,0.3,0.5  ratio=0.4,0.7,0.85  collapse=0.1 (the defaults)")
+    parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
+    args = parser.parse_args(argv)
+    try:
+        thresholds = Thresholds.parse(args.thresholds)
+    except ValueError as e:
+        parser.error(str(e))
+    try:
+        summary = summarize(args.sweep_dir, thresholds, plots=not args.no_plots)
+    except SweepDirError as e:
+        print(f"collapse: error: {e}", file=sys.stderr)
+        return 2
+    for problem in summary["problems"]:
+        print(f"problem: {problem}", file=sys.stderr)
+    print(render_text(summary), end="")
+    print(f"wrote {', '.join(summary['files'])} in {args.sweep_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

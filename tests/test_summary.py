@@ -1,0 +1,360 @@
+"""collapse.summary on fabricated sweep directories with known numbers.
+
+Each job dir is written by hand the way Hydra and collapse.train write them:
+.hydra/overrides.yaml and .hydra/hydra.yaml through OmegaConf (Hydra's own writer),
+metrics.json through collapse.records.write_json. Expected statistics are computed by
+hand (or, for eta squared on the grid, by a separate numpy formula) from the literals.
+"""
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from collapse import records, summary as summary_mod
+from collapse.summary import Thresholds, describe, eta_squared, summarize, t975
+
+FRAMES, LAMBDAS, SEEDS = (1, 7), (0.0, 0.5), (0, 1, 2)
+# (temporal_frames, variance_lambda) -> per-seed val R², val variance ratio, diagnosis labels
+GRID = {
+    (1, 0.0): ([0.60, 0.70, 0.65], [0.75, 0.80, 0.85], ["healthy"] * 3),
+    (1, 0.5): ([0.55, 0.75, 0.80], [0.05, 0.90, 0.99], ["healthy"] * 3),
+    (7, 0.0): ([0.30, 0.40, 0.50], [0.50, 0.60, 0.70], ["healthy", "collapsed", "no_signal"]),
+    (7, 0.5): ([0.20, 0.25, 0.39], [0.80, 0.90, 1.00], ["no_signal"] * 3),
+}
+SWEEP = {"name": "fab", "factors": ["data.temporal_frames", "loss.variance_lambda"],
+         "baseline": ["data.temporal_frames=7", "loss.variance_lambda=0.0"]}
+HELP = "${hydra.help.header}\n== Configuration groups ==\n\n$APP_CONFIG_GROUPS\n"
+
+
+def write_job(sweep_dir: Path, num: int, overrides: list, choices: dict, status="completed",
+              val_r2=0.5, val_ratio=0.8, label="healthy", sweep=None, seed=0, **record_extra) -> Path:
+    job = sweep_dir / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(overrides)))
+    hydra = {"hydra": {"help": {"template": HELP}, "mode": "MULTIRUN",
+                       "job": {"name": "train", "override_dirname": ",".join(overrides), "id": str(num),
+                               "num": num, "config_name": "fab", "env_set": {}},
+                       "runtime": {"version": "1.3.8", "cwd": "/x",
+                                   "config_sources": [{"path": "hydra.conf", "schema": "pkg"}],
+                                   "choices": {**choices, "hydra/launcher": "basic", "hydra/callbacks": None}},
+                       "verbose": False}}
+    (job / ".hydra" / "hydra.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(hydra)))
+    best = {"epoch": 3,
+            "val": {"r2": val_r2, "variance_ratio": val_ratio, "pred_std": 0.1 * val_ratio, "rmse": 1 - val_r2,
+                    "mae": 0.5 * (1 - val_r2)},
+            "test": {"r2": val_r2 - 0.05, "variance_ratio": val_ratio, "pred_std": 0.1 * val_ratio,
+                     "rmse": 1.1 - val_r2, "mae": 0.5}}
+    history = [{"epoch": e, "val_r2": val_r2 * e / 3, "val_variance_ratio": val_ratio, "val_loss": 0.1}
+               for e in (1, 2, 3)]
+    record = {"schema": 1, "status": status, "seed": seed, "overrides": overrides, "choices": choices,
+              "job": {"num": num}, "config": {"seed": seed, "sweep": sweep or {"name": "adhoc"}},
+              "best_epoch": 3, "best": best, "history": history, "diagnosis": {"label": label},
+              "provenance": {"hostname": socket.gethostname(), "pid": 1}, "error": None, **record_extra}
+    records.write_json(job / "metrics.json", record)
+    return job
+
+
+def make_grid(sweep_dir: Path, sweep=SWEEP, **overrides_by_num) -> Path:
+    """The 2 x 2 x 3-seed sweep of GRID, job numbers in Hydra's order (last key fastest)."""
+    num = 0
+    for frames in FRAMES:
+        for lam in LAMBDAS:
+            r2s, ratios, labels = GRID[(frames, lam)]
+            for i, seed in enumerate(SEEDS):
+                overrides = [f"data.temporal_frames={frames}", f"loss.variance_lambda={lam}", f"seed={seed}",
+                             "trainer.epochs=5"]
+                write_job(sweep_dir, num, overrides, {"model": "mean_pool", "ssl": "off", "experiment": None},
+                          val_r2=r2s[i], val_ratio=ratios[i], label=labels[i], sweep=sweep, seed=seed,
+                          **overrides_by_num.get(f"job{num}", {}))
+                num += 1
+    return sweep_dir
+
+
+def cell(summary: dict, frames, lam) -> dict:
+    (found,) = [c for c in summary["cells"]
+                if c["settings"] == {"data.temporal_frames": str(frames), "loss.variance_lambda": str(lam)}]
+    return found
+
+
+# ---------------------------------------------------------------- statistics by hand
+
+def test_t_quantiles_and_small_statistics():
+    assert t975(1) == pytest.approx(12.7062, abs=1e-4)
+    assert t975(2) == pytest.approx(4.3027, abs=1e-4)
+    assert t975(30) == pytest.approx(2.0423, abs=1e-4)
+    assert t975(31) == pytest.approx(2.0395, abs=1e-4)      # first value from the expansion
+    assert t975(120) == pytest.approx(1.9799, abs=1e-4)
+    assert t975(10**6) == pytest.approx(1.96, abs=1e-3)
+    assert math.isnan(t975(0))
+
+    s = describe([1.0, 2.0, 3.0, None, float("nan")])      # undefined values are left out
+    assert (s["n"], s["mean"], s["std"]) == (3, 2.0, 1.0)
+    assert s["ci_high"] - 2.0 == pytest.approx(4.30265 / math.sqrt(3), rel=1e-5)
+    one = describe([0.7])
+    assert one["mean"] == 0.7 and math.isnan(one["std"]) and math.isnan(one["ci_low"])
+    # grand mean 2.5; SS_total = 2.25 + .25 + .25 + 2.25 = 5; SS_between = 2 * 1 + 2 * 1 = 4
+    assert eta_squared([[1, 2], [3, 4]]) == pytest.approx(0.8)
+    assert math.isnan(eta_squared([[1.0, 1.0], [1.0]]))
+
+
+def test_thresholds_and_verdicts():
+    th = Thresholds()
+    assert th.verdict(0.65, 0.90) == "excellent"
+    assert th.verdict(0.65, 0.80) == "good"          # variance ratio holds it back
+    assert th.verdict(0.20, 0.95) == "minimum"       # R² holds it back
+    assert th.verdict(-0.1, 0.95) == "fail"
+    assert th.verdict(float("nan"), 0.9) == "n/a"
+    parsed = Thresholds.parse(["r2=0.1,0.2,0.3", "collapse=0.2"])
+    assert parsed.r2 == (0.1, 0.2, 0.3) and parsed.ratio == th.ratio and parsed.collapse == 0.2
+    for bad in (["r2=0.5,0.3,0.1"], ["r2=1,2"], ["ratio=a,b,c"], ["collapse=0.1,0.2"], ["alpha=1"]):
+        with pytest.raises(ValueError, match="invalid"):
+            Thresholds.parse(bad)
+
+
+# ---------------------------------------------------------------- a complete sweep
+
+@pytest.fixture
+def grid_summary(tmp_path):
+    return summarize(make_grid(tmp_path / "sweep"), plots=False)
+
+
+def test_factors_baseline_and_cell_statistics(grid_summary):
+    s = grid_summary
+    assert [f["key"] for f in s["factors"]] == ["data.temporal_frames", "loss.variance_lambda"]  # not seed, not epochs
+    assert s["seeds"] == ["0", "1", "2"]
+    assert s["baseline"] == {"label": "data.temporal_frames=7 loss.variance_lambda=0.0",
+                             "settings": {"data.temporal_frames": "7", "loss.variance_lambda": "0.0"},
+                             "source": "sweep.baseline"}
+    assert s["problems"] == [] and s["jobs"]["by_status"]["completed"] == 12
+
+    base = cell(s, 7, 0.0)
+    assert base["baseline"] and base["n_results"] == 3
+    r2 = base["metrics"]["val.r2"]                     # 0.3, 0.4, 0.5
+    assert r2["mean"] == pytest.approx(0.4) and r2["std"] == pytest.approx(0.1)
+    assert r2["ci_high"] - 0.4 == pytest.approx(4.30265 * 0.1 / math.sqrt(3), rel=1e-5)
+    assert base["metrics"]["test.r2"]["mean"] == pytest.approx(0.35)
+    assert base["metrics"]["val.variance_ratio"]["mean"] == pytest.approx(0.6)
+    assert base["metrics"]["val.rmse"]["mean"] == pytest.approx(0.6)
+    assert base["diagnosis"] == {"healthy": 1, "collapsed": 1, "no_signal": 1}
+    assert base["collapse_rate"] == pytest.approx(1 / 3)             # the "collapsed" label
+    assert cell(s, 1, 0.5)["collapse_rate"] == pytest.approx(1 / 3)  # ratio 0.05 < 0.1
+    assert cell(s, 1, 0.0)["collapse_rate"] == 0.0
+
+    # verdicts: (mean R², mean ratio) = (.65, .80) good; (.70, .647) minimum; (.40, .60) minimum; (.28, .90) minimum
+    assert [cell(s, *c)["verdict"] for c in GRID] == ["good", "minimum", "minimum", "minimum"]
+    # ranked by mean val R²: .70, .65, .40, .28
+    assert [c["settings"]["data.temporal_frames"] + "/" + c["settings"]["loss.variance_lambda"]
+            for c in s["cells"]] == ["1/0.5", "1/0.0", "7/0.0", "7/0.5"]
+    assert [c["rank"] for c in s["cells"]] == [1, 2, 3, 4]
+
+
+def test_paired_differences_and_warning(grid_summary):
+    s = grid_summary
+    d = cell(s, 7, 0.5)["vs_baseline"]
+    # R²: [.20-.30, .25-.40, .39-.50] = [-.10, -.15, -.11]: mean -.12, std sqrt((.02²+.03²+.01²)/2)
+    std = math.sqrt((0.02**2 + 0.03**2 + 0.01**2) / 2)
+    assert d["val.r2"]["n_pairs"] == 3 and d["val.r2"]["mean"] == pytest.approx(-0.12)
+    assert d["val.r2"]["ci_low"] == pytest.approx(-0.12 - 4.30265 * std / math.sqrt(3), rel=1e-5)
+    assert d["val.variance_ratio"]["mean"] == pytest.approx(0.30)     # [.3, .3, .3]: no spread
+    assert d["val.variance_ratio"]["ci_low"] == pytest.approx(0.30)
+    assert d["test.r2"]["mean"] == pytest.approx(-0.12)
+    # only this cell raised the variance ratio and lowered R²
+    assert [c["warning"] for c in s["cells"]] == [False, False, False, True]
+    assert len(s["warnings"]) == 1 and s["warnings"][0].startswith("data.temporal_frames=7 loss.variance_lambda=0.5")
+
+
+def test_main_effects_and_eta_squared(grid_summary):
+    s = grid_summary
+    frames, lam = s["main_effects"]
+    assert frames["factor"] == "data.temporal_frames"
+    level1, level7 = frames["levels"]
+    assert (level1["value"], level1["val.r2"]["n"]) == ("1", 6)
+    assert level1["val.r2"]["mean"] == pytest.approx((0.60 + 0.70 + 0.65 + 0.55 + 0.75 + 0.80) / 6)
+    assert level7["val.r2"]["mean"] == pytest.approx((0.30 + 0.40 + 0.50 + 0.20 + 0.25 + 0.39) / 6)
+    x = np.array([[GRID[(f, l)][0] for l in LAMBDAS] for f in FRAMES])      # [frames, lambda, seed]
+    ss_total = ((x - x.mean()) ** 2).sum()
+    for effect, axis in ((frames, 0), (lam, 1)):
+        level_means = x.mean(axis=tuple(a for a in (0, 1, 2) if a != axis))
+        ss_between = 6 * ((level_means - x.mean()) ** 2).sum()
+        assert effect["eta_squared"]["val.r2"] == pytest.approx(ss_between / ss_total)
+    cell_means = x.mean(axis=2)
+    assert s["variance_explained"]["cells"]["val.r2"] == pytest.approx(3 * ((cell_means - x.mean()) ** 2).sum() / ss_total)
+    assert np.allclose(s["heatmap"]["mean_val_r2"], cell_means)
+
+
+def test_outputs_written_and_custom_thresholds(tmp_path):
+    sweep = make_grid(tmp_path / "sweep")
+    s = summarize(sweep, thresholds={"r2": (0.5, 0.6, 0.7), "collapse": 0.6}, plots=False)
+    assert cell(s, 7, 0.0)["verdict"] == "fail"
+    assert cell(s, 7, 0.0)["collapse_rate"] == pytest.approx(2 / 3)    # ratio .5 < .6, and the label
+    for name in ("summary.csv", "summary.md", "summary.json"):
+        assert (sweep / name).stat().st_size > 0
+    assert json.loads((sweep / "summary.json").read_text())["cells"][0]["rank"] == 1
+    rows = (sweep / "summary.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[0].startswith("rank,cell,data.temporal_frames,loss.variance_lambda")
+    assert "## Cells, ranked by mean val R²" in (sweep / "summary.md").read_text()
+    assert not list(sweep.glob(".summary*.tmp")) and not list(sweep.glob("*.png"))
+
+
+def test_without_declared_sweep_factors_are_found_and_baseline_is_first_cell(tmp_path):
+    s = summarize(make_grid(tmp_path / "sweep", sweep={"name": "adhoc"}), plots=False)
+    assert [f["key"] for f in s["factors"]] == ["data.temporal_frames", "loss.variance_lambda"]
+    assert s["baseline"]["settings"] == {"data.temporal_frames": "1", "loss.variance_lambda": "0.0"}
+    assert s["baseline"]["source"] == "first cell"
+    assert any("baseline = first cell" in n for n in s["notes"])
+
+
+def test_group_choices_as_factors_and_choices_that_follow_another_factor(tmp_path):
+    sweep = tmp_path / "sweep"
+    for num, (exp, model) in enumerate([("run1", "gru"), ("run2", "mean_pool"), ("run3", "mean_pool")]):
+        write_job(sweep, num, [f"experiment={exp}", "seed=0"], {"experiment": exp, "model": model})
+    s = summarize(sweep, plots=False)
+    assert [f["key"] for f in s["factors"]] == ["experiment"]
+    assert any(n.startswith("model varies but follows from experiment") for n in s["notes"])
+
+    sweep = tmp_path / "sweep2"
+    for num, (model, seed) in enumerate([("gru", 0), ("gru", 1), ("mean_pool", 0), ("mean_pool", 1)]):
+        write_job(sweep, num, [f"model={model}", f"seed={seed}"], {"model": model}, seed=seed)
+    s = summarize(sweep, plots=False)
+    assert [f["key"] for f in s["factors"]] == ["model"] and s["heatmap"] is None
+    assert [c["n_results"] for c in s["cells"]] == [2, 2]
+
+
+# ---------------------------------------------------------------- broken sweeps
+
+def test_every_problem_is_reported_and_the_rest_summarised(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    sweep = make_grid(tmp_path / "sweep", job3={"status": "running", "provenance": {"hostname": socket.gethostname(), "pid": os.getpid()}},
+                      job4={"status": "running", "provenance": {"hostname": socket.gethostname(), "pid": dead.pid}},
+                      job6={"status": "failed", "best": None, "error": "ValueError: boom"},
+                      job8={"status": "diverged"})
+    (sweep / "0" / "metrics.json").write_text('{"schema": 1, "status": "compl')          # corrupt
+    shutil.rmtree(sweep / "1" / ".hydra")                                                 # factors from the record
+    records.write_json(sweep / "2" / "metrics.json", {"schema": 99, "status": "completed"})
+    (sweep / "5" / "metrics.json").unlink()                                               # never wrote a record
+    shutil.rmtree(sweep / "7")                                                            # a gap in the numbers
+    shutil.rmtree(sweep / "9" / ".hydra")
+    (sweep / "9" / "metrics.json").write_text("not json")                                # cannot be placed
+    shutil.rmtree(sweep / "11")                                                           # the grid's tail
+
+    s = summarize(sweep, plots=False)
+    problems = "\n".join(s["problems"])
+    for expected in ("job 0: " + str(sweep / "0" / "metrics.json") + ": not valid JSON",
+                     "job 1: " + str(sweep / "1" / ".hydra") + ": missing: factors taken from metrics.json",
+                     "job 2: " + str(sweep / "2" / "metrics.json") + ": unknown schema version 99",
+                     "job 3: " + str(sweep / "3" / "metrics.json") + ": still running",
+                     "job 4: " + str(sweep / "4" / "metrics.json") + f": status running but pid {dead.pid}",
+                     "job 5: " + str(sweep / "5" / "metrics.json") + ": missing",
+                     "job 6: " + str(sweep / "6" / "metrics.json") + ": failed: ValueError: boom",
+                     "job 7: " + str(sweep / "7") + ": missing (no job directory)",
+                     "job 8: " + str(sweep / "8" / "metrics.json") + ": diverged (best epoch 3 kept",
+                     "job 9: " + str(sweep / "9" / ".hydra") + ": missing; no usable metrics.json either: left out",
+                     "job 11: " + str(sweep / "11") + ": missing (no job directory)"):
+        assert expected in problems
+    assert all("\n" not in p for p in s["problems"])
+    assert s["jobs"]["total"] == 12
+    assert s["jobs"]["by_status"] == {"completed": 2, "diverged": 1, "stopped_collapse": 0, "failed": 1,
+                                      "running": 1, "interrupted": 1, "unreadable": 3, "missing": 3}
+
+    assert cell(s, 1, 0.0)["counts"]["unreadable"] == 2 and cell(s, 1, 0.0)["n_results"] == 1  # job 1 only
+    assert cell(s, 1, 0.0)["metrics"]["val.r2"]["mean"] == pytest.approx(0.70)
+    c = cell(s, 1, 0.5)
+    assert (c["counts"]["running"], c["counts"]["interrupted"], c["counts"]["missing"], c["n_results"]) == (1, 1, 1, 0)
+    assert c["verdict"] == "n/a"
+    base = cell(s, 7, 0.0)                      # job 6 failed, 7 absent, 8 diverged with a best epoch
+    assert (base["counts"]["failed"], base["counts"]["missing"], base["n_diverged_results"]) == (1, 1, 1)
+    assert base["metrics"]["val.r2"]["mean"] == pytest.approx(0.50)
+    last = cell(s, 7, 0.5)                      # job 9 unplaceable (seed 0), 10 fine, 11 absent
+    assert (last["counts"]["missing"], last["n_results"]) == (2, 1)
+    assert last["vs_baseline"]["val.r2"]["n_pairs"] == 0         # seed 1 vs the baseline's seed 2
+    assert cell(s, 1, 0.0)["vs_baseline"]["val.r2"]["n_pairs"] == 0
+
+
+def test_hydra_files_in_another_layout_are_parsed_whole(tmp_path):
+    job = write_job(tmp_path / "sweep", 0, ["model=gru", "seed=0"], {"model": "gru"})
+    (job / ".hydra" / "hydra.yaml").write_text("{hydra: {job: {num: 0}, runtime: {choices: {model: gru, ssl: 'off'}}}}\n")
+    (job / ".hydra" / "overrides.yaml").write_text("- model=gru\n- 'seed=0'  # quoted, commented\n")
+    parsed = summary_mod.read_job(job)
+    assert (parsed.num, parsed.seed, parsed.settings) == (0, "0", {"model": "gru", "ssl": "off"})
+    # Hydra's own layout takes the fast path and agrees with a full parse
+    job = write_job(tmp_path / "sweep", 1, ["+experiment=run1", "seed=3"], {"experiment": "run1", "ssl": "off",
+                                                                              "data": None})
+    full = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]
+    assert summary_mod._hydra_job_info(job / ".hydra" / "hydra.yaml") == (1, full["runtime"]["choices"])
+    assert summary_mod._load_overrides(job / ".hydra" / "overrides.yaml") == ["+experiment=run1", "seed=3"]
+
+
+def test_tables_skip_histories_without_changing_the_record(tmp_path):
+    job = write_job(tmp_path / "sweep", 0, ["seed=0"], {}, ssl_history=[{"epoch": 1, "loss": 0.5}])
+    whole = records.read_record(job / "metrics.json")
+    light = summary_mod.read_metrics(job / "metrics.json", histories=False)
+    assert light["history"] is None and light["ssl_history"] is None
+    assert {k: v for k, v in light.items() if "history" not in k} == \
+        {k: v for k, v in whole.items() if "history" not in k}
+
+
+# ---------------------------------------------------------------- CLI and plots
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "collapse.summary", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_writes_the_files_and_exit_codes(tmp_path):
+    sweep = make_grid(tmp_path / "sweep")
+    (sweep / "4" / "metrics.json").write_text("{")
+    proc = _cli(sweep, "--no-plots", "--thresholds", "r2=0,0.3,0.5", "ratio=0.4,0.7,0.85", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [f"problem: job 4: {sweep / '4' / 'metrics.json'}: not valid JSON "
+                                        + proc.stderr.split("not valid JSON ", 1)[1].strip()]
+    assert "rank" in proc.stdout and "warning: data.temporal_frames=7 loss.variance_lambda=0.5" in proc.stdout
+    assert all((sweep / f).is_file() for f in ("summary.csv", "summary.md", "summary.json"))
+
+    missing = _cli(tmp_path / "nope", cwd=tmp_path)
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"collapse: error: {tmp_path / 'nope'}: no such directory"
+    (tmp_path / "empty").mkdir()
+    empty = _cli(tmp_path / "empty", cwd=tmp_path)
+    assert empty.returncode == 2 and str(tmp_path / "empty") in empty.stderr
+    assert len(empty.stderr.strip().splitlines()) == 1
+    bad = _cli(sweep, "--thresholds", "r2=1,0", cwd=tmp_path)
+    assert bad.returncode == 2 and "--thresholds 'r2=1,0' is invalid" in bad.stderr
+
+
+def test_tables_only_import_no_heavy_modules(tmp_path):
+    sweep = make_grid(tmp_path / "sweep")
+    code = ("import sys; from collapse.summary import summarize; summarize(sys.argv[1], plots=False); "
+            "print(sorted(m for m in ('matplotlib', 'scipy', 'sklearn', 'torch', 'hydra') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code, str(sweep)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_plots_are_pngs(tmp_path):
+    sweep = make_grid(tmp_path / "sweep")
+    s = summarize(sweep, plots=True)
+    pngs = ["summary_heatmap.png", "summary_main_effects.png", "summary_curves.png"]
+    assert [f for f in s["files"] if f.endswith(".png")] == pngs
+    for name in pngs:
+        assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![summary_heatmap.png](summary_heatmap.png)" in (sweep / "summary.md").read_text()
+    # the same statistics as the tables-only path, which skips the histories
+    assert [c["metrics"] for c in summarize(sweep, plots=False)["cells"]] == [c["metrics"] for c in s["cells"]]
+
+    one = tmp_path / "one"
+    for num, seed in enumerate((0, 1)):
+        for j, model in enumerate(("gru", "mean_pool")):
+            write_job(one, 2 * num + j, [f"model={model}", f"seed={seed}"], {"model": model}, seed=seed)
+    s = summarize(one, plots=True)
+    assert "heatmap skipped: it needs at least 2 factors" in s["notes"]
+    assert (one / "summary_main_effects.png").is_file() and not (one / "summary_heatmap.png").exists()
