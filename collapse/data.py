@@ -86,17 +86,24 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
         raise DataError(f"{path}: y has shape {y.shape}; expected (N,)")
     if len(X) != len(y):
         raise DataError(f"{path}: X has {len(X)} samples but y has {len(y)}")
+    if 0 in X.shape[1:]:
+        raise DataError(f"{path}: X has shape {X.shape}; expected at least one frame (T) and one feature (C)")
     for key, arr in (("X", X), ("y", y)):
-        if not np.issubdtype(arr.dtype, np.number):
-            raise DataError(f"{path}: {key} has dtype {arr.dtype}; expected a numeric array")
+        # real numbers only: a complex array would silently lose its imaginary part
+        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+            raise DataError(f"{path}: {key} has dtype {arr.dtype}; expected a real numeric array")
+    with np.errstate(over="ignore", invalid="ignore"):
+        X, y = X.astype(np.float32), y.astype(np.float32)
+    for key, arr in (("X", X), ("y", y)):
+        # checked in the float32 the model sees: 1e39 is finite in float64 but inf in float32
         if not np.all(np.isfinite(arr)):
             bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-            raise DataError(f"{path}: {key} holds {bad} NaN/inf values")
+            raise DataError(f"{path}: {key} holds {bad} NaN/inf values (as float32)")
     if split is not None:
         if split.shape != y.shape or not np.isin(split, (0, 1, 2)).all():
             raise DataError(f"{path}: split must be shape (N,) with values 0/1/2 (train/val/test)")
         split = split.astype(np.int64)
-    return X.astype(np.float32), y.astype(np.float32), split
+    return X, y, split
 
 
 def split_indices(n_samples: int, val_fraction: float, test_fraction: float,
