@@ -12,7 +12,7 @@ Hydra/OmegaConf; everything downstream receives these plain dataclasses.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, List, Optional
 
 
@@ -227,6 +227,23 @@ def validate(cfg: Config) -> Config:
     _check(0 < cfg.diagnosis.collapse_ratio_of_r <= 1, "diagnosis.collapse_ratio_of_r",
            cfg.diagnosis.collapse_ratio_of_r, "in (0, 1]")
     return cfg
+
+
+def check_known_keys(tree: dict, schema: Any = None, prefix: str = "") -> None:
+    """Raise ConfigError for a key of the composed `tree` (a plain dict) that the schema
+    lacks. Hydra's `+key=value` appends even to a typed config - its own "not in
+    struct" message suggests it - and OmegaConf.to_object then drops the key silently,
+    so a typo like `+trainer.epoch=5` would run with the default unnoticed."""
+    schema = Config() if schema is None else schema
+    known = [f.name for f in fields(schema)]
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"{name} is not a config key: {prefix.rstrip('.') or 'the top level'} "
+                              f"has {', '.join(known)}")
+        sub = getattr(schema, key)
+        if is_dataclass(sub) and isinstance(value, dict):
+            check_known_keys(value, sub, f"{name}.")
 
 
 def register_configs() -> None:

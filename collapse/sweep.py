@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -64,6 +66,34 @@ def existing_run(run_dir: Path, cfg_hash: str, resume: bool) -> Optional[dict]:
         raise RunExists(f"{path} already holds a result of this config; pass resume=true to skip it "
                            "or use another output dir")
     return old
+
+
+_watching_parent = False
+
+
+def exit_with_parent(poll_s: float = 0.5) -> None:
+    """End this (worker) process soon after the process that started it dies.
+
+    A loky worker outlives a SIGKILLed sweep: it finishes its job, idles for minutes,
+    and a resume started meanwhile runs the same job a second time into the same files.
+    The parent's death shows as a changed getppid() (the orphan is reparented). The
+    exit can land mid-write: records' atomic writes leave the old or the new file.
+    A no-op in a process that multiprocessing did not start (the basic launcher's,
+    joblib with n_jobs=1): a sweep must survive the shell that started it."""
+    import multiprocessing
+
+    global _watching_parent
+    if _watching_parent or multiprocessing.parent_process() is None:
+        return
+    _watching_parent = True
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="collapse-exit-with-parent", daemon=True).start()
 
 
 def threads_per_job(requested: int, launcher: Optional[DictConfig]) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -19,9 +20,10 @@ from typing import Optional, Sequence
 
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from collapse import records
-from collapse.config import Config, ConfigError, register_configs, validate
+from collapse.config import Config, ConfigError, check_known_keys, register_configs, validate
 from collapse.data import DataError
 
 # Absolute, built from __file__: a package-relative config_path fails when main()
@@ -33,7 +35,16 @@ register_configs()
 
 def to_config(cfg: DictConfig) -> Config:
     """Composed DictConfig -> validated dataclass (raises ConfigError naming the key)."""
+    check_known_keys(OmegaConf.to_container(cfg, resolve=False))
     return validate(OmegaConf.to_object(cfg))
+
+
+def _one_line(e: Exception) -> str:
+    # OmegaConf's messages span lines with the key on a later one ("full_key: ...")
+    if isinstance(e, OmegaConfBaseException):
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        return f"{e.full_key}: {first}" if getattr(e, "full_key", None) else first
+    return str(e)
 
 
 def _base_record(cfg: DictConfig, overrides: Sequence[str], choices: dict, job: dict) -> dict:
@@ -45,33 +56,38 @@ def _base_record(cfg: DictConfig, overrides: Sequence[str], choices: dict, job: 
 
 def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: dict,
              job: dict, multirun: bool, launcher: Optional[DictConfig]) -> float:
-    import torch
-
     from collapse.runner import load_data, resolve_device, run_experiment
-    from collapse.sweep import RunExists, existing_run, threads_per_job
+    from collapse.sweep import RunExists, exit_with_parent, existing_run, threads_per_job
 
+    if multirun:
+        exit_with_parent()      # a joblib (loky) worker must not outlive a killed sweep
     metrics_path = run_dir / records.METRICS_FILE
-    record = _base_record(cfg, overrides, choices, job)
+    record = {"schema": records.SCHEMA_VERSION, "overrides": list(overrides), "choices": choices, "job": job}
     try:
+        record = _base_record(cfg, overrides, choices, job)    # resolves interpolations: may fail
         typed = to_config(cfg)
         previous = existing_run(run_dir, record["config_hash"], typed.resume)
         if previous is not None:
             log.info(f"resume: {metrics_path} already holds a {previous['status']} run of this config; skipped")
             value = previous.get("monitor_value")
             return float(value) if value is not None else math.nan
-        resolve_device(typed.trainer.device)          # trainer.device=cuda without CUDA is bad input
-        torch.set_num_threads(threads_per_job(typed.trainer.threads, launcher))
         data = load_data(typed)
-    except (ConfigError, DataError, RunExists) as e:
+        resolve_device(typed.trainer.device)          # trainer.device=cuda without CUDA is bad input
+    except (ConfigError, DataError, RunExists, OmegaConfBaseException) as e:
         if not multirun:
-            print(f"collapse: error: {e}", file=sys.stderr)
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                traceback.print_exc()
+            print(f"collapse: error: {_one_line(e)}", file=sys.stderr)
             raise SystemExit(2)
-        log.error(f"collapse: error: {e}")
+        log.error(f"collapse: error: {_one_line(e)}")
         if isinstance(e, RunExists):        # would overwrite a result: touch nothing
             return math.nan
         records.write_json(metrics_path, {**record, "status": "failed", "stop_reason": "bad_input",
-                                          "error": f"{type(e).__name__}: {e}"})
+                                          "error": f"{type(e).__name__}: {_one_line(e)}"})
         return math.nan
+    import torch    # only now: bad input above fails without paying torch's import (~1.5 s)
+
+    torch.set_num_threads(threads_per_job(typed.trainer.threads, launcher))
 
     try:
         record = run_experiment(typed, data, run_dir, record,
@@ -109,7 +125,9 @@ def main(cfg: DictConfig) -> float:
     multirun = not OmegaConf.is_missing(hc.job, "num")
     job = {"num": hc.job.num if multirun else None, "dir": hc.runtime.output_dir,
            "config_name": hc.job.config_name}
-    return _run_job(cfg, Path(hc.runtime.output_dir), list(hc.overrides.task), choices, job,
+    # as typed: iterating the ListConfig would resolve `${...}` inside the override strings
+    overrides = OmegaConf.to_container(hc.overrides.task, resolve=False)
+    return _run_job(cfg, Path(hc.runtime.output_dir), overrides, choices, job,
                     multirun, hc.launcher if multirun else None)
 
 
