@@ -326,15 +326,20 @@ def _level_key(value: Optional[str]):
 
 
 def _same_level(a: Optional[str], b: Optional[str]) -> bool:
-    return a == b or (a is not None and b is not None and _level_key(a)[:2] == _level_key(b)[:2] != (2, 0.0))
+    """Equal as written or as numbers ("0" and "0.0")."""
+    try:
+        return a == b or float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
 
 
 def find_factors(jobs: Sequence[Job], declared: Sequence[str]) -> tuple[list[str], list[str]]:
     """Keys whose values vary across the jobs -> (factors, notes).
 
     Order: `declared` (sweep.factors) first, then varying override keys, then varying
-    group choices. A key whose value follows from the factors already kept (a group
-    choice an `experiment=` option sets, say) adds no cells and is left out."""
+    group choices. A group choice that no override names and whose value follows from
+    the factors already kept (one an `experiment=` option sets, say) adds no cells and
+    is left out."""
     known = [j for j in jobs if j.settings is not None]
     keys = sorted(set().union(*(j.settings for j in known))) if known else []
     values = {k: [j.settings.get(k) for j in known] for k in keys}
@@ -343,11 +348,12 @@ def find_factors(jobs: Sequence[Job], declared: Sequence[str]) -> tuple[list[str
     notes = [f"sweep.factors names {k}, which does not vary across the jobs: not a factor"
              for k in declared if k not in varying]
     candidates = [k for k in declared if k in varying]
-    candidates += sorted(varying & overridden - set(candidates)) + sorted(varying - overridden - set(candidates))
+    rest = varying - set(candidates)
+    candidates += sorted(rest & overridden) + sorted(rest - overridden)
     factors: list[str] = []
     for key in candidates:
         seen: dict[tuple, Optional[str]] = {}
-        follows = bool(factors) and all(
+        follows = bool(factors) and key not in overridden and key not in declared and all(
             seen.setdefault(tuple(values[f][i] for f in factors), values[key][i]) == values[key][i]
             for i in range(len(known)))
         if follows:
@@ -420,13 +426,15 @@ def _cell_summary(cell_jobs: list, cell_runs: dict, base_runs: dict, seeds: list
     counts = dict.fromkeys(STATES, 0)
     for job in cell_jobs:
         counts[job.status] += 1
-    counts["missing"] += len(set(seeds) - {j.seed for j in cell_jobs})   # (cell, seed) with no job
+    counts["missing"] += len(set(seeds) - {j.seed for j in cell_jobs})   # seeds with no job in this cell
     results = [r["_job"] for r in cell_runs.values()]
     stats = {k: describe(r[k] for r in cell_runs.values()) for k in STAT_KEYS}
     labels = [(j.record.get("diagnosis") or {}).get("label") for j in results]
     collapsed = [label == "collapsed" or _below(_metric(j.best, "val.variance_ratio"), th.collapse)
                  for j, label in zip(results, labels)]
-    return {"jobs": sorted(j.num for j in cell_jobs), "seeds": sorted({j.seed for j in cell_jobs}, key=_level_key),
+    have = {j.seed for j in cell_jobs}
+    return {"jobs": sorted(j.num for j in cell_jobs), "seeds": sorted(have, key=_level_key),
+            "missing_seeds": [s for s in seeds if s not in have],
             "counts": counts, "n_results": len(results),
             "n_diverged_results": sum(j.status == "diverged" for j in results), "metrics": stats,
             "collapse_rate": sum(collapsed) / len(collapsed) if collapsed else math.nan,
@@ -482,7 +490,6 @@ def summarize(sweep_dir, thresholds=None, plots: bool = True) -> dict:
         raise SweepDirError(f"{sweep_dir}: holds no job directories (numeric subdirectories)")
 
     jobs = [read_job(d, histories=plots) for d in dirs]
-    problems = [f"job {j.num}: {p}" for j in jobs for p in j.problems]
     info = _sweep_info(jobs)
     declared = [str(k) for k in info.get("factors") or []]
     factors, notes = find_factors(jobs, declared)
@@ -491,19 +498,26 @@ def summarize(sweep_dir, thresholds=None, plots: bool = True) -> dict:
     # levels, the full grid of cells (Hydra sweeps are cartesian), the seeds (replicates)
     levels = {f: sorted({j.settings.get(f) for j in placed}, key=_level_key) for f in factors}
     seeds = sorted({j.seed for j in placed}, key=_level_key)
-    grid = list(itertools.product(*(levels[f] for f in factors)))
+    observed = {tuple(j.settings.get(f) for f in factors) for j in placed}
+    n_combinations = math.prod(len(levels[f]) for f in factors)
+    full_grid = 2 * len(observed) >= n_combinations     # Hydra's basic sweeper runs the whole product
+    if full_grid:
+        grid = list(itertools.product(*(levels[f] for f in factors)))
+    else:   # e.g. an optimising sweeper: no grid to infer missing jobs from
+        grid = sorted(observed, key=lambda c: tuple(map(_level_key, c)))
+        notes.append(f"the cells are {len(observed)} of {n_combinations} factor combinations, not a grid: "
+                     "missing jobs are not inferred from it")
     by_cell: dict[tuple, list[Job]] = {c: [] for c in grid}
     for job in placed:
         by_cell[tuple(job.settings.get(f) for f in factors)].append(job)
 
     # jobs that never got a directory: gaps in the numbering, and the grid's tail
     nums = {j.num for j in jobs}
-    absent = [n for n in range(max(max(nums) + 1, len(grid) * len(seeds))) if n not in nums]
-    problems += [f"job {n}: {sweep_dir / str(n)}: missing (no job directory)" for n in absent]
-    for cell in grid:
-        have = {j.seed for j in by_cell[cell]}
-        problems += ([f"cell {_label(factors, cell)}: no jobs at all"] if not have else
-                     [f"cell {_label(factors, cell)}: no job for seed {s}" for s in seeds if s not in have])
+    absent = [n for n in range(max(max(nums) + 1, len(grid) * len(seeds) if full_grid else 0)) if n not in nums]
+    numbered = [(j.num, p) for j in jobs for p in j.problems]
+    numbered += [(n, f"{sweep_dir / str(n)}: missing (no job directory)") for n in absent]
+    problems = [f"job {n}: {p}" for n, p in sorted(numbered, key=lambda item: item[0])]
+    problems += [f"cell {_label(factors, cell)}: no jobs at all" for cell in grid if not by_cell[cell]]
 
     # per-run best metrics of the result runs, by seed (for pairing)
     runs: dict[tuple, dict] = {}
@@ -570,11 +584,13 @@ def _fmt(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "—"
 
 
-def _mean_ci(stats: dict) -> str:
+def _mean_ci(stats: dict, sign: str = "") -> str:
+    """`mean ± half-width of the 95% CI` (the mean alone when n < 2)."""
     if not math.isfinite(stats["mean"]):
         return "—"
     half = (stats["ci_high"] - stats["ci_low"]) / 2
-    return f"{stats['mean']:.3f} ± {half:.3f}" if math.isfinite(half) else f"{stats['mean']:.3f}"
+    mean = f"{stats['mean']:{sign}.3f}"
+    return f"{mean} ± {half:.3f}" if math.isfinite(half) else mean
 
 
 def _cell_flags(c: dict) -> str:
@@ -594,7 +610,7 @@ def _ranked_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         m, d = c["metrics"], c["vs_baseline"]["val.r2"]
         expected = c["n_results"] + sum(n for s, n in c["counts"].items()
                                         if s not in ("completed", "diverged", "stopped_collapse"))
-        delta = "" if c["baseline"] else (_mean_ci(d) + f" (n {d['n_pairs']})" if d["n_pairs"] else "—")
+        delta = "" if c["baseline"] else (_mean_ci(d, "+") + f" (n {d['n_pairs']})" if d["n_pairs"] else "—")
         rows.append([str(c["rank"]), *(str(c["settings"][f]) for f in factors), f"{c['n_results']}/{expected}",
                      _mean_ci(m["val.r2"]), _fmt(m["test.r2"]["mean"]), _mean_ci(m["val.variance_ratio"]),
                      _fmt(c["collapse_rate"], 2), "/".join(str(c["diagnosis"][k]) for k in DIAGNOSES),
@@ -626,7 +642,7 @@ def _effect_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 def _paired_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     headers = ["cell", "pairs", "Δ val R² (95% CI)", "Δ val var ratio (95% CI)", "Δ test R² (95% CI)"]
     rows = [[c["label"], str(c["vs_baseline"]["val.r2"]["n_pairs"]),
-             *(_mean_ci(c["vs_baseline"][k]) for k in PAIRED_KEYS)]
+             *(_mean_ci(c["vs_baseline"][k], "+") for k in PAIRED_KEYS)]
             for c in summary["cells"] if not c["baseline"]]
     return headers, rows
 

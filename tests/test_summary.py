@@ -229,6 +229,15 @@ def test_group_choices_as_factors_and_choices_that_follow_another_factor(tmp_pat
     assert [c["n_results"] for c in s["cells"]] == [2, 2]
 
 
+def test_sampled_settings_are_not_taken_for_a_grid(tmp_path):
+    sweep = tmp_path / "sweep"                     # as an optimising sweeper would leave it
+    for num, (lr, wd) in enumerate([(0.1, 0.0), (0.01, 0.1), (0.001, 0.2), (0.3, 0.3)]):
+        write_job(sweep, num, [f"trainer.lr={lr}", f"trainer.weight_decay={wd}", "seed=0"], {})
+    s = summarize(sweep, plots=False)
+    assert len(s["cells"]) == 4 and s["problems"] == [] and s["jobs"]["total"] == 4
+    assert any("4 of 16 factor combinations, not a grid" in n for n in s["notes"])
+
+
 # ---------------------------------------------------------------- broken sweeps
 
 def test_every_problem_is_reported_and_the_rest_summarised(tmp_path):
@@ -275,7 +284,8 @@ def test_every_problem_is_reported_and_the_rest_summarised(tmp_path):
     assert (base["counts"]["failed"], base["counts"]["missing"], base["n_diverged_results"]) == (1, 1, 1)
     assert base["metrics"]["val.r2"]["mean"] == pytest.approx(0.50)
     last = cell(s, 7, 0.5)                      # job 9 unplaceable (seed 0), 10 fine, 11 absent
-    assert (last["counts"]["missing"], last["n_results"]) == (2, 1)
+    assert (last["counts"]["missing"], last["n_results"], last["missing_seeds"]) == (2, 1, ["0", "2"])
+    assert [p.split(":")[0] for p in s["problems"]] == [f"job {n}" for n in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 11)]
     assert last["vs_baseline"]["val.r2"]["n_pairs"] == 0         # seed 1 vs the baseline's seed 2
     assert cell(s, 1, 0.0)["vs_baseline"]["val.r2"]["n_pairs"] == 0
 
