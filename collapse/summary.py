@@ -407,8 +407,8 @@ def _paired(cell_runs: dict, base_runs: dict, key: str) -> dict:
 
 def _choose_baseline(grid: list, factors: list, declared: Sequence[str]) -> tuple[tuple, str, list[str]]:
     """The baseline cell from sweep.baseline (`key=value` items), else the first cell."""
-    if not grid:
-        return (), "none", []
+    if len(grid) < 2:
+        return (grid[0] if grid else ()), "only cell", []
     wanted = dict(str(item).partition("=")[::2] for item in declared)
     matches = [c for c in grid if all(_same_level(v, wanted[f]) for f, v in zip(factors, c) if f in wanted)]
     if not declared:
@@ -608,8 +608,7 @@ def _ranked_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for c in summary["cells"]:
         m, d = c["metrics"], c["vs_baseline"]["val.r2"]
-        expected = c["n_results"] + sum(n for s, n in c["counts"].items()
-                                        if s not in ("completed", "diverged", "stopped_collapse"))
+        expected = sum(c["counts"].values())      # the cell's jobs, missing ones included
         delta = "" if c["baseline"] else (_mean_ci(d, "+") + f" (n {d['n_pairs']})" if d["n_pairs"] else "—")
         rows.append([str(c["rank"]), *(str(c["settings"][f]) for f in factors), f"{c['n_results']}/{expected}",
                      _mean_ci(m["val.r2"]), _fmt(m["test.r2"]["mean"]), _mean_ci(m["val.variance_ratio"]),
@@ -669,7 +668,7 @@ def render_text(summary: dict) -> str:
     if summary["main_effects"]:
         lines += ["", "main effects (marginal means over result runs):", *_text_table(*_effect_rows(summary))]
     if len(summary["cells"]) > 1:
-        lines += ["", f"paired differences vs baseline (same seed, cell - baseline):",
+        lines += ["", "paired differences vs baseline (same seed, cell - baseline):",
                   *_text_table(*_paired_rows(summary))]
     lines += [""] + [f"warning: {w}" for w in summary["warnings"]]
     return "\n".join(lines).rstrip() + "\n"
@@ -695,11 +694,11 @@ def render_markdown(summary: dict) -> str:
 def render_csv(summary: dict) -> str:
     """One row per cell, ranked; floats unrounded, NaN as empty."""
     factors = [f["key"] for f in summary["factors"]]
+    stat_fields, pair_fields = ("mean", "std", "ci_low", "ci_high"), ("mean", "ci_low", "ci_high", "n_pairs")
     header = ["rank", "cell", *factors, "baseline", "n_results", *STATES,
-              *(f"{k.replace('.', '_')}_{s}" for k in STAT_KEYS for s in ("mean", "std", "ci_low", "ci_high")),
+              *(f"{k.replace('.', '_')}_{s}" for k in STAT_KEYS for s in stat_fields),
               "collapse_rate", *DIAGNOSES, "verdict",
-              *(f"delta_{k.replace('.', '_')}_{s}" for k in PAIRED_KEYS for s in ("mean", "ci_low", "ci_high", "n_pairs")),
-              "warning"]
+              *(f"delta_{k.replace('.', '_')}_{s}" for k in PAIRED_KEYS for s in pair_fields), "warning"]
 
     def num(x):
         return "" if isinstance(x, float) and not math.isfinite(x) else x
@@ -710,10 +709,9 @@ def render_csv(summary: dict) -> str:
     for c in summary["cells"]:
         writer.writerow([c["rank"], c["label"], *(c["settings"][f] for f in factors), c["baseline"], c["n_results"],
                          *(c["counts"][s] for s in STATES),
-                         *(num(c["metrics"][k][s]) for k in STAT_KEYS for s in ("mean", "std", "ci_low", "ci_high")),
+                         *(num(c["metrics"][k][s]) for k in STAT_KEYS for s in stat_fields),
                          num(c["collapse_rate"]), *(c["diagnosis"][d] for d in DIAGNOSES), c["verdict"],
-                         *(num(c["vs_baseline"][k][s]) for k in PAIRED_KEYS for s in ("mean", "ci_low", "ci_high", "n_pairs")),
-                         c["warning"]])
+                         *(num(c["vs_baseline"][k][s]) for k in PAIRED_KEYS for s in pair_fields), c["warning"]])
     return out.getvalue()
 
 
