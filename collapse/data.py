@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Optional
 
@@ -67,6 +68,9 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """
     if not os.path.isfile(path):
         raise DataError(f"data.path={path!r}: file not found")
+    if not zipfile.is_zipfile(path):
+        # np.load would take any other file for a pickle and suggest allow_pickle=True
+        raise DataError(f"{path}: not an .npz file (np.savez writes a zip archive of X, y[, split])")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
@@ -190,7 +194,7 @@ def prepare(X: np.ndarray, y: np.ndarray, split: np.ndarray, temporal_frames: in
         if count < min_split_size:
             raise DataError(f"{source}: the {name} split has {count} samples; need at least {min_split_size}")
     train = split == 0
-    if float(np.std(y[train])) == 0.0:
+    if np.ptp(y[train]) == 0:       # not std == 0: a float32 std of equal values is ~1e-7
         raise DataError(f"{source}: targets are constant on the train split (y = {y[train][0]:g}); "
                         "R² and the variance ratio are undefined")
     mean = X[train].mean(axis=(0, 1), keepdims=True)                  # (1, 1, C)
