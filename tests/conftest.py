@@ -1,0 +1,198 @@
+"""Shared helpers for the fault, bad-input and reproducibility suites.
+
+Every CLI run is a real `python -m collapse.train` subprocess with cwd=tmp_path, so
+default output dirs land in the test's tmp dir. Process trees are read from /proc
+(no psutil): the fault tests kill real processes by pid.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import pytest
+
+# Small enough that a job takes well under a second on an idle core, big enough that
+# every split has samples and the model learns something seed-dependent.
+TINY = ("data.n_samples=400", "trainer.epochs=3", "model.hidden_dim=16")
+# The fault tests' sweep: 4 jobs, each long enough (a few hundred ms) for a kill to
+# land in the middle of one. Dirs are job numbers: 0..3 in the order of the product.
+SWEEP_TINY = ("data.n_samples=400", "trainer.epochs=8", "model.hidden_dim=16")
+SWEEP_GRID = ("loss.variance_lambda=0,0.5", "seed=0,1")
+N_SWEEP_JOBS = 4
+JOBLIB = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+TIMEOUT = 240
+
+
+def _env(extra: Optional[dict] = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env.update(extra or {})
+    return env
+
+
+def cli(args: Sequence[str], cwd: Path, env: Optional[dict] = None,
+        timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+    """Run `python -m collapse.train ARGS` to completion; text stdout/stderr."""
+    return subprocess.run([sys.executable, "-m", "collapse.train", *args], cwd=cwd, env=_env(env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(args: Sequence[str], cwd: Path, log: Path, module: str = "collapse.train") -> subprocess.Popen:
+    """Start `python -m MODULE ARGS` in its own session (so a signal reaches only it and
+    its children); output goes to `log`, not a pipe nobody drains."""
+    out = open(log, "ab")
+    try:
+        return subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, env=_env(),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        out.close()
+
+
+# ---------------------------------------------------------------- processes via /proc
+
+def _stat(pid: int) -> Optional[tuple[str, int]]:
+    """(state, ppid) of a process, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return fields[0], int(fields[1])
+
+
+def alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie."""
+    st = _stat(pid)
+    return st is not None and st[0] not in ("Z", "X")
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _stat(int(entry))
+            if st is not None and st[1] == pid:
+                out.append(int(entry))
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        found += kids
+        todo += kids
+    return found
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, poll: float = 0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def kill_quietly(proc: subprocess.Popen) -> None:
+    """Teardown: SIGKILL what is left of a test's process group."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+# ---------------------------------------------------------------- sweep directories
+
+def read_json(path: Path) -> Optional[dict]:
+    """A metrics.json as a dict; None when absent. Raises on anything but valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def statuses(sweep_dir: Path, n_jobs: int = N_SWEEP_JOBS) -> dict[int, str]:
+    """job number -> status in its metrics.json, or 'missing'. Asserts every file that
+    exists is complete, valid JSON: a truncated file fails the test right here."""
+    out = {}
+    for num in range(n_jobs):
+        path = Path(sweep_dir) / str(num) / "metrics.json"
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            out[num] = "missing"
+            continue
+        try:
+            out[num] = json.loads(text)["status"]
+        except ValueError as e:
+            raise AssertionError(f"{path} is not valid JSON ({e}): {text[:200]!r}") from None
+    return out
+
+
+def fingerprint(path: Path) -> tuple[int, int, str]:
+    """(inode, mtime_ns, sha256): a rewritten file changes at least one of them."""
+    st = os.stat(path)
+    return st.st_ino, st.st_mtime_ns, hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def completed_fingerprints(sweep_dir: Path, n_jobs: int = N_SWEEP_JOBS) -> dict[int, tuple]:
+    """Fingerprints of metrics.json and model.pt of every completed job."""
+    out = {}
+    for num, status in statuses(sweep_dir, n_jobs).items():
+        if status == "completed":
+            job = Path(sweep_dir) / str(num)
+            out[num] = (fingerprint(job / "metrics.json"), fingerprint(job / "model.pt"))
+    return out
+
+
+def results(sweep_dir: Path, n_jobs: int = N_SWEEP_JOBS) -> dict[int, dict]:
+    """What a run computed, keyed by job number: config hash, status, best and final
+    metrics and the per-epoch history without wall-clock fields."""
+    out = {}
+    for num in range(n_jobs):
+        r = read_json(Path(sweep_dir) / str(num) / "metrics.json")
+        assert r is not None, f"job {num} has no metrics.json"
+        out[num] = {"config_hash": r["config_hash"], "status": r["status"], "best": r["best"],
+                    "final": r["final"], "best_epoch": r["best_epoch"],
+                    "history": [{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]]}
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference_sweep(tmp_path_factory) -> Path:
+    """The fault tests' sweep run once, uninterrupted, with the basic launcher: what
+    every killed-and-resumed sweep must end up equal to."""
+    root = tmp_path_factory.mktemp("reference")
+    sweep_dir = root / "sweep"
+    proc = cli(["-m", *SWEEP_TINY, *SWEEP_GRID, f"hydra.sweep.dir={sweep_dir}"], cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert statuses(sweep_dir) == dict.fromkeys(range(N_SWEEP_JOBS), "completed")
+    return sweep_dir
+
+
+# ---------------------------------------------------------------- data files
+
+def xy(n: int = 60, frames: int = 5, features: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A valid (X, y) pair for data=npz: X (N, T, C) float32, y (N,) float32."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, frames, features)).astype(np.float32)
+    return X, (X[:, -1, 0] + 0.1 * rng.normal(size=n)).astype(np.float32)
+
+
+def write_npz(path: Path, **arrays) -> Path:
+    """np.savez, which pickles object arrays: the loader must refuse those."""
+    np.savez(path, **arrays)
+    return Path(path)

@@ -1,0 +1,301 @@
+"""Bad and hostile input through the real CLI: a clear error naming the key or file,
+a non-zero exit, no traceback unless HYDRA_FULL_ERROR=1, and nothing written that looks
+like a result (no metrics.json, no model.pt).
+
+Two kinds of message. Errors collapse checks itself (ranges, data files, sweep
+refusals) are one line, `collapse: error: ...`, exit 2. Errors Hydra finds while
+composing (unknown key, wrong type, unknown group option) are Hydra's own few lines,
+exit 1, with the key on the first line; they are left as Hydra prints them because
+condensing them would mean parsing Hydra's stderr or re-implementing its CLI.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY, cli, fingerprint, write_npz, xy
+
+COLLAPSE_DIR = Path(__file__).resolve().parent.parent / "collapse"
+
+
+def assert_nothing_written(root: Path) -> None:
+    leftovers = [p for pattern in ("metrics.json", "model.pt") for p in root.rglob(pattern)]
+    assert not leftovers, f"bad input left result files: {leftovers}"
+
+
+def assert_ours(proc, *names: str) -> str:
+    """collapse's own refusal: exit 2, one line, naming every one of `names`."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert len(lines) == 1 and lines[0].startswith("collapse: error: "), proc.stderr[-2000:]
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    assert "Traceback" not in proc.stdout + proc.stderr
+    return lines[0]
+
+
+def assert_hydras(proc, name: str) -> None:
+    """Hydra's compose error: exit 1, the key on the first line, no traceback."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert name in proc.stderr.strip().splitlines()[0], proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------- overrides
+
+# (overrides, what the message must name): refused by collapse's own checks
+CONFIG_CASES = {
+    "temporal_frames_zero": (["data.temporal_frames=0"], ["data.temporal_frames=0", "> 0"]),
+    "temporal_frames_negative": (["data.temporal_frames=-1"], ["data.temporal_frames=-1"]),
+    "temporal_frames_more_than_T": (["data.temporal_frames=8"], ["data.temporal_frames=8", "data.n_frames"]),
+    "variance_lambda_negative": (["loss.variance_lambda=-0.5"], ["loss.variance_lambda=-0.5", ">= 0"]),
+    "init_std_negative": (["model.init_std=-1"], ["model.init_std=-1"]),
+    "epochs_zero": (["trainer.epochs=0"], ["trainer.epochs=0"]),
+    "batch_size_zero": (["trainer.batch_size=0"], ["trainer.batch_size=0"]),
+    "lr_nan": (["trainer.lr=nan"], ["trainer.lr=nan"]),
+    "dropout_one": (["model.dropout=1.0"], ["model.dropout=1.0", "[0, 1)"]),
+    "split_fractions_sum_to_one": (["data.val_fraction=0.6", "data.test_fraction=0.5"], ["data.test_fraction"]),
+    "seed_negative": (["seed=-1"], ["seed=-1"]),
+    "ssl_mask_ratio": (["ssl=on", "ssl.mask_ratio=1.5"], ["ssl.mask_ratio=1.5"]),
+    "unknown_value_of_a_choice": (["loss.name=nope"], ["loss.name='nope'", "mse"]),
+    "unknown_device": (["trainer.device=tpu"], ["trainer.device='tpu'"]),
+    "npz_without_path": (["data=npz"], ["data.path"]),
+    # Hydra's own "not in struct" message tells users to append with `+`: still refused
+    "appended_unknown_key": (["+trainer.epoch=5"], ["trainer.epoch", "epochs"]),
+    "appended_unknown_top_level_key": (["+epochs=5"], ["epochs is not a config key"]),
+    "unresolvable_interpolation": (["data=npz", "data.path=${oc.env:COLLAPSE_TEST_UNSET_VAR}"],
+                                   ["data.path", "COLLAPSE_TEST_UNSET_VAR"]),
+}
+
+# refused by Hydra while composing: the first line names the key or the group option
+HYDRA_CASES = {
+    "unknown_key": (["trainer.epochz=3"], "trainer.epochz"),
+    "unknown_top_level_key": (["epochs=3"], "epochs"),
+    "wrong_type_int": (["trainer.epochs=abc"], "trainer.epochs=abc"),
+    "wrong_type_float": (["trainer.lr=fast"], "trainer.lr=fast"),
+    "wrong_type_bool": (["trainer.guard=maybe"], "trainer.guard=maybe"),
+    "unknown_group_option": (["model=transformer"], "model/transformer"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONFIG_CASES))
+def test_impossible_value_is_one_line_naming_the_key(case, tmp_path):
+    overrides, names = CONFIG_CASES[case]
+    assert_ours(cli([*TINY, *overrides], cwd=tmp_path), *names)
+    assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("case", sorted(HYDRA_CASES))
+def test_compose_error_names_the_key(case, tmp_path):
+    overrides, name = HYDRA_CASES[case]
+    assert_hydras(cli([*TINY, *overrides], cwd=tmp_path), name)
+    assert_nothing_written(tmp_path)
+
+
+def test_full_error_env_shows_the_traceback(tmp_path):
+    proc = cli([*TINY, "trainer.batch_size=0"], cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode == 2 and "Traceback" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "collapse: error: trainer.batch_size=0 is invalid: must be > 0"
+    assert_nothing_written(tmp_path)
+
+
+# ---------------------------------------------------------------- data files
+
+def _pickle_payload(marker: Path) -> np.ndarray:
+    """An object array whose unpickling creates `marker`: code run by loading data."""
+    class Payload:
+        def __reduce__(self):
+            return open, (str(marker), "w")
+    arr = np.empty(3, dtype=object)
+    arr[:] = [Payload(), Payload(), Payload()]
+    return arr
+
+
+def _data_file(case: str, tmp_path: Path) -> Path:
+    path = tmp_path / f"{case}.npz"
+    X, y = xy(60)
+    if case == "missing":
+        return path
+    if case == "not_an_npz":
+        path.write_text("id,target\n1,0.5\n")
+        return path
+    arrays = {
+        "missing_X": dict(y=y),
+        "missing_y": dict(X=X),
+        "X_rank_2": dict(X=X[:, -1, :], y=y),
+        "X_rank_4": dict(X=X[..., None], y=y),
+        "y_rank_2": dict(X=X, y=y[:, None]),
+        "length_mismatch": dict(X=X, y=y[:50]),
+        "nan_in_X": dict(X=np.where(np.arange(X.size).reshape(X.shape) == 7, np.nan, X), y=y),
+        "inf_in_y": dict(X=X, y=np.r_[y[:-1], np.inf]),
+        "overflows_float32": dict(X=X.astype(np.float64) * 1e39, y=y),
+        "complex_X": dict(X=X + 1j, y=y),
+        "no_features": dict(X=X[:, :, :0], y=y),
+        "constant_targets": dict(X=X, y=np.full_like(y, 0.7)),
+        "too_few_samples": dict(X=X[:4], y=y[:4]),
+        "fewer_frames_than_temporal_frames": dict(X=X[:, :2], y=y),
+        "bad_split_values": dict(X=X, y=y, split=np.full(len(y), 3)),
+        "object_array_needs_pickle": dict(X=_pickle_payload(tmp_path / "PWNED"), y=y),
+    }[case]
+    return write_npz(path, **arrays)
+
+
+# case -> what the one-line message must name besides the file
+DATA_CASES = {
+    "missing": ["data.path=", "file not found"],
+    "not_an_npz": ["not an .npz file"],
+    "missing_X": ["missing array 'X'"],
+    "missing_y": ["missing array 'y'"],
+    "X_rank_2": ["X has shape (60, 3)", "(N, T, C)"],
+    "X_rank_4": ["X has shape (60, 5, 3, 1)"],
+    "y_rank_2": ["y has shape (60, 1)"],
+    "length_mismatch": ["X has 60 samples but y has 50"],
+    "nan_in_X": ["X holds 1 NaN/inf"],
+    "inf_in_y": ["y holds 1 NaN/inf"],
+    "overflows_float32": ["X holds", "NaN/inf", "float32"],
+    "complex_X": ["X has dtype complex"],
+    "no_features": ["X has shape (60, 5, 0)"],
+    "constant_targets": ["targets are constant"],
+    "too_few_samples": ["split has"],
+    "fewer_frames_than_temporal_frames": ["data.temporal_frames=3", "1..2"],
+    "bad_split_values": ["split must be"],
+    "object_array_needs_pickle": ["pickle"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(DATA_CASES))
+def test_bad_data_file_is_one_line_naming_the_file(case, tmp_path):
+    path = _data_file(case, tmp_path)
+    line = assert_ours(cli([*TINY, "data=npz", f"data.path={path}"], cwd=tmp_path), *DATA_CASES[case])
+    assert str(path) in line
+    assert_nothing_written(tmp_path)
+
+
+def test_data_error_traceback_only_when_asked(tmp_path):
+    path = _data_file("length_mismatch", tmp_path)
+    proc = cli([*TINY, "data=npz", f"data.path={path}"], cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode == 2 and "Traceback" in proc.stderr and "DataError" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"collapse: error: {path}: X has 60 samples")
+
+
+# ---------------------------------------------------------------- sweep commands
+
+SWEEP_ARGS = ("data.n_samples=400", "trainer.epochs=8", "model.hidden_dim=16",
+              "loss.variance_lambda=0,0.5", "seed=0,1")
+
+
+@pytest.fixture
+def finished_sweep(tmp_path, reference_sweep) -> Path:
+    """A copy of a finished 4-job sweep (run by conftest's session fixture)."""
+    sweep_dir = tmp_path / "sweep"
+    shutil.copytree(reference_sweep, sweep_dir)
+    return sweep_dir
+
+
+def _metrics_fingerprints(sweep_dir: Path) -> dict:
+    return {p: fingerprint(p) for p in sorted(sweep_dir.rglob("metrics.json"))}
+
+
+def test_reusing_a_sweep_dir_without_resume_is_refused(tmp_path, finished_sweep):
+    before = _metrics_fingerprints(finished_sweep)
+    proc = cli(["-m", *SWEEP_ARGS, f"hydra.sweep.dir={finished_sweep}"], cwd=tmp_path)
+    assert_ours(proc, str(finished_sweep), "already holds a sweep", "resume=true")
+    assert _metrics_fingerprints(finished_sweep) == before
+
+
+def test_resuming_into_another_sweeps_dir_is_refused_with_the_reason(tmp_path, finished_sweep):
+    before = _metrics_fingerprints(finished_sweep)
+    other = ["data.n_samples=400", "trainer.epochs=8", "model.hidden_dim=16", "loss.variance_lambda=0,1", "seed=0,1"]
+    proc = cli(["-m", *other, f"hydra.sweep.dir={finished_sweep}", "resume=true"], cwd=tmp_path)
+    line = assert_ours(proc, "cannot resume into", "another sweep's runs")
+    # the reason: both sweeps' overrides, so the user sees what differs
+    assert "loss.variance_lambda=0,0.5" in line and "loss.variance_lambda=0,1" in line
+    assert _metrics_fingerprints(finished_sweep) == before
+
+
+def test_sweep_with_a_cell_that_cannot_compose_runs_nothing(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = cli(["-m", *TINY, "trainer.epochs=1,abc", f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    assert_hydras(proc, "trainer.epochs=abc")
+    assert_nothing_written(tmp_path)
+
+
+# ---------------------------------------------------------------- hostile input
+
+def test_pickled_data_file_never_runs_its_code(tmp_path):
+    marker = tmp_path / "PWNED"
+    path = write_npz(tmp_path / "evil.npz", X=_pickle_payload(marker), y=np.zeros(3))
+    # the payload is real: an unsafe load would run it
+    with np.load(path, allow_pickle=True) as archive:
+        archive["X"]
+    assert marker.exists()
+    marker.unlink()
+    assert_ours(cli([*TINY, "data=npz", f"data.path={path}"], cwd=tmp_path), str(path), "pickle")
+    assert not marker.exists()
+
+
+def test_override_values_are_never_evaluated(tmp_path):
+    marker = tmp_path / "PWNED"
+    code = f"__import__('pathlib').Path('{marker}').touch()"
+    # unquoted: not valid override grammar, refused by Hydra's parser
+    proc = cli([*TINY, f"study={code}"], cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    # no `eval` resolver exists; an appended `_target_` is an unknown key, never instantiated
+    assert_ours(cli([*TINY, "study=${eval:1+1}"], cwd=tmp_path), "study", "eval")
+    assert_ours(cli([*TINY, "+model._target_=pathlib.Path.touch"], cwd=tmp_path), "model._target_")
+    assert_nothing_written(tmp_path)
+    # quoted: a plain string, stored as typed
+    proc = cli([*TINY, "trainer.epochs=1", f'study="{code}"', "hydra.run.dir=run"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["study"] == code
+    assert not marker.exists()
+
+
+def test_checkpoints_are_plain_tensors_loadable_with_weights_only(reference_sweep):
+    import torch
+
+    for weights in sorted(reference_sweep.glob("*/model.pt")):
+        state = torch.load(weights, weights_only=True)
+        assert state and all(isinstance(v, torch.Tensor) for v in state.values())
+
+
+def _calls(tree: ast.AST, name: str):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            dotted = (f"{func.value.id}.{func.attr}" if isinstance(func, ast.Attribute)
+                      and isinstance(func.value, ast.Name) else getattr(func, "id", None))
+            if dotted == name:
+                yield node
+
+
+def _keyword(call: ast.Call, name: str):
+    return next((k.value.value for k in call.keywords if k.arg == name and isinstance(k.value, ast.Constant)), None)
+
+
+def test_package_never_unpickles_or_evaluates():
+    """Static guard for what the tests above show at runtime: every torch.load passes
+    weights_only=True, every np.load allow_pickle=False; no eval/exec/pickle/yaml.load
+    with an unsafe loader anywhere in the package."""
+    for source in sorted(COLLAPSE_DIR.glob("*.py")):
+        tree = ast.parse(source.read_text(), str(source))
+        for call in _calls(tree, "torch.load"):
+            assert _keyword(call, "weights_only") is True, f"{source.name}:{call.lineno}"
+        for call in _calls(tree, "np.load"):
+            assert _keyword(call, "allow_pickle") is False, f"{source.name}:{call.lineno}"
+        for name in ("eval", "exec", "pickle.load", "pickle.loads", "yaml.unsafe_load"):
+            assert not list(_calls(tree, name)), f"{source.name} calls {name}"
+        for call in _calls(tree, "yaml.load"):
+            loader = next((k.value for k in call.keywords if k.arg == "Loader"), None)
+            assert loader is not None and "Unsafe" not in ast.unparse(loader), f"{source.name}:{call.lineno}"
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+                    for alias in node.names} | {node.module for node in ast.walk(tree)
+                                                if isinstance(node, ast.ImportFrom)}
+        assert not {"pickle", "dill", "cloudpickle"} & imported, source.name
