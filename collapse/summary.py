@@ -3,12 +3,10 @@
     python -m collapse.summary SWEEP_DIR [--thresholds r2=0,0.3,0.5 ratio=0.4,0.7,0.85 collapse=0.1]
                                [--no-plots]
 
-Reads, for every job directory (numeric subdirectory), `.hydra/overrides.yaml`,
-`.hydra/hydra.yaml` (`job.num`, `runtime.choices`) and `metrics.json` - never
-`multirun.yaml`, which holds the sweep unexpanded (shared/STYLE.md). A job that failed,
-is missing, still running, corrupt or of an unknown schema is reported on its own line
-and the rest is summarised. Writes summary.{csv,md,json} (and summary_*.png) into the
-sweep directory, atomically.
+Reads every job directory with collapse.sweep_jobs (a job that failed, is missing,
+still running, corrupt or of an unknown schema is reported on its own line and the rest
+is summarised), writes summary.{csv,md,json} with collapse.summary_report and
+summary_*.png with collapse.plots into the sweep directory, atomically.
 
 Statistics, over the *result runs* of a cell (status completed / diverged /
 stopped_collapse with a best epoch; diverged ones are flagged), on the best epoch:
@@ -28,33 +26,20 @@ stopped_collapse with a best epoch; diverged ones are flagged), on the best epoc
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import itertools
-import json
 import math
-import re
-import socket
+import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import yaml
+from collapse.summary_report import render_text, write_outputs
+from collapse.sweep_jobs import (DIAGNOSES, EFFECT_KEYS, PAIRED_KEYS, STAT_KEYS, STATES, Job, job_dirs,
+                                 read_job, sweep_info)
+from collapse.sweep_jobs import read_metrics  # noqa: F401  (collapse.summary's API before the split)
 
-from collapse import records
-
-METRICS = ("r2", "variance_ratio", "pred_std", "rmse", "mae")
-SPLITS = ("val", "test")
-STAT_KEYS = tuple(f"{split}.{m}" for split in SPLITS for m in METRICS)
-EFFECT_KEYS = ("val.r2", "val.variance_ratio")              # main effects, eta^2
-PAIRED_KEYS = ("val.r2", "val.variance_ratio", "test.r2")   # differences vs baseline
-STATES = ("completed", "diverged", "stopped_collapse", "failed", "running", "interrupted",
-          "unreadable", "missing")
 LEVELS = ("minimum", "good", "excellent")
-DIAGNOSES = ("healthy", "collapsed", "no_signal")
-NOT_FACTORS = ("seed", "resume")    # seed is the replicate axis; resume is bookkeeping
-Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 # t_{0.975, df} for df = 1..30 (checked against scipy.stats.t.ppf to 1e-8)
 _T975 = (12.70620474, 4.30265273, 3.18244631, 2.77644511, 2.57058184, 2.44691185,
@@ -155,164 +140,6 @@ class Thresholds:
         return cls(**kwargs)
 
 
-# ---------------------------------------------------------------- reading jobs
-
-@dataclass
-class Job:
-    num: int
-    path: Path
-    status: str = "missing"                 # one of STATES
-    settings: Optional[dict] = None         # key -> value (overrides + group choices); None: unknown
-    override_keys: set = field(default_factory=set)
-    seed: Optional[str] = None
-    record: Optional[dict] = None
-    problems: list = field(default_factory=list)
-
-    @property
-    def best(self) -> Optional[dict]:
-        """The best-epoch metrics when this job is a result, else None."""
-        if self.status in records.RESULT_STATUSES and self.record:
-            return self.record.get("best") or None
-        return None
-
-
-# YAML construction is slow in Python even with libyaml (all of a job's ~4 kB hydra.yaml
-# took ~1.3 ms, 1.3 s for 1,000 jobs). Hydra writes .hydra/ files in one layout (OmegaConf's
-# 2-space YAML), so the few lines needed are matched directly: `- key=value` items in
-# overrides.yaml, `job.num` and the `runtime.choices` lines in hydra.yaml. A line outside
-# that plain form (quotes, comments, flow style, ...) sends the whole file to the YAML parser.
-_PLAIN_ITEM = re.compile(r"- ([^\s'\"\[\]{}!&*|>%@`#,?:-][^#'\"]*)")
-_HYDRA_BLOCK = re.compile(r"^  (job|runtime):\n((?:    .*\n|[ \t]*\n)*)", re.M)
-_JOB_NUM = re.compile(r"^    num: (\d+)[ \t]*$", re.M)
-_CHOICES = re.compile(r"^    choices:\n((?:      .*\n)*)", re.M)
-_CHOICE = re.compile(r"      ([^\s:'\"#]+): (null|'[^']*'|[^\s'\"\[\]{}!&*|>%@`#,?:-][^#'\":]*)")
-
-
-def _load_overrides(path: Path) -> list:
-    """The override strings of a job's .hydra/overrides.yaml."""
-    text = path.read_text()
-    items = [_PLAIN_ITEM.fullmatch(line) for line in text.splitlines()]
-    if items and all(items) and not any(": " in m.group(1) or " #" in m.group(1) for m in items):
-        return [m.group(1) for m in items]
-    return yaml.load(text, Loader=Loader) or []
-
-
-def _hydra_job_info(path: Path) -> tuple[Optional[int], dict]:
-    """(job.num, runtime.choices) from a job's .hydra/hydra.yaml."""
-    text = path.read_text()
-    blocks = dict(m.groups() for m in _HYDRA_BLOCK.finditer(text))
-    num, block = _JOB_NUM.search(blocks.get("job", "")), _CHOICES.search(blocks.get("runtime", ""))
-    lines = [_CHOICE.fullmatch(line) for line in block.group(1).splitlines()] if block else [None]
-    if num and all(lines):
-        return int(num.group(1)), {m.group(1): None if m.group(2) == "null" else m.group(2).strip("'")
-                                   for m in lines}
-    hydra = (yaml.load(text, Loader=Loader) or {}).get("hydra") or {}
-    num = (hydra.get("job") or {}).get("num")
-    return (int(num) if num is not None else None), (hydra.get("runtime") or {}).get("choices") or {}
-
-
-# The per-epoch histories are ~85% of a 60-epoch metrics.json, and json.loads of 1,000
-# whole records took 1.2 s here. Tables do not need them: they are cut out before
-# parsing (they are lists of flat dicts, so the first "]" ends one). Anything unusual
-# goes through records.read_record, which also words every error.
-_HISTORIES = re.compile(r'"(history|ssl_history)": \[[^\]]*\]')
-
-
-def read_metrics(path: Path, histories: bool = True) -> dict:
-    """records.read_record, faster when `histories` is False (they come back as None)."""
-    if histories:
-        return records.read_record(path)
-    try:
-        record = json.loads(_HISTORIES.sub(r'"\1": null', path.read_text()))
-    except (OSError, ValueError):
-        record = None
-    if isinstance(record, dict) and record.get("schema") == records.SCHEMA_VERSION \
-            and record.get("status") in records.STATUSES:
-        return record
-    return records.read_record(path)
-
-
-def _is_hydra_key(key: str) -> bool:
-    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
-
-
-def _settings(overrides: Sequence[str], choices: dict) -> tuple[dict, set, Optional[str]]:
-    """Group choices updated by the overrides -> (settings, override keys, seed)."""
-    settings = {k: "null" if v is None else str(v) for k, v in choices.items() if not _is_hydra_key(k)}
-    keys, seed = set(), None
-    for override in overrides:
-        key, _, value = str(override).partition("=")
-        deleted = key.startswith("~")
-        key = key.lstrip("+~")
-        if key == "seed":
-            seed = value
-        elif key not in NOT_FACTORS and not _is_hydra_key(key):
-            settings[key] = "~deleted" if deleted else value
-            keys.add(key)
-    return settings, keys, seed
-
-
-def read_job(job_dir: Path, histories: bool = True) -> Job:
-    """Everything the summary needs from one job directory; problems go in job.problems."""
-    job = Job(num=int(job_dir.name), path=job_dir)
-    hydra_dir = job_dir / ".hydra"
-    overrides = choices = hydra_problem = None
-    try:
-        overrides = _load_overrides(hydra_dir / "overrides.yaml")
-        if not isinstance(overrides, list):
-            raise ValueError("overrides.yaml is not a list")
-        num, choices = _hydra_job_info(hydra_dir / "hydra.yaml")
-        job.num = num if num is not None else job.num
-    except FileNotFoundError as e:
-        hydra_problem = f"{e.filename if hydra_dir.is_dir() else hydra_dir}: missing"
-    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError) as e:
-        overrides = choices = None
-        hydra_problem = f"{hydra_dir}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})"
-
-    metrics = job_dir / records.METRICS_FILE
-    try:
-        job.record = read_metrics(metrics, histories)
-        job.status = job.record["status"]
-    except FileNotFoundError:
-        job.problems.append(f"{metrics}: missing (the job never wrote a record)")
-    except records.RecordError as e:
-        job.status = "unreadable"
-        job.problems.append(str(e))
-
-    record = job.record or {}
-    if hydra_problem and overrides is None:
-        overrides = record.get("overrides")
-        job.problems.append(hydra_problem + (": factors taken from metrics.json" if overrides is not None
-                                             else "; no usable metrics.json either: left out"))
-    elif hydra_problem:
-        job.problems.append(hydra_problem + ": group choices taken from metrics.json")
-    if overrides is not None:
-        choices = choices if choices is not None else record.get("choices") or {}
-        job.settings, job.override_keys, job.seed = _settings(overrides, choices)
-        if job.seed is None and record.get("seed") is not None:
-            job.seed = str(record["seed"])
-
-    if job.status == "running":
-        prov = record.get("provenance") or {}
-        host, pid = prov.get("hostname"), prov.get("pid")
-        if host == socket.gethostname() and isinstance(pid, int) and not records.pid_alive(pid):
-            job.status = "interrupted"
-            job.problems.append(f"{metrics}: status running but pid {pid} on {host} is gone: interrupted")
-        else:
-            job.problems.append(f"{metrics}: still running (pid {pid} on {host})")
-    elif job.status == "failed":
-        error = str(record.get("error") or record.get("stop_reason") or "no error recorded")
-        job.problems.append(f"{metrics}: failed: {error.splitlines()[0][:200]}")
-    elif job.status == "diverged":
-        kept = f"best epoch {record.get('best_epoch')} kept as a result" if job.best else "no best epoch: not a result"
-        job.problems.append(f"{metrics}: diverged ({kept})")
-    return job
-
-
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted((p for p in sweep_dir.iterdir() if p.name.isdigit() and p.is_dir()), key=lambda p: int(p.name))
-
-
 # ---------------------------------------------------------------- factors
 
 def _level_key(value: Optional[str]):
@@ -363,21 +190,6 @@ def find_factors(jobs: Sequence[Job], declared: Sequence[str]) -> tuple[list[str
             notes.append(f"{key} varies but is not in sweep.factors: treated as a factor")
         factors.append(key)
     return factors, notes
-
-
-def _sweep_info(jobs: Sequence[Job]) -> dict:
-    """The runs' `sweep` config (name, factors, baseline), from a record or .hydra/config.yaml."""
-    for job in jobs:
-        config = (job.record or {}).get("config")
-        if isinstance(config, dict):
-            return config.get("sweep") or {}
-    for job in jobs:
-        try:
-            config = yaml.load((job.path / ".hydra" / "config.yaml").read_text(), Loader=Loader)
-        except (OSError, yaml.YAMLError):
-            continue
-        return (config or {}).get("sweep") or {}
-    return {}
 
 
 # ---------------------------------------------------------------- the summary
@@ -490,7 +302,7 @@ def summarize(sweep_dir, thresholds=None, plots: bool = True) -> dict:
         raise SweepDirError(f"{sweep_dir}: holds no job directories (numeric subdirectories)")
 
     jobs = [read_job(d, histories=plots) for d in dirs]
-    info = _sweep_info(jobs)
+    info = sweep_info(jobs)
     declared = [str(k) for k in info.get("factors") or []]
     factors, notes = find_factors(jobs, declared)
     placed = [j for j in jobs if j.settings is not None]
@@ -574,157 +386,11 @@ def summarize(sweep_dir, thresholds=None, plots: bool = True) -> dict:
         written, plot_notes = write_plots(summary, histories, sweep_dir)
         summary["files"] += [p.name for p in written]
         notes += plot_notes
-    _write_outputs(summary, sweep_dir)
+    write_outputs(summary, sweep_dir)
     return summary
 
 
-# ---------------------------------------------------------------- output
-
-def _fmt(x, digits: int = 3) -> str:
-    return f"{x:.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "—"
-
-
-def _mean_ci(stats: dict, sign: str = "") -> str:
-    """`mean ± half-width of the 95% CI` (the mean alone when n < 2)."""
-    if not math.isfinite(stats["mean"]):
-        return "—"
-    half = (stats["ci_high"] - stats["ci_low"]) / 2
-    mean = f"{stats['mean']:{sign}.3f}"
-    return f"{mean} ± {half:.3f}" if math.isfinite(half) else mean
-
-
-def _cell_flags(c: dict) -> str:
-    flags = ["baseline"] if c["baseline"] else []
-    flags += [f"{n} {s}" for s, n in c["counts"].items() if n and s not in ("completed", "stopped_collapse")]
-    if c["warning"]:
-        flags.append("WARN var up, R² down")
-    return ", ".join(flags)
-
-
-def _ranked_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
-    factors = [f["key"] for f in summary["factors"]]
-    headers = ["rank", *factors, "results", "val R² (95% CI)", "test R²", "val var ratio (95% CI)",
-               "collapse", "healthy/collapsed/no_signal", "verdict", "ΔR² vs base (paired)", "flags"]
-    rows = []
-    for c in summary["cells"]:
-        m, d = c["metrics"], c["vs_baseline"]["val.r2"]
-        expected = sum(c["counts"].values())      # the cell's jobs, missing ones included
-        delta = "" if c["baseline"] else (_mean_ci(d, "+") + f" (n {d['n_pairs']})" if d["n_pairs"] else "—")
-        rows.append([str(c["rank"]), *(str(c["settings"][f]) for f in factors), f"{c['n_results']}/{expected}",
-                     _mean_ci(m["val.r2"]), _fmt(m["test.r2"]["mean"]), _mean_ci(m["val.variance_ratio"]),
-                     _fmt(c["collapse_rate"], 2), "/".join(str(c["diagnosis"][k]) for k in DIAGNOSES),
-                     c["verdict"], delta, _cell_flags(c)])
-    return headers, rows
-
-
-def _text_table(headers, rows) -> list[str]:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    return ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in (headers, *rows)]
-
-
-def _md_table(headers, rows) -> list[str]:
-    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
-            *("| " + " | ".join(str(x) for x in row) + " |" for row in rows)]
-
-
-def _effect_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
-    headers = ["factor", "level", "n", "val R² (95% CI)", "val var ratio (95% CI)", "eta² R²", "eta² var ratio"]
-    rows = []
-    for e in summary["main_effects"]:
-        for i, lvl in enumerate(e["levels"]):
-            eta = [_fmt(e["eta_squared"][k], 2) if i == 0 else "" for k in EFFECT_KEYS]
-            rows.append([e["factor"] if i == 0 else "", str(lvl["value"]), str(lvl["val.r2"]["n"]),
-                         _mean_ci(lvl["val.r2"]), _mean_ci(lvl["val.variance_ratio"]), *eta])
-    return headers, rows
-
-
-def _paired_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
-    headers = ["cell", "pairs", "Δ val R² (95% CI)", "Δ val var ratio (95% CI)", "Δ test R² (95% CI)"]
-    rows = [[c["label"], str(c["vs_baseline"]["val.r2"]["n_pairs"]),
-             *(_mean_ci(c["vs_baseline"][k], "+") for k in PAIRED_KEYS)]
-            for c in summary["cells"] if not c["baseline"]]
-    return headers, rows
-
-
-def _header_lines(summary: dict) -> list[str]:
-    th, j = summary["thresholds"], summary["jobs"]
-    statuses = ", ".join(f"{n} {s}" for s, n in j["by_status"].items() if n)
-    factors = "; ".join(f"{f['key']} ({', '.join(map(str, f['levels']))})" for f in summary["factors"]) or "none"
-    ve = summary["variance_explained"]
-    return [f"sweep {summary['sweep_dir']}: {j['total']} jobs ({statuses}); {len(summary['cells'])} cells "
-            f"x {len(summary['seeds'])} seeds",
-            f"factors: {factors}",
-            f"baseline: {summary['baseline']['label']} ({summary['baseline']['source']})",
-            f"verdict on mean val R² > {'/'.join(map(str, th['r2']))} and val variance ratio > "
-            f"{'/'.join(map(str, th['ratio']))} (minimum/good/excellent); collapse: val variance ratio "
-            f"< {th['collapse']:g} or diagnosis collapsed",
-            f"share of run-to-run variance of val R² explained by the cells: {_fmt(ve['cells']['val.r2'], 2)}, "
-            f"within cells (seeds): {_fmt(ve['within_cells']['val.r2'], 2)}"]
-
-
-def render_text(summary: dict) -> str:
-    lines = _header_lines(summary) + [f"note: {n}" for n in summary["notes"]] + [""]
-    lines += _text_table(*_ranked_rows(summary))
-    if summary["main_effects"]:
-        lines += ["", "main effects (marginal means over result runs):", *_text_table(*_effect_rows(summary))]
-    if len(summary["cells"]) > 1:
-        lines += ["", "paired differences vs baseline (same seed, cell - baseline):",
-                  *_text_table(*_paired_rows(summary))]
-    lines += [""] + [f"warning: {w}" for w in summary["warnings"]]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def render_markdown(summary: dict) -> str:
-    lines = [f"# Sweep summary: `{summary['sweep_dir']}`", "", *(f"- {x}" for x in _header_lines(summary)), ""]
-    for title, items in (("Warnings", summary["warnings"]), ("Notes", summary["notes"]),
-                         ("Problems", summary["problems"])):
-        if items:
-            lines += [f"## {title}", "", *(f"- {x}" for x in items), ""]
-    lines += ["## Cells, ranked by mean val R²", "", *_md_table(*_ranked_rows(summary)), ""]
-    if summary["main_effects"]:
-        lines += ["## Main effects", "", *_md_table(*_effect_rows(summary)), ""]
-    if len(summary["cells"]) > 1:
-        lines += ["## Paired differences vs baseline", "", *_md_table(*_paired_rows(summary)), ""]
-    pngs = [f for f in summary["files"] if f.endswith(".png")]
-    if pngs:
-        lines += ["## Plots", "", *(f"![{f}]({f})" for f in pngs), ""]
-    return "\n".join(lines)
-
-
-def render_csv(summary: dict) -> str:
-    """One row per cell, ranked; floats unrounded, NaN as empty."""
-    factors = [f["key"] for f in summary["factors"]]
-    stat_fields, pair_fields = ("mean", "std", "ci_low", "ci_high"), ("mean", "ci_low", "ci_high", "n_pairs")
-    header = ["rank", "cell", *factors, "baseline", "n_results", *STATES,
-              *(f"{k.replace('.', '_')}_{s}" for k in STAT_KEYS for s in stat_fields),
-              "collapse_rate", *DIAGNOSES, "verdict",
-              *(f"delta_{k.replace('.', '_')}_{s}" for k in PAIRED_KEYS for s in pair_fields), "warning"]
-
-    def num(x):
-        return "" if isinstance(x, float) and not math.isfinite(x) else x
-
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(header)
-    for c in summary["cells"]:
-        writer.writerow([c["rank"], c["label"], *(c["settings"][f] for f in factors), c["baseline"], c["n_results"],
-                         *(c["counts"][s] for s in STATES),
-                         *(num(c["metrics"][k][s]) for k in STAT_KEYS for s in stat_fields),
-                         num(c["collapse_rate"]), *(c["diagnosis"][d] for d in DIAGNOSES), c["verdict"],
-                         *(num(c["vs_baseline"][k][s]) for k in PAIRED_KEYS for s in pair_fields), c["warning"]])
-    return out.getvalue()
-
-
-def _write_text(path: Path, text: str) -> None:
-    records._atomic_write_bytes(path, lambda f: f.write(text.encode()))   # temp file + os.replace
-
-
-def _write_outputs(summary: dict, sweep_dir: Path) -> None:
-    summary["files"] = ["summary.csv", "summary.md", "summary.json"] + summary["files"]
-    _write_text(sweep_dir / "summary.csv", render_csv(summary))
-    _write_text(sweep_dir / "summary.md", render_markdown(summary))
-    records.write_json(sweep_dir / "summary.json", summary)
-
+# ---------------------------------------------------------------- command line
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="collapse-summary", description=__doc__.split("\n\n")[0])
@@ -742,10 +408,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SweepDirError as e:
         print(f"collapse: error: {e}", file=sys.stderr)
         return 2
-    for problem in summary["problems"]:
-        print(f"problem: {problem}", file=sys.stderr)
-    print(render_text(summary), end="")
-    print(f"wrote {', '.join(summary['files'])} in {args.sweep_dir}")
+    try:
+        for problem in summary["problems"]:
+            print(f"problem: {problem}", file=sys.stderr)
+        print(render_text(summary), end="")
+        print(f"wrote {', '.join(summary['files'])} in {args.sweep_dir}")
+        sys.stdout.flush()      # a closed pipe must show here, not in the flush at exit
+    except BrokenPipeError:
+        # the reader left early (`| head`); the files are written. Send what is still
+        # buffered to devnull so the flush at exit does not raise again (Python docs,
+        # "Note on SIGPIPE"), and exit 1 as they do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     return 0
 
 

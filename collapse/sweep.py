@@ -20,6 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from collapse import records
+from collapse.sweep_jobs import job_dirs
 
 FAILED = ("failed", "diverged")
 
@@ -31,11 +32,6 @@ class RunExists(RuntimeError):
 def _task_overrides(overrides) -> list[str]:
     # `resume=...` is how a sweep is continued, not part of what it computes
     return sorted(o for o in overrides if not o.lstrip("+~").startswith("resume="))
-
-
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    return sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()),
-                  key=lambda p: int(p.name))
 
 
 def refuse(message: str) -> None:

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from collapse import records, summary as summary_mod
+from collapse import records, summary as summary_mod, sweep_jobs
 from collapse.summary import Thresholds, describe, eta_squared, summarize, t975
 
 FRAMES, LAMBDAS, SEEDS = (1, 7), (0.0, 0.5), (0, 1, 2)
@@ -300,8 +300,8 @@ def test_hydra_files_in_another_layout_are_parsed_whole(tmp_path):
     job = write_job(tmp_path / "sweep", 1, ["+experiment=run1", "seed=3"], {"experiment": "run1", "ssl": "off",
                                                                               "data": None})
     full = yaml.safe_load((job / ".hydra" / "hydra.yaml").read_text())["hydra"]
-    assert summary_mod._hydra_job_info(job / ".hydra" / "hydra.yaml") == (1, full["runtime"]["choices"])
-    assert summary_mod._load_overrides(job / ".hydra" / "overrides.yaml") == ["+experiment=run1", "seed=3"]
+    assert sweep_jobs._hydra_job_info(job / ".hydra" / "hydra.yaml") == (1, full["runtime"]["choices"])
+    assert sweep_jobs._load_overrides(job / ".hydra" / "overrides.yaml") == ["+experiment=run1", "seed=3"]
 
 
 def test_tables_skip_histories_without_changing_the_record(tmp_path):
@@ -339,6 +339,20 @@ def test_cli_writes_the_files_and_exit_codes(tmp_path):
     assert len(empty.stderr.strip().splitlines()) == 1
     bad = _cli(sweep, "--thresholds", "r2=1,0", cwd=tmp_path)
     assert bad.returncode == 2 and "--thresholds 'r2=1,0' is invalid" in bad.stderr
+
+
+def test_cli_into_a_closed_pipe_exits_without_a_traceback(tmp_path):
+    # `collapse-summary SWEEP | head -1`: the reader is gone before the table is written
+    sweep = make_grid(tmp_path / "sweep")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "collapse.summary", str(sweep), "--no-plots"],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert (proc.returncode, proc.stderr) == (1, "")
+    assert (sweep / "summary.json").is_file()
 
 
 def test_tables_only_import_no_heavy_modules(tmp_path):
