@@ -49,9 +49,11 @@ def _one_line(e: Exception) -> str:
 
 def _base_record(cfg: DictConfig, overrides: Sequence[str], choices: dict, job: dict) -> dict:
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    # seed at the top level from the start: a job that fails before training is still
+    # a replicate of its cell (the summary pairs and counts runs by it)
     return {"schema": records.SCHEMA_VERSION, "config": resolved,
             "config_hash": records.config_hash(resolved), "overrides": list(overrides),
-            "choices": choices, "job": job}
+            "choices": choices, "job": job, "seed": resolved.get("seed")}
 
 
 def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: dict,
