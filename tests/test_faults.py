@@ -1,0 +1,339 @@
+"""Faults injected for real: killed workers, killed and interrupted sweeps, kills in the
+middle of a write, diverging and raising cells, and a summary over damaged directories.
+
+The kill tests run real sweeps in subprocesses and send real signals to real pids found
+in /proc. After every kill: every metrics.json on disk is complete JSON, no completed
+run was rewritten (inode, mtime and content hash of metrics.json and model.pt), and no
+process of the killed sweep is left running. Resumed to the end, a sweep's results equal
+those of the same sweep run once without interruption (conftest.reference_sweep).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from collapse import records
+from collapse.summary import summarize
+from conftest import (JOBLIB, N_SWEEP_JOBS, SWEEP_GRID, SWEEP_TINY, TIMEOUT, alive, children, cli,
+                      completed_fingerprints, descendants, kill_quietly, read_json, results, start_cli,
+                      statuses, wait_until, write_npz, xy)
+
+
+def sweep_args(sweep_dir: Path, *extra: str) -> list[str]:
+    return ["-m", *SWEEP_TINY, *SWEEP_GRID, *extra, f"hydra.sweep.dir={sweep_dir}"]
+
+
+def running_pids(sweep_dir: Path) -> dict[int, int]:
+    """job number -> pid recorded by a job whose metrics.json says `running`."""
+    out = {}
+    for num in range(N_SWEEP_JOBS):
+        r = read_json(sweep_dir / str(num) / "metrics.json")
+        if r and r["status"] == "running":
+            out[num] = r["provenance"]["pid"]
+    return out
+
+
+def n_completed(sweep_dir: Path) -> int:
+    return sum(s == "completed" for s in statuses(sweep_dir).values())
+
+
+def assert_unchanged(sweep_dir: Path, kept: dict, when: str) -> None:
+    now = completed_fingerprints(sweep_dir)
+    for num, fp in kept.items():
+        assert now.get(num) == fp, f"{when}: completed job {num} was rewritten"
+
+
+def wait_gone(pids, what: str) -> None:
+    wait_until(lambda: not any(alive(p) for p in pids), 10, f"{what} to exit: "
+               f"{[p for p in pids if alive(p)]} still alive")
+
+
+# ---------------------------------------------------------------- killed processes
+
+def worker_training(proc, sweep_dir: Path):
+    """(job, pid) of a job that a loky worker of `proc` is training right now, or None."""
+    workers = set(children(proc.pid))
+    busy = [(num, pid) for num, pid in running_pids(sweep_dir).items() if pid in workers]
+    return busy[0] if busy else None
+
+
+@pytest.mark.slow
+def test_joblib_sweep_survives_a_killed_worker_then_a_killed_sweep(tmp_path, reference_sweep):
+    """1. SIGKILL one loky worker mid-job; 2. resume, SIGKILL the sweep's main process
+    while a worker trains; 3. resume to the end. No result is lost or rewritten, no
+    worker outlives its sweep, and only the missing jobs run again."""
+    sweep_dir = tmp_path / "sweep"
+    args = sweep_args(sweep_dir, *JOBLIB)
+
+    # 1. a worker dies (OOM killer, kill -9 on its pid) while another job is finished
+    proc = start_cli(args, tmp_path, tmp_path / "stage1.log")
+    try:
+        victim, pid = wait_until(lambda: n_completed(sweep_dir) and worker_training(proc, sweep_dir), TIMEOUT,
+                                 "one finished job and one job training in a loky worker")
+        tree = descendants(proc.pid)
+        os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=TIMEOUT)
+        # loky marks its pool broken: the sweep stops with an error, nothing keeps running
+        wait_gone(tree, "stage 1: the sweep's processes")    # before the teardown's killpg
+    finally:
+        kill_quietly(proc)
+    assert proc.returncode != 0, (tmp_path / "stage1.log").read_text()[-3000:]
+    after_kill = statuses(sweep_dir)                  # every file that exists is whole JSON
+    kept = completed_fingerprints(sweep_dir)
+    assert kept and len(kept) < N_SWEEP_JOBS, after_kill
+    assert after_kill[victim] in ("running", "completed"), after_kill   # completed: it won the race
+    summary = summarize(sweep_dir, plots=False)
+    by_status = summary["jobs"]["by_status"]
+    assert by_status["completed"] == len(kept) and by_status["running"] == 0, summary["problems"]
+    if after_kill[victim] == "running":
+        assert any(p.startswith(f"job {victim}:") and "interrupted" in p for p in summary["problems"])
+
+    # 2. the resumed sweep's main process is SIGKILLed while a worker trains: the
+    # orphaned workers must exit, not finish their jobs into the directory unseen
+    proc = start_cli(args + ["resume=true"], tmp_path, tmp_path / "stage2.log")
+    try:
+        busy = wait_until(lambda: proc.poll() is not None or worker_training(proc, sweep_dir), TIMEOUT,
+                          "a job training in a worker of the resumed sweep")
+        tree = descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=TIMEOUT)
+        wait_gone(tree, "stage 2: the killed sweep's workers")
+    finally:
+        kill_quietly(proc)
+    assert busy is True or proc.returncode == -signal.SIGKILL
+    statuses(sweep_dir)
+    assert_unchanged(sweep_dir, kept, "stage 2")
+    kept.update(completed_fingerprints(sweep_dir))
+
+    # 3. resume to the end: only what is missing runs, and the results are the
+    # uninterrupted basic-launcher sweep's
+    resumed = cli(args + ["resume=true"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_unchanged(sweep_dir, kept, "stage 3")
+    assert statuses(sweep_dir) == dict.fromkeys(range(N_SWEEP_JOBS), "completed")
+    assert results(sweep_dir) == results(reference_sweep)
+
+
+KILLS = [  # launcher, signal, rounds killed before the final resume
+    pytest.param("basic", signal.SIGKILL, 3, id="basic-SIGKILL-x3"),
+    pytest.param("basic", signal.SIGINT, 2, id="basic-SIGINT-x2"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher, sig, rounds", KILLS)
+def test_whole_sweep_killed_repeatedly_then_resumed_equals_an_uninterrupted_sweep(
+        tmp_path, reference_sweep, launcher, sig, rounds):
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    sweep_dir = tmp_path / "sweep"
+    args = sweep_args(sweep_dir, *(JOBLIB if launcher == "joblib" else ()))
+    kept: dict = {}
+    seen = []
+    for round_ in range(rounds):
+        proc = start_cli(args + (["resume=true"] if round_ else []), tmp_path, tmp_path / f"round{round_}.log")
+        try:
+            # at least one more job finishes in every round (progress), then a random moment
+            wait_until(lambda: proc.poll() is not None or n_completed(sweep_dir) > len(kept), TIMEOUT,
+                       f"round {round_}: a job to finish")
+            time.sleep(rng.uniform(0.0, 0.6))
+            tree = descendants(proc.pid)
+            if proc.poll() is None:
+                if sig == signal.SIGINT:
+                    os.killpg(proc.pid, sig)     # Ctrl-C: the terminal signals the whole group
+                else:
+                    os.kill(proc.pid, sig)       # kill -9 PID: only the sweep's main process
+            proc.wait(timeout=TIMEOUT)
+            # a SIGKILLed joblib sweep must not leave workers that go on writing into its
+            # dir (checked before the teardown's killpg, which would hide them)
+            wait_gone(tree, f"round {round_}: the killed sweep's processes")
+        finally:
+            kill_quietly(proc)
+        state = statuses(sweep_dir)
+        seen.append((proc.returncode, state))
+        assert_unchanged(sweep_dir, kept, f"round {round_} (seed {seed})")
+        kept.update(completed_fingerprints(sweep_dir))
+        if proc.returncode != 0:
+            # the job in flight stays `running` (the summary calls it interrupted), never truncated
+            assert set(state.values()) <= {"completed", "running", "missing"}, state
+
+    assert any(rc != 0 for rc, _ in seen), f"nothing was killed: {seen}"
+    resumed = cli(args + ["resume=true"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_unchanged(sweep_dir, kept, f"final resume (seed {seed}, rounds {seen})")
+    assert results(sweep_dir) == results(reference_sweep), f"seed {seed}, rounds {seen}"
+
+
+# A writer looping over the same target, killed at random moments. The payload's size
+# changes every write, so a torn file cannot pass for a whole one.
+WRITER = """
+import itertools, sys
+from pathlib import Path
+from collapse import records
+path, kind = Path(sys.argv[1]), sys.argv[2]
+if kind == "weights":
+    import torch
+for i in itertools.count():
+    if kind == "json":
+        records.write_json(path, {"schema": 1, "status": "running", "i": i, "pad": "x" * (i % 7 * 40000)})
+    else:
+        records.save_weights(path, {"w": torch.full((64 * (1 + i % 5), 64), float(i))})
+    if i == 1:
+        print("ready", flush=True)
+"""
+
+
+def _check_whole(path: Path, kind: str) -> None:
+    if kind == "json":
+        record = json.loads(path.read_text())
+        assert len(record["pad"]) == record["i"] % 7 * 40000
+    else:
+        import torch
+
+        w = torch.load(path, weights_only=True)["w"]
+        i = int(w[0, 0])
+        assert w.shape == (64 * (1 + i % 5), 64) and bool((w == i).all())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, sig, rounds", [("json", signal.SIGKILL, 6), ("json", signal.SIGINT, 3),
+                                               ("weights", signal.SIGKILL, 3)])
+def test_a_kill_during_a_write_never_leaves_a_torn_file(tmp_path, kind, sig, rounds):
+    rng = random.Random()
+    target = tmp_path / ("metrics.json" if kind == "json" else "model.pt")
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    for _ in range(rounds):
+        proc = subprocess.Popen([sys.executable, str(script), str(target), kind], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0.0, 0.3))
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode != 0
+        _check_whole(target, kind)
+        # only the writer's hidden temp files may be left next to the target
+        stray = [p.name for p in tmp_path.iterdir() if p not in (target, script)]
+        assert all(n.startswith(f".{target.name}.") and n.endswith(".tmp") for n in stray), stray
+        if sig == signal.SIGINT:      # KeyboardInterrupt: the writer removes its own temp file
+            assert not stray, stray
+
+
+def test_a_failing_write_keeps_the_old_file_and_removes_its_temp_file(tmp_path):
+    target = tmp_path / "metrics.json"
+    records.write_json(target, {"schema": 1, "status": "completed"})
+    before = target.read_bytes()
+
+    def torn(f):
+        f.write(b'{"schema": 1, "stat')
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        records._atomic_write_bytes(target, torn)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+# ---------------------------------------------------------------- failing cells
+
+@pytest.mark.slow
+def test_diverging_and_raising_cells_are_recorded_counted_and_the_sweep_goes_on(tmp_path):
+    X, y = xy(200)
+    good = write_npz(tmp_path / "good.npz", X=X, y=y)
+    missing = tmp_path / "missing.npz"
+    sweep_dir = tmp_path / "sweep"
+    # the failing cells come first: the jobs after them must still run
+    proc = cli(["-m", "data=npz", f"data.path={missing},{good}", "trainer.lr=1e-3,1e6", "trainer.epochs=3",
+                "model.hidden_dim=16", f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "jobs that did not complete" in proc.stderr
+    by_cell = {}
+    for num in range(4):
+        r = read_json(sweep_dir / str(num) / "metrics.json")
+        by_cell[(Path(r["config"]["data"]["path"]).name, r["config"]["trainer"]["lr"])] = (num, r)
+    for lr in (1e-3, 1e6):
+        num, r = by_cell[("missing.npz", lr)]
+        assert r["status"] == "failed" and r["stop_reason"] == "bad_input"
+        assert str(missing) in r["error"] and "file not found" in r["error"]
+        assert not (sweep_dir / str(num) / "model.pt").exists() and "best" not in r
+    assert by_cell[("good.npz", 1e-3)][1]["status"] == "completed"
+    diverged_num, diverged = by_cell[("good.npz", 1e6)]
+    assert diverged["status"] == "diverged" and diverged["stop_reason"] == "non_finite_loss"
+
+    summary = summarize(sweep_dir, plots=False)
+    assert {k: v for k, v in summary["jobs"]["by_status"].items() if v} == \
+        {"completed": 1, "failed": 2, "diverged": 1}
+    for lr in (1e-3, 1e6):
+        num = by_cell[("missing.npz", lr)][0]
+        assert any(p.startswith(f"job {num}:") and "file not found" in p for p in summary["problems"])
+    assert any(p.startswith(f"job {diverged_num}:") and "diverged" in p for p in summary["problems"])
+
+
+# ---------------------------------------------------------------- damaged sweep directories
+
+def _damaged_copy(reference_sweep: Path, dst: Path, running_pid: int) -> Path:
+    import shutil
+
+    shutil.copytree(reference_sweep, dst)
+    m0 = dst / "0" / "metrics.json"
+    m0.write_text(m0.read_text()[: len(m0.read_text()) // 2])          # torn JSON
+    shutil.rmtree(dst / "1" / ".hydra")                                 # no .hydra/
+    r2 = json.loads((dst / "2" / "metrics.json").read_text())
+    (dst / "2" / "metrics.json").write_text(json.dumps({**r2, "schema": 99}))   # from the future
+    r3 = json.loads((dst / "3" / "metrics.json").read_text())
+    r3.update(status="running", best=None, provenance={**r3["provenance"], "pid": running_pid,
+                                                       "hostname": socket.gethostname()})
+    (dst / "3" / "metrics.json").write_text(json.dumps(r3))             # in progress
+    return dst
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.parametrize("in_progress", ["alive", "dead"])
+def test_summary_reports_each_damaged_job_and_summarises_the_rest(tmp_path, reference_sweep, in_progress):
+    pid = os.getpid() if in_progress == "alive" else _dead_pid()
+    sweep_dir = _damaged_copy(reference_sweep, tmp_path / "sweep", pid)
+    summary = summarize(sweep_dir, plots=False)
+    state3 = "running" if in_progress == "alive" else "interrupted"
+    assert {k: v for k, v in summary["jobs"]["by_status"].items() if v} == \
+        {"unreadable": 2, "completed": 1, state3: 1}
+    problems = summary["problems"]
+
+    def reported(num, *words):
+        return any(p.startswith(f"job {num}:") and all(w in p for w in words) for p in problems)
+
+    assert reported(0, "not valid JSON")
+    assert reported(1, ".hydra")
+    assert reported(2, "schema", "99")
+    assert reported(3, "running" if in_progress == "alive" else "interrupted", str(pid))
+    # job 1 has no .hydra/ but a whole metrics.json: still summarised, in its own cell
+    [cell] = [c for c in summary["cells"] if 1 in c["jobs"]]
+    assert cell["n_results"] == 1 and cell["metrics"]["val.r2"]["n"] == 1
+
+    # the command line: exit 0, one problem per line on stderr, the table on stdout
+    proc = subprocess.run([sys.executable, "-m", "collapse.summary", str(sweep_dir), "--no-plots"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert all(line.startswith("problem: ") for line in lines), lines
+    for num in range(4):
+        assert any(line.startswith(f"problem: job {num}:") for line in lines), (num, lines)
+    assert "Traceback" not in proc.stderr
