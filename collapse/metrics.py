@@ -119,6 +119,9 @@ def diagnose(report: dict[str, float], min_r: float = 0.2,
     - collapsed: the variance ratio is below collapse_ratio_of_r * |r|. Calibrated
       shrinkage would give ratio ~ |r|; being squeezed this far below it (slope >> 1)
       is pathological and fixable (variance term, CCC, recalibration).
+    - collapsed, too: r <= -min_r. The predictions mirror the target (a run locked
+      into the wrong sign, e.g. by a variance term that is blind to it); an affine
+      refit (negative slope) undoes it, so it is fixable, and it is not healthy.
     - healthy: otherwise.
     """
     r, ratio = report.get("pearson_r", math.nan), report.get("variance_ratio", math.nan)
@@ -130,6 +133,8 @@ def diagnose(report: dict[str, float], min_r: float = 0.2,
         label, why = "collapsed", "predictions are constant"
     elif not math.isfinite(r) or abs(r) < min_r:
         label, why = "no_signal", f"|r| < {min_r:g}: no signal to recover"
+    elif r < 0:
+        label, why = "collapsed", f"r = {r:.3f}: anti-correlated with the target, fixable by recalibration"
     elif ratio < collapse_ratio_of_r * abs(r):
         label, why = "collapsed", (f"variance ratio {ratio:.3f} < {collapse_ratio_of_r:g} * |r| "
                                    f"= {collapse_ratio_of_r * abs(r):.3f}: squeezed, fixable")
