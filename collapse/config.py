@@ -37,12 +37,12 @@ class ModelConfig:
 class DataConfig:
     name: str = "synthetic"      # synthetic | npz
     path: Optional[str] = None   # npz only: file with X (N, T, C), y (N,), optional split (N,)
-    n_samples: int = 6000        # synthetic only
+    n_samples: int = 10000       # synthetic only
     n_frames: int = 7            # synthetic only: T
     n_features: int = 8          # synthetic only: C
     signal: float = 1.0          # synthetic only: 0 = targets independent of inputs (negative control)
-    noise_std: float = 0.3       # synthetic only: observation noise on the features
-    period_jitter: float = 0.15  # synthetic only: relative jitter of the latent period around n_frames
+    noise_std: float = 0.05      # synthetic only: observation noise on the features
+    period_jitter: float = 0.05  # synthetic only: relative jitter of the latent period around n_frames
     temporal_frames: int = 3     # how many of the most recent frames the model sees (1..T)
     val_fraction: float = 0.15   # seeded split when the file has no `split`
     test_fraction: float = 0.15
