@@ -28,6 +28,9 @@ from conftest import (JOBLIB, N_SWEEP_JOBS, SWEEP_GRID, SWEEP_TINY, TIMEOUT, ali
                       statuses, wait_until, write_npz, xy)
 
 
+needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process trees from /proc")
+
+
 def sweep_args(sweep_dir: Path, *extra: str) -> list[str]:
     return ["-m", *SWEEP_TINY, *SWEEP_GRID, *extra, f"hydra.sweep.dir={sweep_dir}"]
 
@@ -67,6 +70,7 @@ def worker_training(proc, sweep_dir: Path):
 
 
 @pytest.mark.slow
+@needs_proc
 def test_joblib_sweep_survives_a_killed_worker_then_a_killed_sweep(tmp_path, reference_sweep):
     """1. SIGKILL one loky worker mid-job; 2. resume, SIGKILL the sweep's main process
     while a worker trains; 3. resume to the end. No result is lost or rewritten, no
@@ -130,6 +134,7 @@ KILLS = [  # launcher, signal, rounds killed before the final resume
 
 
 @pytest.mark.slow
+@needs_proc
 @pytest.mark.parametrize("launcher, sig, rounds", KILLS)
 def test_whole_sweep_killed_repeatedly_then_resumed_equals_an_uninterrupted_sweep(
         tmp_path, reference_sweep, launcher, sig, rounds):
