@@ -1,0 +1,204 @@
+"""The cures and the diagnosis against hand-computed values, and one real cure.
+
+Every expected number below is worked out by hand in the comment beside it (or by
+an explicit loop that restates the formula), never by calling the code under test.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from collapse import data
+from collapse.losses import RegressionLoss, bmc, concordance, variance_term
+from collapse.metrics import diagnose, regression_report
+
+PRED = torch.tensor([0.0, 1.0, 2.0, 3.0])      # mean 1.5, population var 1.25
+TARGET = torch.tensor([0.0, 2.0, 4.0, 6.0])    # mean 3.0, population var 5.0
+
+
+# --- variance term: squared, hinge, batch or train-split target variance ------------
+
+def test_variance_term_squared_and_hinge_under_dispersed():
+    # ratio 1.25 / 5 = 0.25: squared (1 - 0.25)^2 = 0.5625, hinge the same (shortfall > 0)
+    assert variance_term(PRED, TARGET, "squared", eps=0.0).item() == pytest.approx(0.5625)
+    assert variance_term(PRED, TARGET, "hinge", eps=0.0).item() == pytest.approx(0.5625)
+
+
+def test_hinge_does_not_punish_over_dispersion():
+    # swap roles: ratio 5 / 1.25 = 4 -> squared (1 - 4)^2 = 9, hinge max(0, -3)^2 = 0
+    assert variance_term(TARGET, PRED, "squared", eps=0.0).item() == pytest.approx(9.0)
+    assert variance_term(TARGET, PRED, "hinge", eps=0.0).item() == 0.0
+
+
+def test_variance_term_against_the_train_split_variance():
+    # target_var 2.5 (the train split's) replaces the batch's 5.0: (1 - 1.25 / 2.5)^2 = 0.25
+    loss = RegressionLoss("mse", variance_lambda=2.0, variance_target="train", train_target_var=2.5, eps=0.0)
+    mse = (0 + 1 + 4 + 9) / 4                                    # 3.5
+    assert loss(PRED, TARGET).item() == pytest.approx(mse + 2.0 * 0.25)
+    with pytest.raises(ValueError, match="train_target_var"):
+        RegressionLoss("mse", variance_target="train")
+
+
+def test_variance_term_rejects_an_unknown_mode():
+    with pytest.raises(ValueError, match="squared or hinge"):
+        variance_term(PRED, TARGET, "cubic")
+
+
+# --- concordance (CCC) loss -----------------------------------------------------------
+
+def test_ccc_by_hand():
+    # cov = mean([(-1.5)(-3), (-0.5)(-1), (0.5)(1), (1.5)(3)]) = 10 / 4 = 2.5
+    # CCC = 2 * 2.5 / (1.25 + 5.0 + (1.5 - 3.0)^2) = 5 / 8.5
+    ccc = 5.0 / 8.5
+    assert concordance(PRED, TARGET, eps=0.0).item() == pytest.approx(ccc)
+    assert RegressionLoss("ccc", ccc_weight=1.0, eps=0.0)(PRED, TARGET).item() == pytest.approx(1 - ccc)
+    # mixed: (1 - 0.5) * mse + 0.5 * (1 - CCC), mse = 3.5
+    mixed = RegressionLoss("ccc", ccc_weight=0.5, eps=0.0)(PRED, TARGET).item()
+    assert mixed == pytest.approx(0.5 * 3.5 + 0.5 * (1 - ccc))
+
+
+def test_ccc_is_one_only_for_identical_predictions_and_sees_the_sign():
+    assert concordance(TARGET, TARGET, eps=0.0).item() == pytest.approx(1.0)
+    mirror = 2 * TARGET.mean() - TARGET                         # same spread, opposite sign
+    assert concordance(mirror, TARGET, eps=0.0).item() == pytest.approx(-1.0)
+    # the variance term cannot tell the mirror image from the truth: both give 0
+    assert variance_term(mirror, TARGET, eps=0.0).item() == pytest.approx(0.0)
+
+
+# --- Balanced MSE (batch-based Monte Carlo) ------------------------------------------
+
+def _bmc_by_hand(pred, target, sigma, weight=None):
+    """Ren et al. 2022, BMC: mean_i w_i * [-log softmax_j(-(p_i - y_j)^2 / 2 s^2)]_{j=i} * 2 s^2."""
+    total = 0.0
+    for i, p in enumerate(pred):
+        logits = [-(p - y) ** 2 / (2 * sigma ** 2) for y in target]
+        log_norm = math.log(sum(math.exp(v) for v in logits))
+        ce = log_norm - logits[i]
+        total += ce * (weight[i] if weight is not None else 1.0)
+    return total / len(pred) * 2 * sigma ** 2
+
+
+def test_bmc_against_a_hand_written_computation():
+    pred, target, sigma = [0.1, 0.5, 0.9], [0.0, 0.6, 1.0], 0.5
+    expected = _bmc_by_hand(pred, target, sigma)
+    got = bmc(torch.tensor(pred, dtype=torch.float64), torch.tensor(target, dtype=torch.float64), sigma)
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+    # as a base loss, and with per-sample weights
+    w = [1.0, 2.0, 0.5]
+    loss = RegressionLoss("bmc", bmc_sigma=sigma)
+    t = lambda v: torch.tensor(v, dtype=torch.float64)        # noqa: E731
+    assert loss(t(pred), t(target)).item() == pytest.approx(expected, rel=1e-12)
+    assert loss(t(pred), t(target), t(w)).item() == pytest.approx(_bmc_by_hand(pred, target, sigma, w), rel=1e-12)
+
+
+def test_bmc_row_chunks_change_nothing():
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(37, generator=g, dtype=torch.float64), torch.randn(37, generator=g, dtype=torch.float64)
+    whole = bmc(pred, target, 0.3)
+    assert bmc(pred, target, 0.3, chunk=5).item() == pytest.approx(whole.item(), rel=1e-12)
+    assert bmc(pred, target, 0.3, chunk=1).item() == pytest.approx(whole.item(), rel=1e-12)
+
+
+# --- target-density weighting -----------------------------------------------------------
+
+Y4 = np.array([0.0, 0.0, 0.0, 1.0])   # 2 bins [0, .5), [.5, 1]: counts 3, 1 -> density 3/4 x3, 1/4
+
+
+def test_density_without_smoothing_is_the_histogram():
+    np.testing.assert_allclose(data.smoothed_density(Y4, bins=2, sigma=0.0), [0.75, 0.75, 0.75, 0.25])
+
+
+def test_inverse_and_sqrt_inverse_weights_by_hand():
+    # inverse: 1/rho = 4/3 x3, 4; mean 2 -> 2/3 x3, 2
+    w = data.sample_weights(Y4, weighting="inverse", bins=2, sigma=0.0)
+    np.testing.assert_allclose(w, [2 / 3, 2 / 3, 2 / 3, 2.0], rtol=1e-6)
+    # sqrt: 1/sqrt(rho) = 2/sqrt(3) x3, 2; mean (6/sqrt(3) + 2) / 4
+    raw = np.array([2 / math.sqrt(3)] * 3 + [2.0])
+    w = data.sample_weights(Y4, weighting="sqrt_inverse", bins=2, sigma=0.0)
+    np.testing.assert_allclose(w, raw / raw.mean(), rtol=1e-6)
+
+
+def test_dense_weights_by_hand():
+    # rho' = (rho - min) / (max - min) = 1, 1, 1, 0; alpha 0.5: 1 - 0.5 rho' = 0.5 x3, 1; mean 0.625
+    w = data.sample_weights(Y4, weighting="dense", bins=2, sigma=0.0, dense_alpha=0.5)
+    np.testing.assert_allclose(w, [0.8, 0.8, 0.8, 1.6], rtol=1e-6)
+    # alpha 1: the common targets get the floor 1e-6, the rare one the rest
+    w = data.sample_weights(Y4, weighting="dense", bins=2, sigma=0.0, dense_alpha=1.0)
+    mean = (3e-6 + 1.0) / 4
+    np.testing.assert_allclose(w, [1e-6 / mean] * 3 + [1.0 / mean], rtol=1e-5)
+
+
+def test_lds_smoothing_by_hand():
+    # 5 bins of width 0.98 over [min, max] = [0.1, 5.0]: counts 4, 0, 1, 0, 1 (the last
+    # bin is closed). Gaussian kernel, sigma 1 bin, half width ceil(3 sigma) = 3,
+    # normalised; the counts are padded by reflection, then convolved.
+    y = np.array([0.1, 0.2, 0.3, 0.4, 2.5, 5.0])
+    counts = [4, 0, 1, 0, 1]
+    kernel = [math.exp(-0.5 * k * k) for k in range(-3, 4)]
+    kernel = [v / sum(kernel) for v in kernel]
+
+    def reflected(i):                                # numpy 'reflect': ... c2 c1 | c0 ... c4 | c3 c2 ...
+        while i < 0 or i > 4:
+            i = -i if i < 0 else 8 - i
+        return counts[i]
+
+    smooth = [sum(kernel[k + 3] * reflected(b + k) for k in range(-3, 4)) for b in range(5)]
+    expected = [smooth[b] / len(y) for b in (0, 0, 0, 0, 2, 4)]
+    np.testing.assert_allclose(data.smoothed_density(y, bins=5, sigma=1.0), expected, rtol=1e-9)
+
+
+def test_unknown_weighting_is_refused_with_its_name():
+    with pytest.raises(ValueError, match="weighting='uniform'"):
+        data.sample_weights(Y4, weighting="uniform")
+
+
+# --- diagnosis on constructed cases --------------------------------------------------
+
+RNG = np.random.default_rng(0)
+Y = 0.72 + 0.1 * RNG.normal(size=2000)
+NOISE = RNG.normal(size=2000)
+
+
+def _label(pred):
+    return diagnose(regression_report(Y, pred))
+
+
+def test_diagnose_no_signal_healthy_and_collapsed():
+    # predictions unrelated to the target: |r| ~ 0 -> no_signal, whatever their spread
+    assert _label(0.72 + 0.1 * NOISE)["label"] == "no_signal"
+    assert _label(0.72 + 0.001 * NOISE)["label"] == "no_signal"
+    # calibrated shrinkage: p = E[y | signal], r = 0.8, variance ratio ~ 0.8 -> healthy
+    signal = (Y - 0.72) / 0.1
+    partial = 0.8 * signal + 0.6 * NOISE              # corr ~ 0.8 with the target
+    calibrated = 0.72 + 0.1 * 0.8 * partial          # E[y | partial] = 0.72 + 0.1 * 0.8 * partial
+    d = _label(calibrated)
+    assert d["label"] == "healthy" and d["pearson_r"] == pytest.approx(0.8, abs=0.03)
+    assert d["variance_ratio"] == pytest.approx(0.8, abs=0.03)
+    # the same, squeezed 5x: ratio ~ 0.16 < 0.5 r = 0.4 -> collapsed (slope ~ 5)
+    d = _label(0.72 + 0.2 * (calibrated - 0.72))
+    assert d["label"] == "collapsed" and d["calibration_slope"] == pytest.approx(5.0, rel=0.05)
+    # mirror image at full spread: r ~ -0.8 is not healthy
+    assert _label(0.72 - 0.1 * 0.8 * partial)["label"] == "collapsed"
+
+
+def test_diagnose_thresholds_are_parameters():
+    report = {"pearson_r": 0.3, "variance_ratio": 0.1, "calibration_slope": 3.0}
+    assert diagnose(report)["label"] == "collapsed"                      # 0.1 < 0.5 * 0.3
+    assert diagnose(report, collapse_ratio_of_r=0.3)["label"] == "healthy"  # 0.1 >= 0.09
+    assert diagnose(report, min_r=0.4)["label"] == "no_signal"           # |r| < 0.4
+
+
+# --- one real pathological collapse, and its cure ---------------------------------------
+
+@pytest.mark.slow
+def test_overreg_collapses_and_the_variance_term_cures_it():
+    from collapse.train import run
+
+    sick = run(["experiment=overreg", "seed=0", "trainer.threads=1"])
+    cured = run(["experiment=overreg_cured", "seed=0", "trainer.threads=1"])
+    assert sick["diagnosis"]["label"] == "collapsed" and sick["best"]["val"]["pearson_r"] > 0.5
+    assert cured["diagnosis"]["label"] == "healthy"
+    assert cured["best"]["val"]["r2"] >= sick["best"]["val"]["r2"] + 0.2
+    # recalibration undoes the squeeze post hoc, on test
+    assert sick["recalibrated"]["test"]["r2"] >= sick["best"]["test"]["r2"] + 0.2
