@@ -8,8 +8,8 @@ still running, corrupt or of an unknown schema is reported on its own line and t
 is summarised), writes summary.{csv,md,json} with collapse.summary_report and
 summary_*.png with collapse.plots into the sweep directory, atomically.
 
-Statistics, over the *result runs* of a cell (status completed / diverged /
-stopped_collapse with a best epoch; diverged ones are flagged), on the best epoch:
+Statistics, over the *result runs* of a cell (status completed or stopped_collapse;
+diverged runs are counted but kept out, see sweep_jobs.Job.best), on the best epoch:
 - mean = sum(x) / n,  std = sqrt(sum((x - mean)^2) / (n - 1)),
   95% CI = mean +- t_{0.975, n-1} * std / sqrt(n)  (Student t; NaN when n < 2).
 - collapse rate = fraction of runs with val variance ratio < `collapse` or diagnosis
@@ -248,7 +248,7 @@ def _cell_summary(cell_jobs: list, cell_runs: dict, base_runs: dict, seeds: list
     return {"jobs": sorted(j.num for j in cell_jobs), "seeds": sorted(have, key=_level_key),
             "missing_seeds": [s for s in seeds if s not in have],
             "counts": counts, "n_results": len(results),
-            "n_diverged_results": sum(j.status == "diverged" for j in results), "metrics": stats,
+            "metrics": stats,
             "collapse_rate": sum(collapsed) / len(collapsed) if collapsed else math.nan,
             "diagnosis": {d: labels.count(d) for d in DIAGNOSES},
             "verdict": th.verdict(stats["val.r2"]["mean"], stats["val.variance_ratio"]["mean"]),

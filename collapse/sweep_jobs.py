@@ -25,6 +25,7 @@ SPLITS = ("val", "test")
 STAT_KEYS = tuple(f"{split}.{m}" for split in SPLITS for m in METRICS)
 EFFECT_KEYS = ("val.r2", "val.variance_ratio")              # main effects, eta^2
 PAIRED_KEYS = ("val.r2", "val.variance_ratio", "test.r2")   # differences vs baseline
+STATISTICS_STATUSES = ("completed", "stopped_collapse")   # runs whose best-epoch metrics count
 STATES = ("completed", "diverged", "stopped_collapse", "failed", "running", "interrupted",
           "unreadable", "missing")
 DIAGNOSES = ("healthy", "collapsed", "no_signal")
@@ -45,8 +46,10 @@ class Job:
 
     @property
     def best(self) -> Optional[dict]:
-        """The best-epoch metrics when this job is a result, else None."""
-        if self.status in records.RESULT_STATUSES and self.record:
+        """The best-epoch metrics when this job is a result, else None. A diverged run is
+        not: its "best" epoch is a snapshot on the way to blowing up (R² of -1e39 seen),
+        and a config that diverges must not look good through it; it is counted instead."""
+        if self.status in STATISTICS_STATUSES and self.record:
             return self.record.get("best") or None
         return None
 
@@ -179,8 +182,7 @@ def read_job(job_dir: Path, histories: bool = True) -> Job:
         error = str(record.get("error") or record.get("stop_reason") or "no error recorded")
         job.problems.append(f"{metrics}: failed: {error.splitlines()[0][:200]}")
     elif job.status == "diverged":
-        kept = f"best epoch {record.get('best_epoch')} kept as a result" if job.best else "no best epoch: not a result"
-        job.problems.append(f"{metrics}: diverged ({kept})")
+        job.problems.append(f"{metrics}: diverged at epoch {record.get('epochs_run')} (counted, not in the statistics)")
     return job
 
 

@@ -231,11 +231,11 @@ def test_a_kill_during_a_write_never_leaves_a_torn_file(tmp_path, kind, sig, rou
                 proc.wait()
         assert proc.returncode != 0
         _check_whole(target, kind)
-        # only the writer's hidden temp files may be left next to the target
+        # only the writer's hidden temp files may be left next to the target (nothing reads
+        # them). Even SIGINT can leave one: the interrupt may land between mkstemp and the
+        # `try` that would remove it, so their absence is not a guarantee.
         stray = [p.name for p in tmp_path.iterdir() if p not in (target, script)]
         assert all(n.startswith(f".{target.name}.") and n.endswith(".tmp") for n in stray), stray
-        if sig == signal.SIGINT:      # KeyboardInterrupt: the writer removes its own temp file
-            assert not stray, stray
 
 
 def test_a_failing_write_keeps_the_old_file_and_removes_its_temp_file(tmp_path):

@@ -266,7 +266,7 @@ def test_every_problem_is_reported_and_the_rest_summarised(tmp_path):
                      "job 5: " + str(sweep / "5" / "metrics.json") + ": missing",
                      "job 6: " + str(sweep / "6" / "metrics.json") + ": failed: ValueError: boom",
                      "job 7: " + str(sweep / "7") + ": missing (no job directory)",
-                     "job 8: " + str(sweep / "8" / "metrics.json") + ": diverged (best epoch 3 kept",
+                     "job 8: " + str(sweep / "8" / "metrics.json") + ": diverged at epoch",
                      "job 9: " + str(sweep / "9" / ".hydra") + ": missing; no usable metrics.json either: left out",
                      "job 11: " + str(sweep / "11") + ": missing (no job directory)"):
         assert expected in problems
@@ -280,9 +280,9 @@ def test_every_problem_is_reported_and_the_rest_summarised(tmp_path):
     c = cell(s, 1, 0.5)
     assert (c["counts"]["running"], c["counts"]["interrupted"], c["counts"]["missing"], c["n_results"]) == (1, 1, 1, 0)
     assert c["verdict"] == "n/a"
-    base = cell(s, 7, 0.0)                      # job 6 failed, 7 absent, 8 diverged with a best epoch
-    assert (base["counts"]["failed"], base["counts"]["missing"], base["n_diverged_results"]) == (1, 1, 1)
-    assert base["metrics"]["val.r2"]["mean"] == pytest.approx(0.50)
+    base = cell(s, 7, 0.0)                      # job 6 failed, 7 absent, 8 diverged: counted, no statistics
+    assert (base["counts"]["failed"], base["counts"]["missing"], base["counts"]["diverged"]) == (1, 1, 1)
+    assert base["n_results"] == 0 and math.isnan(base["metrics"]["val.r2"]["mean"])
     last = cell(s, 7, 0.5)                      # job 9 unplaceable (seed 0), 10 fine, 11 absent
     assert (last["counts"]["missing"], last["n_results"], last["missing_seeds"]) == (2, 1, ["0", "2"])
     assert [p.split(":")[0] for p in s["problems"]] == [f"job {n}" for n in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 11)]
