@@ -202,3 +202,35 @@ def test_overreg_collapses_and_the_variance_term_cures_it():
     assert cured["best"]["val"]["r2"] >= sick["best"]["val"]["r2"] + 0.2
     # recalibration undoes the squeeze post hoc, on test
     assert sick["recalibrated"]["test"]["r2"] >= sick["best"]["test"]["r2"] + 0.2
+
+
+@pytest.mark.slow
+def test_cures_sweep_applies_each_cure_over_the_experiment(tmp_path):
+    """The documented cures sweep, tiny and on one seed: every cure option lands in the
+    composed config on top of the experiment's own loss and data settings."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import collapse.train as train
+
+    sweeps = str(Path(train.CONF_DIR).parent / "sweeps")
+    sweep_dir = tmp_path / "cures"
+    proc = subprocess.run([sys.executable, "-m", "collapse.train", "--config-dir", sweeps, "--config-name", "cures",
+                           f"hydra.sweep.dir={sweep_dir}", "data.n_samples=300", "trainer.epochs=2",
+                           "model.hidden_dim=16", "trainer.threads=1", "seed=0"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = [json.loads(p.read_text()) for p in sweep_dir.glob("*/metrics.json")]
+    got = {(r["choices"]["experiment"], r["choices"]["cure"]):
+           (r["config"]["loss"]["name"], r["config"]["loss"]["variance_lambda"], r["config"]["loss"]["variance_mode"],
+            r["config"]["loss"]["variance_target"], r["config"]["data"]["weighting"]) for r in runs}
+    assert len(got) == 18 and {r["status"] for r in runs} == {"completed"}
+    assert got[("overreg", "none")] == ("mse", 0.0, "squared", "batch", "none")
+    assert got[("overreg", "variance")] == ("mse", 0.02, "squared", "batch", "none")
+    assert got[("run2", "variance_study")] == ("mse", 0.5, "squared", "batch", "none")
+    assert got[("overreg", "hinge_train")] == ("mse", 0.02, "hinge", "train", "none")
+    assert got[("run2", "ccc")][0] == "ccc" and got[("overreg", "bmc")][0] == "bmc"
+    assert [got[("run2", w)][4] for w in ("lds_inverse", "lds_sqrt_inverse", "dense")] == \
+        ["inverse", "sqrt_inverse", "dense"]
