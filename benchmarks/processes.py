@@ -1,0 +1,182 @@
+"""Whole-process benchmarks: start-up (2, 9), multirun overhead (3), parallel sweeps (4),
+the README's main job (7) and sweep scaling (8). Every command runs in a subprocess
+with its working directory and all outputs in a temporary directory."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from benchmarks.common import PY, TINY, Result, job_records, median, run_cmd, train_cmd
+
+HEAVY = ("sklearn", "matplotlib", "scipy", "pandas")
+BASE = "import torch, hydra"
+# The least a hand-written torch script does before its first epoch can end: one
+# optimizer step. torch imports torch._dynamo lazily on the first step (~1 s here),
+# so this is torch's own share of any training process's start-up.
+FLOOR = ("import torch, hydra\n"
+         "m = torch.nn.Linear(8, 1).to('{device}')\n"
+         "opt = torch.optim.Adam(m.parameters(), lr=1e-3)\n"
+         "m(torch.zeros(4, 8, device='{device}')).sum().backward()\n"
+         "opt.step()\n")
+_IMPORT = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)\s*$")
+
+
+def _imports(output: str) -> dict[str, tuple[int, int]]:
+    """`-X importtime` output -> {module: (depth, cumulative microseconds)}."""
+    found = {}
+    for line in output.splitlines():
+        m = _IMPORT.match(line)
+        if m:
+            found[m.group(4)] = (len(m.group(3)) // 2, int(m.group(2)))
+    return found
+
+
+def bench_startup(quick: bool, repeats: int, tmp: Path, ctx: dict, device: str = "cpu") -> Result:
+    res = Result()
+    tag = "" if device == "cpu" else f" [{device}]"
+    base, floor, run, import_out = [], [], [], ""
+    for i in range(repeats):
+        base.append(run_cmd([PY, "-c", BASE], tmp).seconds)
+        floor.append(run_cmd([PY, "-c", FLOOR.format(device=device)], tmp).seconds)
+        # --quick times the -X importtime run itself (one process less; figures are not targets there)
+        importtime = ["-X", "importtime"] if quick and i == 0 and device == "cpu" else []
+        cmd = train_cmd(*TINY, f"trainer.device={device}", f"hydra.run.dir={tmp}/run{i}_{device}")
+        timed = run_cmd([PY, *importtime, *cmd[1:]], tmp)
+        import_out = timed.stdout if importtime else import_out
+        run.append(timed.seconds)
+        ctx.setdefault(f"tiny_run_maxrss_mb_{device}", []).append(timed.maxrss_mb)
+    overhead = median([r - b for r, b in zip(run, base)])
+    torch_share = median([f - b for f, b in zip(floor, base)])
+    own = median([r - f for r, f in zip(run, floor)])
+    res.figures = {"device": device, "repeats": repeats, "import_torch_hydra_s": base,
+                   "first_optimizer_step_script_s": floor, "tiny_run_s": run,
+                   "startup_overhead_s": overhead, "torch_first_step_s": torch_share,
+                   "framework_own_s": own}
+    res.add(f"python -c '{BASE}'{tag}", median(base), "s")
+    res.add(f"1-epoch tiny run (whole process){tag}", median(run), "s")
+    res.add(f"start-up: run - import torch, hydra{tag}", overhead, "s", ("<=", 0.5))
+    res.add(f"  of which torch's first optimizer step{tag}", torch_share, "s",
+            note="hand-written 1-step script - import torch, hydra")
+    res.add(f"  of which the framework{tag}", own, "s", note="run - hand-written 1-step script")
+
+    if device == "cpu":
+        # what the run path imports: nothing heavy unless the run needs it
+        if not import_out:
+            cmd = train_cmd(*TINY, f"hydra.run.dir={tmp}/imports")
+            import_out = run_cmd([PY, "-X", "importtime", *cmd[1:]], tmp).stdout
+        mods = _imports(import_out)
+        base_mods = {} if quick else _imports(run_cmd([PY, "-X", "importtime", "-c", BASE], tmp).stdout)
+        heavy = sorted({m.split(".")[0] for m in mods} & set(HEAVY))
+        extra = sorted(((us, m) for m, (depth, us) in mods.items() if depth == 0 and m not in base_mods),
+                       reverse=True)[:8]
+        res.figures.update({"heavy_imports": heavy, "modules_imported": len(mods),
+                            "slowest_top_level_imports_beyond_base_ms": {m: round(us / 1000, 1) for us, m in extra}})
+        res.add("heavy modules on the run path (" + ", ".join(HEAVY) + ")", len(heavy), "modules", ("<=", 0),
+                note=", ".join(heavy) or "none")
+    return res
+
+
+def tiny_sweep(n: int, tmp: Path, ctx: dict, tag: str) -> dict:
+    """A basic-launcher sweep of `n` tiny jobs: wall time and the jobs' own wall_time_s."""
+    sweep_dir = tmp / f"sweep_{n}_{tag}"
+    timed = run_cmd(train_cmd(f"seed=range(0,{n})", *TINY, f"hydra.sweep.dir={sweep_dir}", multirun=True), tmp)
+    recs = job_records(sweep_dir)
+    assert len(recs) == n and all(r["status"] == "completed" for r in recs), f"{sweep_dir}: jobs missing or failed"
+    ctx.setdefault("tiny_job_dir", sweep_dir / "0")
+    return {"n": n, "seconds": timed.seconds, "train_s": sum(r["wall_time_s"] for r in recs)}
+
+
+def bench_multirun(quick: bool, repeats: int, tmp: Path, ctx: dict) -> Result:
+    res = Result()
+    n = 2 if quick else 20
+    pairs = []
+    for i in range(repeats):
+        one, many = tiny_sweep(1, tmp, ctx, f"m{i}"), tiny_sweep(n, tmp, ctx, f"m{i}")
+        pairs.append((one, many))
+        ctx.setdefault("sweeps", []).extend([one, many])
+    marginal = median([((b["seconds"] - a["seconds"]) - (b["train_s"] - a["train_s"])) / (n - 1) for a, b in pairs])
+    amortised = median([(b["seconds"] - b["train_s"]) / n for _, b in pairs])
+    res.figures = {"jobs": n, "repeats": repeats, "runs": pairs, "per_job_overhead_s": marginal,
+                   "per_job_overhead_amortised_s": amortised}
+    res.add(f"{n}-job tiny sweep, wall", median([b["seconds"] for _, b in pairs]), "s")
+    res.add(f"{n}-job tiny sweep, jobs' own wall_time_s", median([b["train_s"] for _, b in pairs]), "s")
+    res.add("per-job overhead beyond training", marginal, "s/job", ("<=", 0.15),
+            note=f"({n}-job sweep - 1-job sweep) less training, / {n - 1}")
+    res.add("  same, with process start-up amortised", amortised, "s/job",
+            note=f"({n}-job sweep - training) / {n}")
+    return res
+
+
+def _result_key(record: dict) -> tuple:
+    return tuple(sorted(o for o in record["overrides"]))
+
+
+def _outcome(record: dict) -> str:
+    keep = ("status", "stop_reason", "best_epoch", "best", "monitor_value", "epochs_run")
+    return json.dumps({k: record.get(k) for k in keep}, sort_keys=True)
+
+
+def bench_parallel(quick: bool, repeats: int, tmp: Path, ctx: dict, epochs: int = 0) -> Result:
+    res = Result()
+    grid = ["seed=0", "data.temporal_frames=1,3", "loss.variance_lambda=0.0,0.5", *TINY] if quick else \
+        ([f"trainer.epochs={epochs}"] if epochs else [])
+    joblib = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    basic_t, joblib_t, same, jobs, peaks = [], [], [], 0, []
+    for i in range(repeats):
+        dirs = {"basic": tmp / f"phase4_basic_{i}", "joblib": tmp / f"phase4_joblib_{i}"}
+        order = ("basic", "joblib") if i % 2 == 0 else ("joblib", "basic")
+        for name in order:
+            extra = joblib if name == "joblib" else []
+            timed = run_cmd(train_cmd(*grid, *extra, f"hydra.sweep.dir={dirs[name]}", config_name="phase4"),
+                            tmp, sample_tree=True)
+            (basic_t if name == "basic" else joblib_t).append(timed.seconds)
+            if name == "joblib":
+                peaks.append(timed.tree_peak_mb)
+        basic = {_result_key(r): r for r in job_records(dirs["basic"])}
+        par = {_result_key(r): r for r in job_records(dirs["joblib"])}
+        jobs = len(basic)
+        same.append(sum(1 for k, r in basic.items() if k in par and _outcome(r) == _outcome(par[k])) / max(1, jobs))
+        ctx["phase4_dir"] = dirs["basic"]
+        ctx["phase4_threads"] = {"basic": sorted({r["threads"] for r in basic.values()}),
+                                 "joblib": sorted({r["threads"] for r in par.values()})}
+    speedup = median([b / j for b, j in zip(basic_t, joblib_t)])
+    ctx["sweep_2_workers_tree_peak_mb"] = max(peaks)
+    res.figures = {"jobs": jobs, "repeats": repeats, "grid_overrides": grid, "basic_s": basic_t,
+                   "joblib_2_workers_s": joblib_t, "speedup": speedup, "identical_fraction": min(same),
+                   "threads_per_job": ctx["phase4_threads"]}
+    res.add(f"phase4 grid ({jobs} jobs), basic launcher", median(basic_t), "s",
+            note=f"threads/job {ctx['phase4_threads']['basic']}")
+    res.add(f"phase4 grid ({jobs} jobs), joblib n_jobs=2", median(joblib_t), "s",
+            note=f"threads/job {ctx['phase4_threads']['joblib']}")
+    res.add("speedup joblib(2) vs basic", speedup, "x", (">=", 1.7))
+    res.add("jobs with identical results (joblib vs basic)", min(same), "fraction", (">=", 1.0),
+            note="status, stop, best epoch, best val/test metrics")
+    return res
+
+
+def bench_main_job(quick: bool, tmp: Path) -> Result:
+    """`make run`: the quick sweep, then its summary (as in the Makefile)."""
+    res = Result()
+    sweep_dir = tmp / "main_job"
+    shrink = ["seed=0", "data.temporal_frames=3", "loss.variance_lambda=0.0", *TINY] if quick else []
+    sweep = run_cmd(train_cmd(*shrink, f"hydra.sweep.dir={sweep_dir}", config_name="quick"), tmp)
+    summary = run_cmd([PY, "-m", "collapse.summary", str(sweep_dir)], tmp)
+    total = sweep.seconds + summary.seconds
+    res.figures = {"sweep_s": sweep.seconds, "summary_s": summary.seconds, "total_s": total,
+                   "jobs": len(job_records(sweep_dir)), "shrunk": quick}
+    if quick:
+        res.notes.append("--quick: the main job ran shrunk to one tiny job (" + " ".join(shrink) + ")")
+    res.add("make run: quick sweep", sweep.seconds, "s")
+    res.add("make run: summary", summary.seconds, "s")
+    res.add("make run: total" + (" (shrunk)" if quick else ""), total, "s", ("<=", 180))
+    return res
+
+
+def bench_sweep_scaling(quick: bool, tmp: Path, ctx: dict) -> tuple[dict, list]:
+    """Sweeps of 4, 16, 64 tiny jobs: wall time per size."""
+    sizes = (1, 2) if quick else (4, 16, 64)       # --quick: the multirun benchmark's sweeps
+    cached = {s["n"]: s for s in ctx.get("sweeps", [])}
+    points = [cached[n] if quick and n in cached else tiny_sweep(n, tmp, ctx, "scale") for n in sizes]
+    return {"sizes": list(sizes), "seconds": [p["seconds"] for p in points],
+            "train_s": [p["train_s"] for p in points]}, points

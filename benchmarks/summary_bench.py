@@ -1,0 +1,135 @@
+"""Item 5 and the summary half of item 8: `collapse.summary.summarize` over fabricated
+sweeps of 100 .. 10,000 run directories, and with plots over the real phase4 grid.
+
+Run directories are fabricated from one real job directory (its metrics.json and
+.hydra/ files) with varied overrides: a 3 x 4 x 5 grid (data.temporal_frames x
+loss.variance_lambda x model.init_std) over as many seeds as it takes, metrics jittered
+so that cells differ. Only the lines the summary reads are changed in hydra.yaml.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+from benchmarks.common import PY, Result, median, run_cmd
+
+LEVELS = {"data.temporal_frames": ("1", "3", "7"),
+          "loss.variance_lambda": ("0.0", "0.25", "0.5", "1.0"),
+          "model.init_std": ("0.1", "0.25", "0.5", "1.0", "2.0")}
+_CELLS = [(a, b, c) for a in LEVELS["data.temporal_frames"] for b in LEVELS["loss.variance_lambda"]
+          for c in LEVELS["model.init_std"]]
+# time the summary call apart from the interpreter's start-up, in a fresh process
+_TIMER = ("import json, sys, time\n"
+          "t0 = time.perf_counter()\n"
+          "from collapse.summary import summarize\n"
+          "t1 = time.perf_counter()\n"
+          "summarize(sys.argv[1], plots=sys.argv[2] == 'plots')\n"
+          "print('BENCH', json.dumps([t1 - t0, time.perf_counter() - t1]))\n")
+
+
+def _hydra_template(text: str) -> list:
+    """hydra.yaml split into text and the placeholders task / dirname / num / output_dir."""
+    parts, in_task, section = [], False, None
+    for line in text.splitlines(keepends=True):
+        if not line.startswith(" "):
+            section = None
+        elif not line.startswith("   "):
+            section = line.strip().rstrip(":")          # overrides, job, runtime, ...
+        if in_task and line.startswith("    - "):
+            continue
+        in_task = False
+        if section == "overrides" and line == "    task:\n":
+            parts += [line, ("task",)]
+            in_task = True
+        elif section == "job" and line.startswith("    num: "):
+            parts.append(("num",))
+        elif section == "job" and line.startswith("    override_dirname: "):
+            parts.append(("dirname",))
+        elif section == "runtime" and line.startswith("    output_dir: "):
+            parts.append(("output_dir",))
+        else:
+            parts.append(line)
+    return parts
+
+
+def fabricate(template_dir: Path, sweep_dir: Path, n: int, seed: int = 0) -> Path:
+    """Write `n` job directories 0..n-1 into `sweep_dir`, copied from `template_dir`."""
+    rng = random.Random(seed)
+    record = json.loads((template_dir / "metrics.json").read_text())
+    hydra_parts = _hydra_template((template_dir / ".hydra" / "hydra.yaml").read_text())
+    config_text = (template_dir / ".hydra" / "config.yaml").read_text()
+    keep = [o for o in record["overrides"] if o.split("=")[0].lstrip("+~") not in (*LEVELS, "seed")]
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if (template_dir.parent / "multirun.yaml").exists():
+        shutil.copy(template_dir.parent / "multirun.yaml", sweep_dir / "multirun.yaml")
+    best = record.get("best") or {}
+    for i in range(n):
+        cell, seed_i = _CELLS[i % len(_CELLS)], i // len(_CELLS)
+        overrides = [f"{k}={v}" for k, v in zip(LEVELS, cell)] + [f"seed={seed_i}"] + keep
+        job_dir = sweep_dir / str(i)
+        (job_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+        values = {"task": "".join(f"    - {o}\n" for o in overrides),
+                  "num": f"    num: {i}\n",
+                  "dirname": f"    override_dirname: {','.join(sorted(overrides))}\n",
+                  "output_dir": f"    output_dir: {job_dir}\n"}
+        (job_dir / ".hydra" / "hydra.yaml").write_text(
+            "".join(p if isinstance(p, str) else values[p[0]] for p in hydra_parts))
+        (job_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        (job_dir / ".hydra" / "config.yaml").write_text(config_text)
+        shift = 0.05 * _CELLS.index(cell) / len(_CELLS) + rng.gauss(0, 0.02)
+        config = dict(record["config"])
+        for key, value in zip(LEVELS, cell):
+            group, name = key.split(".")
+            config[group] = {**config[group], name: float(value) if "." in value else int(value)}
+        fake = {**record, "overrides": overrides, "config": config, "seed": seed_i,
+                "job": {**record.get("job", {}), "num": i, "dir": str(job_dir)}}
+        if best:
+            fake["best"] = {**best, **{split: {k: (v + shift if isinstance(v, float) else v)
+                                              for k, v in (best.get(split) or {}).items()}
+                                       for split in ("val", "test")}}
+        (job_dir / "metrics.json").write_text(json.dumps(fake, indent=1))
+    return sweep_dir
+
+
+def time_summary(sweep_dir: Path, plots: bool, cwd: Path) -> dict:
+    timed = run_cmd([PY, "-c", _TIMER, str(sweep_dir), "plots" if plots else "tables"], cwd)
+    line = [ln for ln in timed.stdout.splitlines() if ln.startswith("BENCH ")][-1]
+    import_s, call_s = json.loads(line[6:])
+    return {"process_s": timed.seconds, "import_s": import_s, "call_s": call_s}
+
+
+def summary_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("collapse.summary") is not None
+
+
+def bench_summary(quick: bool, repeats: int, tmp: Path, template_dir: Path, phase4_dir: Path) -> Result:
+    res = Result()
+    n = 20 if quick else 1000
+    fab = fabricate(template_dir, tmp / f"fabricated_{n}", n)
+    tables = [time_summary(fab, False, tmp) for _ in range(repeats)]
+    plots = [time_summary(phase4_dir, True, tmp) for _ in range(repeats)]
+    res.figures = {"runs": n, "template": str(template_dir), "repeats": repeats, "tables": tables,
+                   "phase4_plots": plots, "phase4_jobs": sum(1 for p in phase4_dir.iterdir() if p.name.isdigit())}
+    res.add(f"summary of {n} runs, tables only (whole process)", median([t["process_s"] for t in tables]), "s",
+            ("<=", 2.0))
+    res.add("  of which summarize() itself", median([t["call_s"] for t in tables]), "s")
+    res.add(f"summary with plots, phase4 grid ({res.figures['phase4_jobs']} jobs, whole process)",
+            median([t["process_s"] for t in plots]), "s", ("<=", 5.0))
+    res.add("  of which summarize() itself", median([t["call_s"] for t in plots]), "s")
+    return res
+
+
+def summary_scaling(quick: bool, repeats: int, tmp: Path, template_dir: Path) -> tuple[dict, list]:
+    sizes = (10, 20, 40) if quick else (100, 1000, 10000)
+    points = []
+    for n in sizes:
+        fab = fabricate(template_dir, tmp / f"scaling_{n}", n)
+        runs = [time_summary(fab, False, tmp) for _ in range(repeats if n < 10000 else max(1, repeats // 2))]
+        points.append({"n": n, "seconds": median([r["call_s"] for r in runs]),
+                       "process_s": median([r["process_s"] for r in runs])})
+        shutil.rmtree(fab, ignore_errors=True)
+    return {"sizes": list(sizes), "seconds": [p["seconds"] for p in points]}, points
