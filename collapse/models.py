@@ -9,8 +9,10 @@ Aggregators:
     gru            a GRU whose last hidden state reads out: can weight frames freely
 
 The output layer's weight init std is the study's `init_std` knob. Its bias starts
-at the train-target mean (`output_bias`), the same rule for every configuration,
-so the initial prediction *spread* is set by init_std alone.
+at the train-target mean (`output_bias`), the same rule for every configuration, so
+the initial prediction *spread* is set by init_std alone. The initial prediction
+*mean* is not the target mean: ReLU features are positive, so w . E[h] adds an
+offset that grows with init_std (measured ~0.9 target std at 0.1, ~4.6 at 0.5).
 """
 from __future__ import annotations
 
