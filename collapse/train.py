@@ -31,12 +31,6 @@ from collapse.data import DataError
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("collapse")
 register_configs()
-# Why: torch's OpenMP threads spin while they wait for work, and on a busy machine a
-# spinning thread takes the core its partner needs: 12 phase4 jobs (2 threads each,
-# basic launcher) beside other work took 67-114 s, and 15-16 s with passive waits,
-# with identical results. It changes how idle threads wait, not what they compute.
-# libgomp reads it when torch is first imported, which this module never does at import.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def to_config(cfg: DictConfig) -> Config:
