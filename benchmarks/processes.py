@@ -147,7 +147,10 @@ def bench_parallel(quick: bool, repeats: int, tmp: Path, ctx: dict, epochs: int 
         ctx["phase4_dir"] = dirs["basic"]
         ctx["phase4_threads"] = {name: sorted({r["threads"] for r in job_records(d)}) for name, d in dirs.items()}
     basic_t, joblib_t = times["basic"], times["joblib"]
-    speedup = median([b / j for b, j in zip(basic_t, joblib_t)])
+    per_repeat = [b / j for b, j in zip(basic_t, joblib_t)]
+    # with fewer than 3 repeats a median is a mean, and one contended basic run (2
+    # spinning threads per job on busy cores ran 10-25x slower here) would carry it
+    speedup = median(per_repeat) if len(per_repeat) >= 3 else min(per_repeat)
     ctx["sweep_2_workers_tree_peak_mb"] = max(peaks)
     res.figures = {"jobs": jobs, "repeats": repeats, "grid_overrides": grid, "basic_s": basic_t,
                    "joblib_2_workers_s": joblib_t, "speedup": speedup, "identical_fraction": min(same),
@@ -156,10 +159,13 @@ def bench_parallel(quick: bool, repeats: int, tmp: Path, ctx: dict, epochs: int 
             note=f"threads/job {ctx['phase4_threads']['basic']}")
     res.add(f"phase4 grid ({jobs} jobs), joblib n_jobs=2", median(joblib_t), "s",
             note=f"threads/job {ctx['phase4_threads']['joblib']}")
-    res.add("speedup joblib(2) vs basic", speedup, "x", (">=", 1.7))
+    res.figures["speedup_per_repeat"] = per_repeat
+    res.add("speedup joblib(2) vs basic", speedup, "x", (">=", 1.7),
+            note=("median" if len(per_repeat) >= 3 else "lowest") + " of " + ", ".join(f"{x:.2f}" for x in per_repeat))
     if "basic_1t" in times:
         res.figures["basic_1_thread_s"] = times["basic_1t"]
-        res.figures["speedup_vs_basic_1_thread"] = median([b / j for b, j in zip(times["basic_1t"], joblib_t)])
+        ones = [b / j for b, j in zip(times["basic_1t"], joblib_t)]
+        res.figures["speedup_vs_basic_1_thread"] = median(ones) if len(ones) >= 3 else min(ones)
         res.add(f"phase4 grid ({jobs} jobs), basic, trainer.threads=1", median(times["basic_1t"]), "s")
         res.add("speedup joblib(2) vs basic with 1 thread/job", res.figures["speedup_vs_basic_1_thread"], "x")
     res.add("jobs with identical results (vs basic)", min(same), "fraction", (">=", 1.0),
