@@ -196,7 +196,7 @@ class PreparedData:
     y_val: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
-    X_unlabeled: np.ndarray     # all T frames of the train split, (N, T, C), for SSL
+    X_unlabeled: Optional[np.ndarray]   # all T frames of the train split, (N, T, C), for SSL; None without
 
     @property
     def n_features(self) -> int:
@@ -204,9 +204,11 @@ class PreparedData:
 
 
 def prepare(X: np.ndarray, y: np.ndarray, split: np.ndarray, temporal_frames: int,
-            source: str = "data", min_split_size: int = 2, **weight_kwargs) -> PreparedData:
+            source: str = "data", min_split_size: int = 2, unlabeled: bool = True,
+            **weight_kwargs) -> PreparedData:
     """Split, keep the last `temporal_frames` frames, standardise features with train
-    statistics only (no leakage), and compute train sample weights."""
+    statistics only (no leakage), and compute train sample weights. `unlabeled` keeps
+    all frames of the train split for SSL (a copy 2x the train split: skip it without SSL)."""
     n_frames = X.shape[1]
     if not 1 <= temporal_frames <= n_frames:
         raise DataError(f"data.temporal_frames={temporal_frames} is invalid: must be in 1..{n_frames} "
@@ -230,5 +232,5 @@ def prepare(X: np.ndarray, y: np.ndarray, split: np.ndarray, temporal_frames: in
         w_train=sample_weights(y[train], **weight_kwargs),
         X_val=np.ascontiguousarray(X_seen[val]), y_val=y[val].astype(np.float32),
         X_test=np.ascontiguousarray(X_seen[test]), y_test=y[test].astype(np.float32),
-        X_unlabeled=X[train],
+        X_unlabeled=X[train] if unlabeled else None,
     )

@@ -40,7 +40,7 @@ def load_data(cfg: Config) -> data_lib.PreparedData:
     return data_lib.prepare(X, y, split, d.temporal_frames, source=source,
                             overweight_factor=d.overweight_factor, rare_quantile=d.rare_quantile,
                             weighting=d.weighting, bins=d.weighting_bins, sigma=d.weighting_sigma,
-                            dense_alpha=d.dense_alpha)
+                            dense_alpha=d.dense_alpha, unlabeled=cfg.ssl.enabled)
 
 
 def resolve_device(name: str) -> str:
