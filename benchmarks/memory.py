@@ -37,7 +37,8 @@ def bench_memory(quick: bool, tmp: Path, ctx: dict) -> Result:
     res.add("peak RSS, 2-worker joblib sweep (phase4 grid)", ctx.get("sweep_2_workers_tree_peak_mb"), "MB",
             note="sum over the process tree, sampled every 0.1 s")
     res.add(f"probe: prepared arrays ({n_samples} samples)", sum(probe["prepared_mb"].values()), "MB",
-            note=f"train split {train_mb:.1f} MB, X_unlabeled {probe['prepared_mb']['X_unlabeled']:.1f} MB")
+            note=f"train split {train_mb:.1f} MB, X_unlabeled (SSL only) "
+                 f"{probe['prepared_mb'].get('X_unlabeled', 0.0):.1f} MB")
     res.add("probe: trainer tensors sharing the prepared arrays", sum(shared.values()) / len(shared), "fraction",
             (">=", 1.0), note=", ".join(f"{k} {'shared' if v else 'COPIED'}" for k, v in shared.items()))
     res.add("probe: RSS growth per epoch / train split", growth / train_mb, "copies", ("<=", 0.1),

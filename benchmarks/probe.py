@@ -75,8 +75,9 @@ def memory(n_samples: int, epochs: int) -> dict:
         log.setLevel(level)
         log.propagate = propagate
     torch.set_num_threads(threads)
+    # X_unlabeled is None without SSL (the prepared data then holds no copy of all frames)
     nbytes = {k: getattr(data, k).nbytes for k in ("X_train", "y_train", "w_train", "X_val", "y_val",
-                                                   "X_test", "y_test", "X_unlabeled")}
+                                                   "X_test", "y_test", "X_unlabeled") if getattr(data, k) is not None}
     train_mb = (nbytes["X_train"] + nbytes["y_train"] + nbytes["w_train"]) / 2**20
     return {"n_samples": n_samples, "epochs": epochs, "rss_start_mb": rss_start, "rss_loaded_mb": rss_loaded,
             "rss_fit_start_mb": shared.pop("rss_fit_start_mb"), "rss_per_epoch_mb": per_epoch,
