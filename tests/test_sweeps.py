@@ -2,16 +2,14 @@
 sweep command in a subprocess, failing and diverging jobs, resume, submitit_local."""
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 import collapse.train as train
-from collapse import records
 from collapse.sweep import threads_per_job
+from conftest import cli
 
 TINY = ["data.n_samples=300", "trainer.epochs=2", "model.hidden_dim=16"]
 SWEEPS_DIR = str(Path(train.CONF_DIR).parent / "sweeps")
@@ -20,11 +18,6 @@ SWEEPS_DIR = str(Path(train.CONF_DIR).parent / "sweeps")
 def _records(sweep_dir):
     jobs = sorted((p for p in Path(sweep_dir).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
     return [json.loads((job / "metrics.json").read_text()) for job in jobs]
-
-
-def _cli(args, cwd, timeout=300):
-    return subprocess.run([sys.executable, "-m", "collapse.train", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
@@ -50,7 +43,7 @@ def test_in_process_multirun(hydra_sweep_runner, tmp_path, launcher):
 @pytest.mark.slow
 def test_documented_sweep_command(tmp_path):
     sweep_dir = tmp_path / "quick"
-    proc = _cli(["--config-dir", SWEEPS_DIR, "--config-name", "quick", f"hydra.sweep.dir={sweep_dir}", *TINY],
+    proc = cli(["--config-dir", SWEEPS_DIR, "--config-name", "quick", f"hydra.sweep.dir={sweep_dir}", *TINY],
                 cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = _records(sweep_dir)
@@ -64,7 +57,7 @@ def test_documented_sweep_command(tmp_path):
 @pytest.mark.slow
 def test_failing_and_diverging_jobs_are_recorded_and_the_sweep_goes_on(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    proc = _cli(["-m", *TINY, "trainer.lr=1e-3,1e8", "data.temporal_frames=3,99",
+    proc = cli(["-m", *TINY, "trainer.lr=1e-3,1e8", "data.temporal_frames=3,99",
                  f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
     assert proc.returncode == 1
     assert "jobs that did not complete" in proc.stderr
@@ -81,17 +74,17 @@ def test_failing_and_diverging_jobs_are_recorded_and_the_sweep_goes_on(tmp_path)
 def test_resume_runs_only_what_is_missing_and_never_rewrites(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = ["-m", *TINY, "seed=0,1,2", f"hydra.sweep.dir={sweep_dir}"]
-    assert _cli(args, cwd=tmp_path).returncode == 0
+    assert cli(args, cwd=tmp_path).returncode == 0
     done = {i: os.stat(sweep_dir / str(i) / "metrics.json").st_mtime_ns for i in (0, 2)}
     before = _records(sweep_dir)
     (sweep_dir / "1" / "metrics.json").unlink()          # as if job 1 never finished
 
-    refused = _cli(args, cwd=tmp_path)                     # same dir without resume=true
+    refused = cli(args, cwd=tmp_path)                     # same dir without resume=true
     assert refused.returncode == 2 and "resume=true" in refused.stderr
-    other = _cli(["-m", *TINY, "seed=5,6", f"hydra.sweep.dir={sweep_dir}", "resume=true"], cwd=tmp_path)
+    other = cli(["-m", *TINY, "seed=5,6", f"hydra.sweep.dir={sweep_dir}", "resume=true"], cwd=tmp_path)
     assert other.returncode == 2 and "another sweep" in other.stderr
 
-    resumed = _cli(args + ["resume=true"], cwd=tmp_path)
+    resumed = cli(args + ["resume=true"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert {i: os.stat(sweep_dir / str(i) / "metrics.json").st_mtime_ns for i in (0, 2)} == done
     after = _records(sweep_dir)
@@ -102,7 +95,7 @@ def test_resume_runs_only_what_is_missing_and_never_rewrites(tmp_path):
 def test_submitit_local_launcher(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep_dir = tmp_path / "sweep"
-    proc = _cli(["-m", *TINY, "seed=0,1", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep_dir}"],
+    proc = cli(["-m", *TINY, "seed=0,1", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep_dir}"],
                 cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [r["status"] for r in _records(sweep_dir)] == ["completed", "completed"]

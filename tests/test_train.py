@@ -1,8 +1,6 @@
 """End to end: a tiny real run through the notebook API and through the CLI."""
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -10,6 +8,7 @@ import torch
 from collapse import records
 from collapse.models import SequenceRegressor
 from collapse.train import run
+from conftest import cli
 
 TINY = ["data.n_samples=300", "trainer.epochs=3", "model.hidden_dim=16", "ssl.epochs=2"]
 REQUIRED = {"schema", "status", "stop_reason", "best_epoch", "best", "final", "history", "config",
@@ -48,8 +47,7 @@ def test_divergence_is_a_recorded_result():
 def test_cli_run_records_every_study_knob(tmp_path):
     knobs = ["model.init_std=0.01", "data.temporal_frames=7", "data.overweight_factor=1.5",
              "loss.variance_lambda=0.5", "ssl=on"]
-    proc = subprocess.run([sys.executable, "-m", "collapse.train", *TINY, *knobs],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = cli([*TINY, *knobs], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "Epoch 1 | R²:" in proc.stdout and "| Var Ratio:" in proc.stdout
     [path] = list((tmp_path / "outputs" / "runs").glob("*/*/metrics.json"))
@@ -63,8 +61,7 @@ def test_cli_run_records_every_study_knob(tmp_path):
 
 
 def test_cli_bad_value_is_one_line_and_writes_no_result(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "collapse.train", *TINY, "data.temporal_frames=0"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = cli([*TINY, "data.temporal_frames=0"], cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "collapse: error: data.temporal_frames=0 is invalid: must be > 0"]
