@@ -28,7 +28,9 @@ def memory(n_samples: int, epochs: int) -> dict:
     import torch
 
     from collapse.config import Config, validate
-    from collapse.runner import load_data, run_experiment
+    from collapse import runner
+    from collapse.records import RunRecord
+    from collapse.runner import load_data
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)            # memory only: one thread keeps it quick on a busy machine
@@ -55,22 +57,22 @@ def memory(n_samples: int, epochs: int) -> dict:
 
     fit, shared = trainer_mod.Trainer.fit, {}
 
-    def spy(self, model, loss_fn, X_train, y_train, w_train, X_val, y_val):
+    def spy(self, model, loss_fn, X_train, y_train, w_train, X_val, y_val, **kwargs):
         for name, t in (("X_train", X_train), ("y_train", y_train), ("X_val", X_val), ("y_val", y_val)):
             shared[name] = t.device.type == "cpu" and t.data_ptr() == getattr(data, name).ctypes.data
         shared["rss_fit_start_mb"] = rss_mb()
-        return fit(self, model, loss_fn, X_train, y_train, w_train, X_val, y_val)
+        return fit(self, model, loss_fn, X_train, y_train, w_train, X_val, y_val, **kwargs)
 
-    trainer_mod.Trainer.fit = spy
+    trainer_mod.Trainer.fit, runner.load_data = spy, lambda cfg: data     # the data measured above
     log = logging.getLogger("collapse")
     handler, level, propagate = EpochRSS(), log.level, log.propagate
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
     try:
-        run_experiment(cfg, data)
+        runner.execute(cfg, RunRecord())
     finally:
-        trainer_mod.Trainer.fit = fit
+        trainer_mod.Trainer.fit, runner.load_data = fit, load_data
         log.removeHandler(handler)
         log.setLevel(level)
         log.propagate = propagate

@@ -106,8 +106,10 @@ def _dataloader(model, loss_fn, Xt, yt, Xv, yv, epochs: int, device: str) -> flo
 def _trainer(model, loss_fn, Xt, yt, Xv, yv, epochs: int, device: str) -> float:
     from collapse.trainer import Trainer
 
-    trainer = Trainer(epochs=epochs, batch_size=BATCH, optimizer="adam", lr=1e-3, patience=0,
-                      guard=False, seed=0)
+    from collapse.config import TrainerConfig
+
+    trainer = Trainer(TrainerConfig(epochs=epochs, batch_size=BATCH, optimizer="adam", lr=1e-3, patience=0,
+                                    guard=False), seed=0)
     _sync(device)
     start = time.perf_counter()
     trainer.fit(model, loss_fn, Xt, yt, None, Xv, yv)
@@ -127,7 +129,9 @@ def bench_throughput(quick: bool, repeats: int, device: str = "cpu") -> Result:
     torch.set_num_threads(threads)
     n_samples, epochs = (600, 1) if quick else (0, 10)      # 0: the default data size
     prepared, Xt, yt, Xv, yv = _data(n_samples, device)
-    loss_fn = RegressionLoss(name="mse", train_target_var=float(prepared.y_train.var()))
+    from collapse.config import LossConfig
+
+    loss_fn = RegressionLoss(LossConfig(), train_target_var=float(prepared.y_train.var()))
     args = (Xt, yt, Xv, yv, epochs)
     variants = {
         "hand": lambda m: _hand(m, loss_fn, *args, validate=False, device=device),

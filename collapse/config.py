@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
 from typing import Any, List, Optional
 
 
@@ -20,12 +21,36 @@ class ConfigError(ValueError):
     """A config value that composed fine but is impossible (the message names the key)."""
 
 
+class Choice(str, Enum):
+    """An option name. OmegaConf rejects any other value at compose time, naming the key
+    and the allowed values; being a str, a member compares equal to its name."""
+
+    def __str__(self) -> str:       # f-strings show "gru", not "ModelName.gru"
+        return self.value
+
+
+def _choices(name: str, options: str) -> type[Choice]:
+    # value == name, and a module so the members pickle (joblib, submitit ship configs)
+    return Choice(name, [(o, o) for o in options.split()], module=__name__, qualname=name)
+
+
+ModelName = _choices("ModelName", "mean_pool temporal_conv gru")
+DataName = _choices("DataName", "synthetic npz")
+Weighting = _choices("Weighting", "none inverse sqrt_inverse dense")
+LossName = _choices("LossName", "mse huber l1 ccc bmc")
+VarianceMode = _choices("VarianceMode", "squared hinge")
+VarianceTarget = _choices("VarianceTarget", "batch train")
+OptimizerName = _choices("OptimizerName", "adam adamw sgd")
+Monitor = _choices("Monitor", "r2 val_loss")
+Device = _choices("Device", "auto cpu cuda")
+
+
 @dataclass
 class ModelConfig:
     # mean_pool: per-frame MLP encoder + temporal mean pooling (the classic design that
     # over-averages); temporal_conv: same encoder + a Conv1d over time + last step;
     # gru: same encoder + a GRU whose last hidden state reads out (can weight frames).
-    name: str = "mean_pool"
+    name: ModelName = ModelName.mean_pool
     hidden_dim: int = 64
     n_layers: int = 2            # layers of the per-frame encoder
     dropout: float = 0.0
@@ -35,7 +60,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "synthetic"      # synthetic | npz
+    name: DataName = DataName.synthetic
     path: Optional[str] = None   # npz only: file with X (N, T, C), y (N,), optional split (N,)
     n_samples: int = 10000       # synthetic only
     n_frames: int = 7            # synthetic only: T
@@ -52,7 +77,7 @@ class DataConfig:
     # label density (LDS, Yang et al. 2021); weights are normalised to mean 1.
     overweight_factor: float = 1.0
     rare_quantile: float = 0.1
-    weighting: str = "none"
+    weighting: Weighting = Weighting.none
     weighting_bins: int = 50
     weighting_sigma: float = 2.0  # LDS Gaussian kernel width, in bins
     dense_alpha: float = 1.0      # DenseWeight's alpha (weighting=dense)
@@ -62,13 +87,13 @@ class DataConfig:
 class LossConfig:
     # base: mse | huber | l1 | ccc | bmc. Every option adds the variance term:
     #   lambda * (1 - var(pred) / var(target))**2    (see collapse.losses)
-    name: str = "mse"
+    name: LossName = LossName.mse
     huber_delta: float = 1.0
     bmc_sigma: float = 0.1          # Balanced MSE noise std (target units)
     ccc_weight: float = 1.0         # ccc: total = (1 - w) * mse + w * (1 - CCC)
     variance_lambda: float = 0.0
-    variance_mode: str = "squared"  # squared | hinge (does not punish over-dispersion)
-    variance_target: str = "batch"  # batch | train (target variance of the whole train split)
+    variance_mode: VarianceMode = VarianceMode.squared   # hinge: does not punish over-dispersion
+    variance_target: VarianceTarget = VarianceTarget.batch  # train: the whole train split's variance
     eps: float = 1e-8
 
 
@@ -88,10 +113,10 @@ class SSLConfig:
 class TrainerConfig:
     epochs: int = 60
     batch_size: int = 256
-    optimizer: str = "adam"         # adam (coupled L2 weight decay) | adamw (decoupled) | sgd
+    optimizer: OptimizerName = OptimizerName.adam   # adam: coupled L2 decay; adamw: decoupled
     lr: float = 1e-3
     weight_decay: float = 0.0
-    monitor: str = "r2"             # r2 (maximised) | val_loss (minimised)
+    monitor: Monitor = Monitor.r2   # r2 (maximised) | val_loss (minimised)
     patience: int = 10              # epochs without improvement before early stopping
     min_delta: float = 1e-4
     # Collapse guard: stop when the val variance ratio stays below `guard_threshold`
@@ -100,7 +125,7 @@ class TrainerConfig:
     guard_threshold: float = 0.02
     guard_warmup: int = 10
     guard_patience: int = 5
-    device: str = "auto"            # auto | cpu | cuda
+    device: Device = Device.auto
     threads: int = 0                # torch intra-op threads; 0 = cores / concurrent jobs
     deterministic: bool = True
 
@@ -134,22 +159,13 @@ class Config:
     study: str = "default"          # free label, copied into metrics.json
     resume: bool = False            # skip jobs whose metrics.json is complete for the same config
     save_weights: bool = True
+    # Rewrite metrics.json (history so far) and checkpoint.pt (what resume continues
+    # from) after an epoch when this many seconds passed since the last write; 0: every
+    # epoch. A SIGKILL loses at most this much training; results never depend on it.
+    checkpoint_every_s: float = 2.0
     recalibrate: bool = True        # report metrics after an affine refit on val (see metrics)
     diagnosis: DiagnosisConfig = field(default_factory=lambda: DiagnosisConfig())
     sweep: SweepInfo = field(default_factory=lambda: SweepInfo())
-
-
-CHOICES = {
-    "model.name": ("mean_pool", "temporal_conv", "gru"),
-    "data.name": ("synthetic", "npz"),
-    "data.weighting": ("none", "inverse", "sqrt_inverse", "dense"),
-    "loss.name": ("mse", "huber", "l1", "ccc", "bmc"),
-    "loss.variance_mode": ("squared", "hinge"),
-    "loss.variance_target": ("batch", "train"),
-    "trainer.optimizer": ("adam", "adamw", "sgd"),
-    "trainer.monitor": ("r2", "val_loss"),
-    "trainer.device": ("auto", "cpu", "cuda"),
-}
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -159,11 +175,6 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 def validate(cfg: Config) -> Config:
     """Check ranges the types cannot express; raise ConfigError naming the key."""
-    for key, allowed in CHOICES.items():
-        group, name = key.split(".")
-        value = getattr(getattr(cfg, group), name)
-        _check(value in allowed, key, value, f"one of {', '.join(allowed)}")
-
     def positive(key: str, value: float) -> None:
         _check(math.isfinite(value) and value > 0, key, value, "> 0")
 
@@ -222,11 +233,44 @@ def validate(cfg: Config) -> Config:
     non_negative("trainer.guard_warmup", t.guard_warmup)
     positive("trainer.guard_patience", t.guard_patience)
     non_negative("trainer.threads", t.threads)
-    non_negative("seed", cfg.seed)
+    _check(0 <= cfg.seed < 2**63, "seed", cfg.seed, "in 0..2**63-1")
+    non_negative("checkpoint_every_s", cfg.checkpoint_every_s)
     _check(0 < cfg.diagnosis.min_r < 1, "diagnosis.min_r", cfg.diagnosis.min_r, "in (0, 1)")
     _check(0 < cfg.diagnosis.collapse_ratio_of_r <= 1, "diagnosis.collapse_ratio_of_r",
            cfg.diagnosis.collapse_ratio_of_r, "in (0, 1]")
     return cfg
+
+
+def ineffective_keys(cfg: Config, keys: set[str]) -> list[str]:
+    """Warnings for config keys in `keys` (those set on the command line) that the
+    chosen path never reads, e.g. `ssl.epochs` with SSL off. One line each."""
+    d, lo, m = cfg.data, cfg.loss, cfg.model
+    unused: list[tuple[str, str]] = []        # (key prefix or key, why)
+    if d.name == "npz":
+        unused += [(f"data.{k}", "with data=npz (synthetic data only)")
+                   for k in ("n_samples", "n_frames", "n_features", "signal", "noise_std", "period_jitter")]
+    else:
+        unused.append(("data.path", "with data=synthetic"))
+    if d.overweight_factor == 1:
+        unused.append(("data.rare_quantile", "with data.overweight_factor=1"))
+    if d.weighting == "none":
+        unused += [(f"data.{k}", "with data.weighting=none") for k in ("weighting_bins", "weighting_sigma")]
+    if d.weighting != "dense":
+        unused.append(("data.dense_alpha", f"with data.weighting={d.weighting}"))
+    if lo.name == "ccc" and lo.ccc_weight == 1:
+        unused += [(f"data.{k}", "with loss=ccc and loss.ccc_weight=1 (CCC ignores sample weights)")
+                   for k in ("overweight_factor", "weighting")]
+    for key, loss in (("huber_delta", "huber"), ("bmc_sigma", "bmc"), ("ccc_weight", "ccc")):
+        if lo.name != loss:
+            unused.append((f"loss.{key}", f"with loss={lo.name}"))
+    if lo.variance_lambda == 0:
+        unused += [(f"loss.{k}", "with loss.variance_lambda=0") for k in ("variance_mode", "variance_target")]
+    if not cfg.ssl.enabled:
+        unused += [(f"ssl.{f.name}", "with SSL off (ssl.enabled=false)")
+                   for f in fields(SSLConfig) if f.name != "enabled"]
+    if m.name != "temporal_conv":
+        unused.append(("model.kernel_size", f"with model={m.name}"))
+    return [f"{key} has no effect {why}" for key, why in unused if key in keys]
 
 
 def check_known_keys(tree: dict, schema: Any = None, prefix: str = "") -> None:

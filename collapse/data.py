@@ -53,6 +53,7 @@ from typing import Optional
 import numpy as np
 
 TARGET_MEAN, TARGET_SCALE = 0.72, 0.1
+FLOAT32_SQRT_MAX = float(np.sqrt(np.finfo(np.float32).max))     # ~1.8e19
 
 
 class DataError(ValueError):
@@ -88,8 +89,14 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     Refuses pickled object arrays (allow_pickle=False: a data file must not run code)
     and checks shapes, lengths and finiteness, naming the file and the array.
     """
-    if not os.path.isfile(path):
-        raise DataError(f"data.path={path!r}: file not found")
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise DataError(f"data.path={path!r}: file not found") from None
+    except OSError as e:      # ELOOP: a symbolic link loop; EACCES, ...
+        raise DataError(f"data.path={path!r}: cannot be opened ({e.strerror})") from None
+    if os.path.isdir(path):
+        raise DataError(f"data.path={path!r} is a directory, not an .npz file")
     if not zipfile.is_zipfile(path):
         # np.load would take any other file for a pickle and suggest allow_pickle=True
         raise DataError(f"{path}: not an .npz file (np.savez writes a zip archive of X, y[, split])")
@@ -125,6 +132,12 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
         if not np.all(np.isfinite(arr)):
             bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
             raise DataError(f"{path}: {key} holds {bad} NaN/inf values (as float32)")
+        # a value whose square overflows float32 makes every variance, MSE and
+        # standardisation inf: it would train to NaN and read as a divergence
+        largest = float(np.max(np.abs(arr))) if arr.size else 0.0
+        if largest > FLOAT32_SQRT_MAX:
+            raise DataError(f"{path}: {key} holds values up to {largest:.3g}, too large for float32 arithmetic "
+                            f"(squares overflow above {FLOAT32_SQRT_MAX:.2g}); rescale it or check for sentinel values")
     if split is not None:
         if split.shape != y.shape or not np.isin(split, (0, 1, 2)).all():
             raise DataError(f"{path}: split must be shape (N,) with values 0/1/2 (train/val/test)")
@@ -218,9 +231,11 @@ def prepare(X: np.ndarray, y: np.ndarray, split: np.ndarray, temporal_frames: in
         if count < min_split_size:
             raise DataError(f"{source}: the {name} split has {count} samples; need at least {min_split_size}")
     train = split == 0
-    if np.ptp(y[train]) == 0:       # not std == 0: a float32 std of equal values is ~1e-7
-        raise DataError(f"{source}: targets are constant on the train split (y = {y[train][0]:g}); "
-                        "R² and the variance ratio are undefined")
+    for code, name in enumerate(("train", "val", "test")):
+        part = y[split == code]
+        if np.ptp(part) == 0:       # not std == 0: a float32 std of equal values is ~1e-7
+            raise DataError(f"{source}: targets are constant on the {name} split (y = {part[0]:g}); "
+                            "R² and the variance ratio are undefined there")
     mean = X[train].mean(axis=(0, 1), keepdims=True)                  # (1, 1, C)
     std = X[train].std(axis=(0, 1), keepdims=True)
     std = np.where(std > 0, std, 1.0)

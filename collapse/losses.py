@@ -29,11 +29,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-BASE_LOSSES = ("mse", "huber", "l1", "ccc", "bmc")
+from collapse.config import LossConfig
 
 
-def variance_term(pred: torch.Tensor, target: torch.Tensor, mode: str = "squared",
-                  target_var: Optional[float] = None, eps: float = 1e-8) -> torch.Tensor:
+def variance_term(pred: torch.Tensor, target: torch.Tensor, mode: str,
+                  target_var: Optional[float], eps: float) -> torch.Tensor:
     """(1 - var(pred)/var(target))^2, or its one-sided hinge. pred, target: (B,)."""
     var_t = target.var(unbiased=False) if target_var is None else torch.as_tensor(target_var)
     shortfall = 1.0 - pred.var(unbiased=False) / (var_t + eps)
@@ -71,30 +71,20 @@ def bmc(pred: torch.Tensor, target: torch.Tensor, sigma: float,
 
 
 class RegressionLoss:
-    """Callable loss: `loss(pred, target, weight=None) -> scalar tensor`.
+    """Callable loss: `loss(pred, target, weight=None) -> scalar tensor`, configured by
+    a LossConfig (collapse.config holds every default). `train_target_var` is required
+    when `cfg.variance_target == "train"`."""
 
-    Stores its settings at construction (scikit-learn style); `train_target_var` is
-    required when `variance_target == "train"`.
-    """
-
-    def __init__(self, name: str = "mse", variance_lambda: float = 0.0,
-                 variance_mode: str = "squared", variance_target: str = "batch",
-                 train_target_var: Optional[float] = None, huber_delta: float = 1.0,
-                 bmc_sigma: float = 0.1, ccc_weight: float = 1.0, eps: float = 1e-8):
-        if name not in BASE_LOSSES:
-            raise ValueError(f"loss name={name!r} is invalid: must be one of {', '.join(BASE_LOSSES)}")
-        if variance_lambda < 0:
-            raise ValueError(f"variance_lambda={variance_lambda!r} is invalid: must be >= 0")
-        if variance_target == "train" and train_target_var is None:
+    def __init__(self, cfg: LossConfig, train_target_var: Optional[float] = None):
+        if cfg.variance_lambda < 0:
+            raise ValueError(f"variance_lambda={cfg.variance_lambda!r} is invalid: must be >= 0")
+        if cfg.variance_target == "train" and train_target_var is None:
             raise ValueError("variance_target='train' needs train_target_var")
-        self.name = name
-        self.variance_lambda = variance_lambda
-        self.variance_mode = variance_mode
-        self.target_var = train_target_var if variance_target == "train" else None
-        self.huber_delta = huber_delta
-        self.bmc_sigma = bmc_sigma
-        self.ccc_weight = ccc_weight
-        self.eps = eps
+        self.cfg = cfg
+        self.name, self.variance_lambda, self.variance_mode = cfg.name, cfg.variance_lambda, cfg.variance_mode
+        self.target_var = train_target_var if cfg.variance_target == "train" else None
+        self.huber_delta, self.bmc_sigma, self.ccc_weight, self.eps = (
+            cfg.huber_delta, cfg.bmc_sigma, cfg.ccc_weight, cfg.eps)
 
     def base(self, pred: torch.Tensor, target: torch.Tensor,
              weight: Optional[torch.Tensor] = None) -> torch.Tensor:

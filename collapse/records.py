@@ -1,10 +1,12 @@
-"""The metrics.json contract: schema version, statuses, atomic writes, safe reads.
+"""The metrics.json contract: the typed `RunRecord`, statuses, atomic writes, safe reads.
 
-A run directory holds `metrics.json` (this module's format) and, when a best epoch
-exists, `model.pt` (a plain state_dict, loadable with `torch.load(weights_only=True)`).
+A run directory holds `metrics.json` (a `RunRecord`), when a best epoch exists
+`model.pt` (a plain state_dict, loadable with `torch.load(weights_only=True)`), and
+while a run is unfinished `checkpoint.pt` (what `resume` continues from).
 Every write goes to a temp file in the same directory, is flushed and fsync'd, then
 `os.replace`d over the target: a kill at any moment leaves either the old complete
-file or the new complete file, never a truncated one.
+file or the new complete file, never a truncated one. Files get the mode the umask
+allows (0644 under umask 022), not mkstemp's private 0600.
 """
 from __future__ import annotations
 
@@ -16,16 +18,90 @@ import socket
 import subprocess
 import sys
 import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)      # 2: status interrupted, diagnosis per split, target_scaler
 METRICS_FILE = "metrics.json"
 WEIGHTS_FILE = "model.pt"
+CHECKPOINT_FILE = "checkpoint.pt"
 
 # Statuses. The first three are results: a resumed sweep does not redo them.
+# `interrupted` (SIGINT/SIGTERM) and `failed` are not: resume continues or reruns them.
 RESULT_STATUSES = ("completed", "diverged", "stopped_collapse")
-STATUSES = RESULT_STATUSES + ("failed", "running")
+STATUSES = RESULT_STATUSES + ("failed", "interrupted", "running")
+
+
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; /proc says it without a race
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_read_umask()
+
+
+@dataclass
+class RunRecord:
+    """One run's metrics.json. Written by collapse.runner.execute, read by the summary.
+
+    Metric dicts (`best.val`, ...) are collapse.metrics.regression_report's, in the
+    target's original units; NaN is stored as null."""
+    status: str = "running"                # one of STATUSES
+    stop_reason: Optional[str] = None      # max_epochs | early_stopping | collapse_guard | non_finite_loss
+                                           # | bad_input | exception | interrupted
+    error: Optional[str] = None
+    traceback: Optional[str] = None
+    seed: Optional[int] = None
+    study: Optional[str] = None
+    monitor: Optional[str] = None
+    monitor_value: Optional[float] = None  # the best epoch's monitored val metric, higher is better
+    best_epoch: Optional[int] = None
+    epochs_run: int = 0
+    resumed_from_epoch: Optional[int] = None   # set when a run continued from its checkpoint
+    best: Optional[dict] = None            # {"epoch", "val": report, "test": report}
+    final: Optional[dict] = None           # {"epoch", "val": report} of the last epoch run
+    recalibrated: Optional[dict] = None    # affine refit on val, applied to test
+    diagnosis: Optional[dict] = None       # {"val": {...}, "test": {...}} (collapse.metrics.diagnose)
+    target_scaler: Optional[dict] = None   # {"mean", "std"}: the loss saw (y - mean) / std
+    history: list = field(default_factory=list)       # one dict per epoch
+    ssl_history: Optional[list] = None
+    config: dict = field(default_factory=dict)        # resolved
+    config_hash: Optional[str] = None
+    overrides: list = field(default_factory=list)     # as typed
+    choices: dict = field(default_factory=dict)       # config group -> option
+    job: dict = field(default_factory=dict)           # num (sweeps), dir, config_name
+    device: Optional[str] = None
+    threads: Optional[int] = None
+    started_at: Optional[float] = None
+    wall_time_s: Optional[float] = None
+    warnings: list = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)
+    schema: int = SCHEMA_VERSION
+
+    @property
+    def is_result(self) -> bool:
+        return self.status in RESULT_STATUSES
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunRecord":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def write(self, run_dir: Path) -> None:
+        write_json(Path(run_dir) / METRICS_FILE, self.to_dict())
 
 
 class RecordError(ValueError):
@@ -48,6 +124,7 @@ def _atomic_write_bytes(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -67,11 +144,15 @@ def write_json(path: Path, record: dict) -> None:
     _atomic_write_bytes(path, lambda f: f.write(data))
 
 
-def save_weights(path: Path, state_dict: dict) -> None:
+def save_torch(path: Path, obj: Any) -> None:
+    """torch.save, atomically (weights, checkpoints)."""
     import torch
 
-    cpu_state = {k: v.detach().cpu() for k, v in state_dict.items()}
-    _atomic_write_bytes(path, lambda f: torch.save(cpu_state, f))
+    _atomic_write_bytes(path, lambda f: torch.save(obj, f))
+
+
+def save_weights(path: Path, state_dict: dict) -> None:
+    save_torch(path, {k: v.detach().cpu() for k, v in state_dict.items()})
 
 
 def read_record(path: Path) -> dict:
@@ -85,16 +166,21 @@ def read_record(path: Path) -> dict:
         raise RecordError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(record, dict):
         raise RecordError(f"{path}: expected a JSON object")
-    if record.get("schema") != SCHEMA_VERSION:
-        raise RecordError(f"{path}: unknown schema version {record.get('schema')!r} (this is {SCHEMA_VERSION})")
+    if record.get("schema") not in READABLE_SCHEMAS:
+        raise RecordError(f"{path}: unknown schema version {record.get('schema')!r} "
+                          f"(this version reads {', '.join(map(str, READABLE_SCHEMAS))})")
     if record.get("status") not in STATUSES:
         raise RecordError(f"{path}: unknown status {record.get('status')!r}")
     return record
 
 
+# top-level keys that say how a run is kept, not what it computes
+BOOKKEEPING_KEYS = ("resume", "checkpoint_every_s")
+
+
 def config_hash(resolved_config: dict) -> str:
     """Hash of the resolved config, minus bookkeeping keys that do not change results."""
-    relevant = {k: v for k, v in resolved_config.items() if k not in ("resume",)}
+    relevant = {k: v for k, v in resolved_config.items() if k not in BOOKKEEPING_KEYS}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -1,18 +1,32 @@
-"""One experiment from a typed Config to a metrics record, without Hydra.
+"""The one execution path: a typed Config and a RunRecord in, a finished RunRecord out.
 
-    load_data(cfg)                        -> PreparedData (raises DataError: nothing written yet)
-    run_experiment(cfg, data, run_dir)    -> record dict (metrics.json + model.pt in run_dir)
+    execute(cfg, record, run_dir, threads, record_bad_input) -> RunRecord
 
-The entry points (collapse.train: CLI and notebook API) compose and validate the
-config, then call these two. Failures *during* training are the caller's to record.
+Both entry points (collapse.train's CLI task function and its notebook `run()`) call
+`execute`, so a run directory behaves the same whoever drives it:
+- it is locked while a run uses it: a second process is refused (RunExists);
+- a result of another config is never overwritten, one of the same config is returned
+  with `resume=true` (else refused); a failed run is rerun;
+- an unfinished run of the same config (`interrupted`, or `running` whose process is
+  gone) continues from `checkpoint.pt`, its last saved epoch, and ends with the same
+  metrics as an uninterrupted run: a SLURM job pre-empted and requeued by submitit
+  continues where it stopped;
+- metrics.json and checkpoint.pt are rewritten during training (every
+  `checkpoint_every_s`), so a SIGKILL loses at most that much;
+- SIGINT and SIGTERM are results: the record says `interrupted` and keeps the history
+  and the best weights so far; the exception is then re-raised for the caller;
+- torch's thread count and the SIGTERM handler are restored afterwards.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
+import signal
+import threading
 import time
-from dataclasses import asdict
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -22,8 +36,25 @@ from collapse import data as data_lib
 from collapse import records
 from collapse.config import Config, ConfigError
 from collapse.metrics import diagnose, fit_affine, regression_report
+from collapse.records import RunRecord
+from collapse.sweep_dir import DirLock, DirLocked
 
 log = logging.getLogger("collapse")
+
+
+class RunExists(RuntimeError):
+    """Running here would overwrite a result, or another process is using the run dir."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM arrived (what SLURM sends on pre-emption and at the time limit)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+BAD_INPUT = (ConfigError, data_lib.DataError, RunExists)
 
 
 def load_data(cfg: Config) -> data_lib.PreparedData:
@@ -50,12 +81,12 @@ def resolve_device(name: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device='cuda' is invalid: CUDA is not available on this machine")
-    return name
+    return str(name)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed every generator a job touches: joblib's loky reuses worker processes,
-    so nothing may carry over from the previous job in the same process."""
+    """Seed every generator a job touches and set determinism either way: joblib's loky
+    reuses worker processes, so nothing may carry over from the previous job."""
     import random
 
     import torch
@@ -65,15 +96,142 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS needs it before use
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
 
 
-def run_experiment(cfg: Config, data: data_lib.PreparedData, run_dir: Optional[Path] = None,
-                   record: Optional[dict] = None,
-                   write: Callable[[dict], None] = lambda record: None) -> dict:
-    """Train and evaluate one configuration. `record` carries the caller's bookkeeping
-    (config, overrides, ...); `write(record)` is called at start (status running) and
-    at the end, so a sweep can see runs in progress."""
+@contextmanager
+def _sigterm_raises():
+    """Turn SIGTERM into `Interrupted` while a run trains. Left alone under submitit,
+    which owns the job's signals (it bypasses SIGTERM and checkpoints on its own
+    pre-emption signal, then requeues), and where Python allows no handler (not the
+    main thread)."""
+    if os.environ.get("SUBMITIT_EXECUTOR") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _prior(run_dir: Path, config_hash: Optional[str], resume: bool) -> tuple[Optional[RunRecord], Optional[dict]]:
+    """What the run dir already holds: (a result to return instead of running, a
+    checkpoint to continue from). Raises RunExists where running would overwrite a result."""
+    path = run_dir / records.METRICS_FILE
+    try:
+        old = records.read_record(path)
+    except (FileNotFoundError, records.RecordError):
+        return None, None              # nothing there, or a torn/corrupt file: not a result
+    if old["status"] == "failed" and old.get("stop_reason") == "bad_input":
+        return None, None              # a refused config left nothing worth keeping
+    if old.get("config_hash") != config_hash:
+        raise RunExists(f"{path} holds a run of another config (hash {old.get('config_hash')}, this one "
+                        f"{config_hash}); refusing to overwrite it - use another output dir")
+    if old["status"] in records.RESULT_STATUSES:
+        if not resume:
+            raise RunExists(f"{path} already holds a result of this config; pass resume=true to skip it "
+                            "or use another output dir")
+        return RunRecord.from_dict(old), None
+    if old["status"] in ("interrupted", "running"):      # running: its process is gone (we hold the lock)
+        checkpoint = run_dir / records.CHECKPOINT_FILE
+        if checkpoint.is_file():
+            import torch
+
+            try:
+                return None, torch.load(checkpoint, weights_only=True)
+            except Exception as e:  # noqa: BLE001 - a damaged checkpoint means: start over
+                log.warning(f"{checkpoint}: unreadable ({type(e).__name__}); starting the run over")
+    return None, None
+
+
+def execute(cfg: Config, record: RunRecord, run_dir: Optional[Path] = None, threads: int = 0,
+            record_bad_input: bool = False) -> RunRecord:
+    """Train and evaluate one configuration; write its record (and weights) to `run_dir`
+    when given. `record` arrives with the caller's bookkeeping (config, overrides,
+    choices, job, config_hash). `threads` > 0 sets torch's intra-op threads for the run.
+
+    Raises BAD_INPUT errors before training (after recording them when
+    `record_bad_input`), and re-raises whatever stopped training once it is recorded."""
+    write: Callable[[], None] = (lambda: record.write(run_dir)) if run_dir else (lambda: None)
+    lock = None
+    try:
+        if run_dir is not None:
+            try:
+                lock = DirLock(run_dir).acquire("run directory")
+            except DirLocked as e:
+                raise RunExists(str(e)) from None
+            previous, checkpoint = _prior(Path(run_dir), record.config_hash, cfg.resume)
+            if previous is not None:
+                log.info(f"resume: {run_dir / records.METRICS_FILE} already holds a {previous.status} "
+                         "run of this config; skipped")
+                return previous
+        else:
+            checkpoint = None
+        data = load_data(cfg)
+        device = resolve_device(cfg.trainer.device)       # cuda without CUDA is bad input
+    except BAD_INPUT as e:
+        if lock is not None:
+            if record_bad_input and not isinstance(e, RunExists):
+                record.status, record.stop_reason, record.error = "failed", "bad_input", f"{type(e).__name__}: {e}"
+                write()
+            lock.release()
+        raise
+    try:
+        return _run_locked(cfg, data, device, record, run_dir, checkpoint, threads, write)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(cfg, data, device, record, run_dir, checkpoint, threads, write) -> RunRecord:
+    import torch    # only now: bad input fails above without paying torch's import (~1.5 s)
+
+    previous_threads = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    live: dict = {}                    # the trainer, for the best weights at an interrupt
+    started = time.time()
+    record.status, record.error, record.traceback = "running", None, None
+    record.device, record.threads, record.started_at = device, torch.get_num_threads(), started
+    record.provenance = records.provenance()
+    try:
+        with _sigterm_raises():
+            _train(cfg, data, device, record, run_dir, checkpoint, write, live)
+    except (KeyboardInterrupt, Interrupted, SystemExit) as e:
+        # SystemExit: submitit requeues a pre-empted job by exiting from its signal handler
+        record.status, record.stop_reason = "interrupted", "interrupted"
+        record.error = type(e).__name__ + (f": {e}" if str(e) else "")
+        trainer = live.get("trainer")
+        if run_dir is not None and cfg.save_weights and getattr(trainer, "best_state_", None) is not None:
+            records.save_weights(Path(run_dir) / records.WEIGHTS_FILE, trainer.best_state_)
+        record.wall_time_s = time.time() - started
+        write()
+        log.warning(f"run interrupted ({record.error}) after {record.epochs_run} epochs: recorded; "
+                    "resume=true continues it from its last checkpoint")
+        raise
+    except Exception as e:  # noqa: BLE001 - a crash mid-run is a recorded result
+        record.status, record.stop_reason = "failed", "exception"
+        record.error, record.traceback = f"{type(e).__name__}: {e}", traceback.format_exc()
+        record.wall_time_s = time.time() - started
+        write()
+        raise
+    finally:
+        torch.set_num_threads(previous_threads)
+    record.wall_time_s = time.time() - started
+    write()
+    if run_dir is not None:
+        (Path(run_dir) / records.CHECKPOINT_FILE).unlink(missing_ok=True)   # finished: nothing to continue
+    return record
+
+
+def _train(cfg: Config, data: data_lib.PreparedData, device: str, record: RunRecord,
+           run_dir: Optional[Path], checkpoint: Optional[dict], write: Callable[[], None], live: dict) -> None:
     import torch
 
     from collapse.losses import RegressionLoss
@@ -81,16 +239,9 @@ def run_experiment(cfg: Config, data: data_lib.PreparedData, run_dir: Optional[P
     from collapse.ssl import pretrain_encoder
     from collapse.trainer import Trainer, predict
 
-    started = time.time()
     t = cfg.trainer
-    device = resolve_device(t.device)
     seed_everything(cfg.seed, t.deterministic)
-    record = dict(record or {})
-    record.update({"schema": records.SCHEMA_VERSION, "status": "running", "study": cfg.study,
-                   "seed": cfg.seed, "monitor": t.monitor, "device": device,
-                   "threads": torch.get_num_threads(), "started_at": started,
-                   "provenance": records.provenance()})
-    write(record)
+    write()
 
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(device)    # shares memory on CPU: data is held once
@@ -100,45 +251,55 @@ def run_experiment(cfg: Config, data: data_lib.PreparedData, run_dir: Optional[P
     weighted = bool(np.any(data.w_train != 1.0))
 
     model = SequenceRegressor(data.n_features, output_bias=float(data.y_train.mean()),
-                              **asdict(cfg.model)).to(device)
-    if cfg.ssl.enabled:
+                              **vars(cfg.model)).to(device)
+    if checkpoint is not None:
+        # the checkpoint holds the weights after SSL and every finished epoch
+        record.ssl_history, record.resumed_from_epoch = checkpoint.get("ssl_history"), checkpoint["progress"]["epoch"]
+        log.info(f"continuing from {records.CHECKPOINT_FILE}: epoch {record.resumed_from_epoch} finished")
+    elif cfg.ssl.enabled:
         s = cfg.ssl
-        record["ssl_history"] = pretrain_encoder(
+        record.ssl_history = pretrain_encoder(
             model.encoder, tensor(data.X_unlabeled), epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
             mask_ratio=s.mask_ratio, corruption_std=s.corruption_std, seed=cfg.seed, log_fn=log.info)
-    loss_fn = RegressionLoss(train_target_var=float(data.y_train.var()), **asdict(cfg.loss))
-    trainer = Trainer(epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
-                      weight_decay=t.weight_decay, monitor=t.monitor, patience=t.patience,
-                      min_delta=t.min_delta, guard=t.guard, guard_threshold=t.guard_threshold,
-                      guard_warmup=t.guard_warmup, guard_patience=t.guard_patience, seed=cfg.seed)
-    result = trainer.fit(model, loss_fn, X_train, y_train, w_train if weighted else None, X_val, y_val)
+    loss_fn = RegressionLoss(cfg.loss, train_target_var=float(data.y_train.var()))
+    trainer = live["trainer"] = Trainer(t, seed=cfg.seed)
+    last_write = time.monotonic()
 
-    record.update({"status": result.status, "stop_reason": result.stop_reason,
-                   "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                   "history": result.history, "error": None})
+    def on_epoch_end(progress, make_checkpoint) -> None:
+        nonlocal last_write
+        record.history, record.epochs_run, record.best_epoch = progress.history, progress.epoch, progress.best_epoch
+        if run_dir is not None and time.monotonic() - last_write >= cfg.checkpoint_every_s:
+            # checkpoint first: a record never points past the checkpoint it continues from
+            records.save_torch(Path(run_dir) / records.CHECKPOINT_FILE,
+                               {**make_checkpoint(), "ssl_history": record.ssl_history})
+            write()
+            last_write = time.monotonic()
+
+    result = trainer.fit(model, loss_fn, X_train, y_train, w_train if weighted else None, X_val, y_val,
+                         resume=checkpoint, on_epoch_end=on_epoch_end)
+
+    record.status, record.stop_reason = result.status, result.stop_reason
+    record.best_epoch, record.epochs_run, record.history = result.best_epoch, len(result.history), result.history
     last = result.history[-1] if result.history else {}
-    record["final"] = {"epoch": last.get("epoch"),
-                       "val": {k[4:]: v for k, v in last.items() if k.startswith("val_")}}
-    if result.best_epoch is not None:
-        # the model now holds the best epoch's weights
-        pred_val = predict(model, X_val).double().cpu().numpy()
-        pred_test = predict(model, X_test).double().cpu().numpy()
-        best = {"epoch": result.best_epoch, "val": regression_report(data.y_val, pred_val),
-                "test": regression_report(data.y_test, pred_test)}
-        record["best"] = best
-        # the trainer's score is "higher is better": r2 itself, or -val_loss
-        record["monitor_value"] = result.best_score if t.monitor == "r2" else -result.best_score
-        record["diagnosis"] = diagnose(best["val"], cfg.diagnosis.min_r, cfg.diagnosis.collapse_ratio_of_r)
-        if cfg.recalibrate:
-            # affine refit on val only, applied to test: what a squeeze costs, undone post hoc
-            a, b = fit_affine(data.y_val, pred_val)
-            record["recalibrated"] = {"intercept": a, "slope": b,
-                                      "val": regression_report(data.y_val, a + b * pred_val),
-                                      "test": regression_report(data.y_test, a + b * pred_test)}
-        if run_dir is not None and cfg.save_weights:
-            records.save_weights(Path(run_dir) / records.WEIGHTS_FILE, trainer.best_state_)
-    else:
-        record["best"], record["monitor_value"], record["diagnosis"] = None, math.nan, None
-    record["wall_time_s"] = time.time() - started
-    write(record)
-    return record
+    record.final = {"epoch": last.get("epoch"), "val": {k[4:]: v for k, v in last.items() if k.startswith("val_")}}
+    if result.best_epoch is None:
+        record.best, record.monitor_value, record.diagnosis = None, math.nan, None
+        return
+    # the model now holds the best epoch's weights
+    pred_val = predict(model, X_val).double().cpu().numpy()
+    pred_test = predict(model, X_test).double().cpu().numpy()
+    record.best = {"epoch": result.best_epoch, "val": regression_report(data.y_val, pred_val),
+                   "test": regression_report(data.y_test, pred_test)}
+    # the trainer's score is "higher is better": r2 itself, or -val_loss
+    record.monitor_value = result.best_score if t.monitor == "r2" else -result.best_score
+    record.diagnosis = {split: {"split": split, **diagnose(record.best[split], cfg.diagnosis.min_r,
+                                                           cfg.diagnosis.collapse_ratio_of_r)}
+                        for split in ("val", "test")}
+    if cfg.recalibrate:
+        # affine refit on val only, applied to test: what a squeeze costs, undone post hoc
+        a, b = fit_affine(data.y_val, pred_val)
+        test = regression_report(data.y_test, a + b * pred_test)
+        record.recalibrated = {"intercept": a, "slope": b, "val": regression_report(data.y_val, a + b * pred_val),
+                               "test": test, "raised_test_r2": bool(test["r2"] > record.best["test"]["r2"])}
+    if run_dir is not None and cfg.save_weights:
+        records.save_weights(Path(run_dir) / records.WEIGHTS_FILE, trainer.best_state_)

@@ -1,5 +1,5 @@
-"""Sweep bookkeeping around Hydra's launchers: the resume guard, per-job skip/refuse
-decisions, thread counts per job, and the sweep's exit status.
+"""Sweep bookkeeping around Hydra's launchers: the sweep directory's lock and manifest,
+the resume guard, thread counts per job, and the sweep's exit status.
 
 Hydra runs `SweepStatus` (conf/config.yaml: hydra.callbacks) in the launching process.
 Two Hydra facts shape it: an exception raised in a callback only becomes a warning,
@@ -10,6 +10,7 @@ records failures in metrics.json instead) and this callback reads those files.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -20,18 +21,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from collapse import records
-from collapse.sweep_jobs import job_dirs
+from collapse.sweep_dir import DirLock, DirLocked, job_dirs, read_manifest, write_manifest
 
-FAILED = ("failed", "diverged")
-
-
-class RunExists(RuntimeError):
-    """Running this job would overwrite a result already in its directory."""
-
-
-def _task_overrides(overrides) -> list[str]:
-    # `resume=...` is how a sweep is continued, not part of what it computes
-    return sorted(o for o in overrides if not o.lstrip("+~").startswith("resume="))
+NOT_DONE = ("failed", "diverged", "interrupted", "running")
 
 
 def refuse(message: str) -> None:
@@ -39,29 +31,25 @@ def refuse(message: str) -> None:
     raise SystemExit(2)
 
 
-def existing_run(run_dir: Path, cfg_hash: str, resume: bool) -> Optional[dict]:
-    """Decide what to do with a run directory that may hold an earlier run.
+def _task_overrides(overrides) -> list[str]:
+    # `resume=...` is how a sweep is continued, not part of what it computes
+    return sorted(o for o in overrides if not o.lstrip("+~").startswith("resume="))
 
-    Returns the earlier record when it is a result for the same config and `resume`
-    is set (skip the job). Returns None when the job should run (nothing there, or an
-    earlier failed/interrupted attempt). Raises RunExists when running would
-    overwrite a result (another config's, or this one's without `resume`)."""
-    path = Path(run_dir) / records.METRICS_FILE
-    try:
-        old = records.read_record(path)
-    except FileNotFoundError:
+
+def planned_jobs(config: DictConfig) -> Optional[list[list[str]]]:
+    """The override lists of every job the sweep will launch, in job-number order, as
+    Hydra's BasicSweeper expands them (its `params` first, then the command line);
+    None for another sweeper (Optuna decides its trials as it goes)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
         return None
-    except records.RecordError:
-        return None            # a corrupt file is not a result: rerun over it
-    if old["status"] not in records.RESULT_STATUSES:
-        return None
-    if old.get("config_hash") != cfg_hash:
-        raise RunExists(f"{path} holds a result of another config (hash {old.get('config_hash')}, "
-                           f"this one {cfg_hash}); refusing to overwrite it - use another output dir")
-    if not resume:
-        raise RunExists(f"{path} already holds a result of this config; pass resume=true to skip it "
-                           "or use another output dir")
-    return old
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    overrides = OverridesParser.create().parse_overrides(arguments)
+    [jobs] = BasicSweeper.split_arguments(overrides, None)
+    return [[o for o in job if not o.lstrip("+~").startswith("resume=")] for job in jobs]
 
 
 _watching_parent = False
@@ -73,7 +61,9 @@ def exit_with_parent(poll_s: float = 0.5) -> None:
     A loky worker outlives a SIGKILLed sweep: it finishes its job, idles for minutes,
     and a resume started meanwhile runs the same job a second time into the same files.
     The parent's death shows as a changed getppid() (the orphan is reparented). The
-    exit can land mid-write: records' atomic writes leave the old or the new file.
+    worker then SIGTERMs itself, so a job in progress records itself `interrupted` with
+    its history (collapse.runner), and exits for good a few seconds later. Records'
+    atomic writes leave the old or the new file, whenever the exit lands.
     A no-op in a process that multiprocessing did not start (the basic launcher's,
     joblib with n_jobs=1): a sweep must survive the shell that started it."""
     import multiprocessing
@@ -87,6 +77,8 @@ def exit_with_parent(poll_s: float = 0.5) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)
         os._exit(1)
 
     threading.Thread(target=watch, name="collapse-exit-with-parent", daemon=True).start()
@@ -96,7 +88,7 @@ def threads_per_job(requested: int, launcher: Optional[DictConfig]) -> int:
     """Torch threads for one job: `requested`, or cores / jobs running at once.
 
     Oversubscription is the expensive mistake here: 2 joblib workers with 2 threads
-    each on 2 cores ran 2x slower than the sequential sweep (shared/STYLE.md)."""
+    each on 2 cores ran 2x slower than the sequential sweep (README, Performance)."""
     if requested > 0:
         return requested
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -111,16 +103,45 @@ def threads_per_job(requested: int, launcher: Optional[DictConfig]) -> int:
 
 
 class SweepStatus(Callback):
-    """Refuse to mix sweeps in one directory; exit non-zero when a job failed."""
+    """Own the sweep directory (lock + manifest); exit non-zero when a job did not complete.
+
+    The lock is taken before any job starts and held by this (launching) process until
+    it exits, so a second sweep into the same directory - a different one, or the same
+    one resumed twice at once - is refused instead of racing this one job for job."""
+
+    def __init__(self) -> None:
+        self._lock: Optional[DirLock] = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            self._lock = DirLock(sweep_dir).acquire("hydra.sweep.dir")
+        except DirLocked as e:
+            refuse(f"{e}; wait for it to finish or choose another hydra.sweep.dir")
+        jobs = planned_jobs(config)
+        manifest = read_manifest(sweep_dir)
         previous = sweep_dir / "multirun.yaml"
+        if previous.exists() or manifest is not None:
+            if not config.get("resume", False):
+                refuse(f"hydra.sweep.dir={sweep_dir} already holds a sweep; pass resume=true to "
+                       "continue it, or choose another hydra.sweep.dir")
+            self._check_same_sweep(config, sweep_dir, previous, manifest, jobs)
+        if jobs is not None:
+            write_manifest(sweep_dir, config.hydra.job.config_name,
+                           _task_overrides(config.hydra.overrides.task), jobs)
+
+    @staticmethod
+    def _check_same_sweep(config: DictConfig, sweep_dir: Path, previous: Path,
+                          manifest: Optional[dict], jobs: Optional[list]) -> None:
+        if manifest is not None and jobs is not None:
+            if [job.get("overrides") for job in manifest["jobs"]] != jobs:
+                refuse(f"cannot resume into {sweep_dir}: it holds another sweep's runs "
+                       f"(config {manifest.get('config_name')!r} with overrides {manifest.get('task_overrides')}, "
+                       f"{len(manifest['jobs'])} jobs; this command: config {config.hydra.job.config_name!r} "
+                       f"with overrides {_task_overrides(config.hydra.overrides.task)}, {len(jobs)} jobs)")
+            return
         if not previous.exists():
             return
-        if not config.get("resume", False):
-            refuse(f"hydra.sweep.dir={sweep_dir} already holds a sweep; pass resume=true to "
-                   "continue it, or choose another hydra.sweep.dir")
         old = OmegaConf.load(previous)
         old_name, new_name = old.hydra.job.config_name, config.hydra.job.config_name
         old_over = _task_overrides(old.hydra.overrides.task)
@@ -131,20 +152,45 @@ class SweepStatus(Callback):
                    f"config {new_name!r} with overrides {new_over})")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        counts: dict[str, int] = {}
-        bad: list[str] = []
-        for job in job_dirs(sweep_dir):
-            try:
-                status = records.read_record(job / records.METRICS_FILE)["status"]
-            except (FileNotFoundError, records.RecordError):
-                status = "missing"
-            counts[status] = counts.get(status, 0) + 1
-            if status in FAILED or status == "missing":
-                bad.append(f"{job.name} ({status})")
-        parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        print(f"sweep {sweep_dir}: {sum(counts.values())} jobs: {parts}")
-        print(f"summary: python -m collapse.summary {sweep_dir}")
+        # Hydra turns an exception raised here into a warning and exits 0: whatever
+        # goes wrong while counting must still fail the sweep
+        try:
+            bad = self._report(Path(str(config.hydra.sweep.dir)))
+        except Exception as e:  # noqa: BLE001
+            print(f"collapse: error: could not check the sweep's jobs: {type(e).__name__}: {e}",
+                  file=sys.stderr)
+            raise SystemExit(1) from None
+        finally:
+            if self._lock is not None:
+                self._lock.release()
         if bad:
             print(f"collapse: error: jobs that did not complete: {', '.join(bad)}", file=sys.stderr)
             raise SystemExit(1)
+
+    @staticmethod
+    def _report(sweep_dir: Path) -> list[str]:
+        """Print the sweep's status counts; return the jobs that did not complete."""
+        counts: dict[str, int] = {}
+        bad: list[str] = []
+        seen: set[int] = set()
+        for job in job_dirs(sweep_dir):
+            try:
+                record = records.read_record(job / records.METRICS_FILE)
+                status, num = record["status"], (record.get("job") or {}).get("num")
+            except (FileNotFoundError, records.RecordError):
+                status, num = "missing", None
+            if isinstance(num, int):
+                seen.add(num)
+            counts[status] = counts.get(status, 0) + 1
+            if status in NOT_DONE or status == "missing":
+                bad.append(f"{job.name} ({status})")
+        manifest = read_manifest(sweep_dir)
+        if manifest is not None:
+            never = [job["num"] for job in manifest["jobs"] if job.get("num") not in seen]
+            if never:
+                counts["never started"] = len(never)
+                bad.append(f"{len(never)} never started ({', '.join(map(str, never))})")
+        parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        print(f"sweep {sweep_dir}: {sum(counts.values())} jobs: {parts}")
+        print(f"summary: python -m collapse.summary {sweep_dir}")
+        return bad

@@ -104,7 +104,7 @@ def read_metrics(path: Path, histories: bool = True) -> dict:
         record = json.loads(_HISTORIES.sub(r'"\1": null', path.read_text()))
     except (OSError, ValueError):
         record = None
-    if isinstance(record, dict) and record.get("schema") == records.SCHEMA_VERSION \
+    if isinstance(record, dict) and record.get("schema") in records.READABLE_SCHEMAS \
             and record.get("status") in records.STATUSES:
         return record
     return records.read_record(path)

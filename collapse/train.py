@@ -3,16 +3,18 @@
     python -m collapse.train loss.variance_lambda=0.5
     python -m collapse.train --multirun data.temporal_frames=1,3,7 seed=0,1,2
 
-Flow: compose (Hydra) -> typed Config + range checks -> data -> collapse.runner ->
-metrics.json in the job's output dir. Bad input fails before anything that looks
-like a result is written: a single run prints one line and exits 2; inside a sweep
-the job records status `failed` with the error so the other jobs carry on.
+Flow: compose (Hydra) -> typed Config + range checks -> collapse.runner.execute (the one
+execution path, shared with `run()`) -> metrics.json in the job's output dir. Bad input
+fails before anything that looks like a result is written: a single run prints one
+line and exits 2; inside a sweep the job records status `failed` with the error so the
+other jobs carry on. Only this module and collapse.config touch Hydra/OmegaConf.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -23,11 +25,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from collapse import records
-from collapse.config import Config, ConfigError, check_known_keys, register_configs, validate
-from collapse.data import DataError
+from collapse.config import Config, ConfigError, check_known_keys, ineffective_keys, register_configs, validate
+from collapse.records import RunRecord
 
 # Absolute, built from __file__: a package-relative config_path fails when main()
-# is called from a console script (shared/STYLE.md).
+# is called from a console script ("Primary config module 'conf' not found").
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("collapse")
 register_configs()
@@ -39,7 +41,7 @@ def to_config(cfg: DictConfig) -> Config:
     return validate(OmegaConf.to_object(cfg))
 
 
-def _one_line(e: Exception) -> str:
+def _one_line(e: BaseException) -> str:
     # OmegaConf's messages span lines with the key on a later one ("full_key: ...")
     if isinstance(e, OmegaConfBaseException):
         first = (str(e).splitlines() or [type(e).__name__])[0]
@@ -47,72 +49,85 @@ def _one_line(e: Exception) -> str:
     return str(e)
 
 
-def _base_record(cfg: DictConfig, overrides: Sequence[str], choices: dict, job: dict) -> dict:
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+def _override_keys(overrides: Sequence[str]) -> set[str]:
+    return {str(o).partition("=")[0].lstrip("+~") for o in overrides}
+
+
+def _prepare(cfg: DictConfig, record: RunRecord) -> Config:
+    """Composed config -> typed Config, filling the record's bookkeeping as far as it
+    gets. Raises ConfigError or an OmegaConf error (an unresolvable interpolation)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     # seed at the top level from the start: a job that fails before training is still
     # a replicate of its cell (the summary pairs and counts runs by it)
-    return {"schema": records.SCHEMA_VERSION, "config": resolved,
-            "config_hash": records.config_hash(resolved), "overrides": list(overrides),
-            "choices": choices, "job": job, "seed": resolved.get("seed")}
+    record.config, record.config_hash, record.seed = resolved, records.config_hash(resolved), resolved.get("seed")
+    typed = to_config(cfg)
+    record.study, record.monitor = typed.study, str(typed.trainer.monitor)
+    record.warnings = ineffective_keys(typed, _override_keys(record.overrides))
+    for warning in record.warnings:
+        log.warning(f"collapse: warning: {warning}")
+    return typed
 
 
 def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: dict,
              job: dict, multirun: bool, launcher: Optional[DictConfig]) -> float:
-    from collapse.runner import load_data, resolve_device, run_experiment
-    from collapse.sweep import RunExists, exit_with_parent, existing_run, threads_per_job
+    """The CLI's (and every sweep job's) side of runner.execute: bad input is one line
+    and exit 2 for a single run; in a sweep every failure is recorded and the sweep goes
+    on; an interrupt stops the process with 128 + the signal's number."""
+    from collapse.runner import BAD_INPUT, Interrupted, execute
+    from collapse.sweep import exit_with_parent, threads_per_job
 
     if multirun:
         exit_with_parent()      # a joblib (loky) worker must not outlive a killed sweep
     metrics_path = run_dir / records.METRICS_FILE
-    record = {"schema": records.SCHEMA_VERSION, "overrides": list(overrides), "choices": choices, "job": job}
+    record = RunRecord(overrides=list(overrides), choices=choices, job=job)
     try:
-        record = _base_record(cfg, overrides, choices, job)    # resolves interpolations: may fail
-        typed = to_config(cfg)
-        previous = existing_run(run_dir, record["config_hash"], typed.resume)
-        if previous is not None:
-            log.info(f"resume: {metrics_path} already holds a {previous['status']} run of this config; skipped")
-            value = previous.get("monitor_value")
-            return float(value) if value is not None else math.nan
-        data = load_data(typed)
-        resolve_device(typed.trainer.device)          # trainer.device=cuda without CUDA is bad input
-    except (ConfigError, DataError, RunExists, OmegaConfBaseException) as e:
+        try:
+            typed = _prepare(cfg, record)
+        except (ConfigError, OmegaConfBaseException) as e:
+            if multirun:        # recorded, so the summary counts the job as failed
+                record.status, record.stop_reason = "failed", "bad_input"
+                record.error = f"{type(e).__name__}: {_one_line(e)}"
+                record.write(run_dir)
+            raise
+        record = execute(typed, record, run_dir, threads=threads_per_job(typed.trainer.threads, launcher),
+                         record_bad_input=multirun)
+    except (*BAD_INPUT, OmegaConfBaseException) as e:
         if not multirun:
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 traceback.print_exc()
             print(f"collapse: error: {_one_line(e)}", file=sys.stderr)
             raise SystemExit(2)
         log.error(f"collapse: error: {_one_line(e)}")
-        if isinstance(e, RunExists):        # would overwrite a result: touch nothing
-            return math.nan
-        records.write_json(metrics_path, {**record, "status": "failed", "stop_reason": "bad_input",
-                                          "error": f"{type(e).__name__}: {_one_line(e)}"})
         return math.nan
-    import torch    # only now: bad input above fails without paying torch's import (~1.5 s)
-
-    torch.set_num_threads(threads_per_job(typed.trainer.threads, launcher))
-
-    try:
-        record = run_experiment(typed, data, run_dir, record,
-                                write=lambda r: records.write_json(metrics_path, r))
-    except Exception as e:  # noqa: BLE001 - a crash mid-run is a recorded result, not a dead sweep
+    except (KeyboardInterrupt, Interrupted) as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        print(f"collapse: interrupted by {signal.Signals(signum).name}: recorded in {metrics_path}",
+              file=sys.stderr)
+        raise SystemExit(128 + signum) from None
+    except Exception as e:  # noqa: BLE001 - recorded by execute; a sweep goes on
         log.error(f"run failed: {type(e).__name__}: {e}")
-        record.update({"status": "failed", "stop_reason": "exception",
-                       "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()})
-        records.write_json(metrics_path, record)
         if not multirun:
             print(f"collapse: error: run failed: {type(e).__name__}: {e} (traceback in {metrics_path})",
                   file=sys.stderr)
             raise SystemExit(1)
         return math.nan
 
-    best = record.get("best") or {}
-    val = best.get("val") or {}
-    log.info(f"{record['status']} ({record['stop_reason']}) | best epoch {record['best_epoch']} | "
-             f"val R² {val.get('r2', math.nan):.3f} | var ratio {val.get('variance_ratio', math.nan):.3f} "
-             f"| diagnosis {(record.get('diagnosis') or {}).get('label')} | {metrics_path}")
-    if record["status"] == "diverged":
+    val = (record.best or {}).get("val") or {}
+    label = ((record.diagnosis or {}).get("val") or {}).get("label")
+    log.info(f"{record.status} ({record.stop_reason}) | best epoch {record.best_epoch} | "
+             f"val R² {_num(val.get('r2'))} | var ratio {_num(val.get('variance_ratio'))} "
+             f"| diagnosis {label} | {metrics_path}")
+    if record.status == "diverged":
         log.warning("the loss became non-finite: recorded as diverged (try a lower trainer.lr)")
-    return float(record["monitor_value"])
+    return _num_or_nan(record.monitor_value)
+
+
+def _num_or_nan(value) -> float:
+    return float(value) if value is not None else math.nan
+
+
+def _num(value) -> str:
+    return f"{_num_or_nan(value):.3f}"
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -133,30 +148,29 @@ def main(cfg: DictConfig) -> float:
                     multirun, hc.launcher if multirun else None)
 
 
-def run(overrides: Sequence[str] = (), run_dir: Optional[str | Path] = None) -> dict:
-    """Notebook API: compose the config with `overrides`, train, return the metrics record.
+def run(overrides: Sequence[str] = (), run_dir: Optional[str | Path] = None) -> RunRecord:
+    """Notebook API: compose the config with `overrides`, train, return the RunRecord.
 
-    Writes metrics.json and model.pt only when `run_dir` is given. Raises ConfigError
-    or DataError for bad input (the message names the key or file).
-    """
+    The same execution path as the CLI (collapse.runner.execute). With `run_dir`, the
+    record, weights and checkpoints go there and the directory behaves as a CLI run's:
+    locked while in use, another config's result refused, `resume=true` returns a
+    finished result or continues an interrupted run. Raises ConfigError, DataError or
+    RunExists for bad input (the message names the key or file); a KeyboardInterrupt
+    is recorded as `interrupted`, then re-raised. Torch's thread count is restored."""
     from hydra import compose, initialize_config_dir
 
-    from collapse.runner import load_data, run_experiment
+    from collapse.runner import execute
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
     choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra/")}
     with open_dict(cfg):
         del cfg["hydra"]
-    typed = to_config(cfg)
-    if typed.trainer.threads > 0:
-        import torch
-
-        torch.set_num_threads(typed.trainer.threads)
-    record = _base_record(cfg, overrides, choices, {"num": None, "dir": str(run_dir) if run_dir else None})
-    data = load_data(typed)
-    write = (lambda r: records.write_json(Path(run_dir) / records.METRICS_FILE, r)) if run_dir else (lambda r: None)
-    return run_experiment(typed, data, Path(run_dir) if run_dir else None, record, write)
+    run_dir = Path(run_dir) if run_dir is not None else None
+    record = RunRecord(overrides=list(overrides), choices=choices,
+                       job={"num": None, "dir": str(run_dir.resolve()) if run_dir else None, "config_name": "config"})
+    typed = _prepare(cfg, record)
+    return execute(typed, record, run_dir, threads=typed.trainer.threads)
 
 
 if __name__ == "__main__":

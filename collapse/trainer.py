@@ -9,18 +9,16 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
+from collapse.config import TrainerConfig
 from collapse.metrics import regression_report
 
 log = logging.getLogger("collapse")
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     # adam applies weight_decay as coupled L2 inside the adaptive step, which squeezes
@@ -31,7 +29,7 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.o
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    raise ValueError(f"optimizer={name!r} is invalid: must be one of {', '.join(OPTIMIZERS)}")
+    raise ValueError(f"optimizer={name!r} is invalid: must be adam, adamw or sgd")
 
 
 @torch.no_grad()
@@ -53,50 +51,73 @@ class FitResult:
     history: list = field(default_factory=list)
 
 
-class Trainer:
-    """Fit a regressor; fitted state ends in `_` (scikit-learn style)."""
+@dataclass
+class Progress:
+    """Everything the loop carries from one epoch to the next, besides the weights and
+    the optimizer: with them (a checkpoint) it continues exactly where it stopped."""
+    epoch: int = 0                # last finished epoch
+    best_score: float = -math.inf
+    best_epoch: Optional[int] = None
+    since_best: int = 0
+    collapsed_for: int = 0
+    history: list = field(default_factory=list)
 
-    def __init__(self, epochs: int = 60, batch_size: int = 256, optimizer: str = "adam",
-                 lr: float = 1e-3, weight_decay: float = 0.0, monitor: str = "r2",
-                 patience: int = 10, min_delta: float = 1e-4, guard: bool = True,
-                 guard_threshold: float = 0.02, guard_warmup: int = 10, guard_patience: int = 5,
-                 seed: int = 0, log_fn: Callable[[str], None] = log.info):
-        if monitor not in ("r2", "val_loss"):
-            raise ValueError(f"monitor={monitor!r} is invalid: must be r2 or val_loss")
-        self.epochs, self.batch_size = epochs, batch_size
-        self.optimizer, self.lr, self.weight_decay = optimizer, lr, weight_decay
-        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
-        self.guard, self.guard_threshold = guard, guard_threshold
-        self.guard_warmup, self.guard_patience = guard_warmup, guard_patience
-        self.seed, self.log_fn = seed, log_fn
+
+class Trainer:
+    """Fit a regressor with the settings of a TrainerConfig; fitted state ends in `_`.
+
+    `on_epoch_end(progress, checkpoint)` is called after every finished epoch;
+    `checkpoint()` builds (only when called: it copies the weights) the dict that
+    `fit(..., resume=...)` continues from, bit for bit."""
+
+    def __init__(self, cfg: TrainerConfig, seed: int, log_fn: Callable[[str], None] = log.info):
+        self.cfg, self.seed, self.log_fn = cfg, seed, log_fn
 
     def _score(self, val_loss: float, r2: float) -> float:
         # one "higher is better" number; NaN (constant predictions) counts as worst
-        score = r2 if self.monitor == "r2" else -val_loss
+        score = r2 if self.cfg.monitor == "r2" else -val_loss
         return score if math.isfinite(score) else -math.inf
 
     def fit(self, model: nn.Module, loss_fn, X_train: torch.Tensor, y_train: torch.Tensor,
-            w_train: Optional[torch.Tensor], X_val: torch.Tensor, y_val: torch.Tensor) -> FitResult:
+            w_train: Optional[torch.Tensor], X_val: torch.Tensor, y_val: torch.Tensor,
+            resume: Optional[dict] = None,
+            on_epoch_end: Optional[Callable[[Progress, Callable[[], dict]], None]] = None) -> FitResult:
         """X_*: (N, T, C), y_*: (N,), w_train: (N,) or None, all on the model's device.
+        `resume`: a checkpoint from an earlier call's `on_epoch_end`.
 
         On return the model holds the weights of the best epoch; `best_state_` holds
         a copy of them (None if no epoch finished with finite predictions)."""
-        opt = make_optimizer(self.optimizer, model.parameters(), self.lr, self.weight_decay)
+        c = self.cfg
+        opt = make_optimizer(c.optimizer, model.parameters(), c.lr, c.weight_decay)
         shuffle = torch.Generator().manual_seed(self.seed)   # CPU generator: same order on any device
+        p, self.best_state_ = Progress(), None
+        if resume is not None:
+            p = Progress(**resume["progress"])
+            model.load_state_dict(resume["model"])
+            opt.load_state_dict(resume["optimizer"])
+            shuffle.set_state(resume["shuffle_rng"])
+            torch.set_rng_state(resume["torch_rng"])      # dropout draws from the global generator
+            if resume.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(resume["cuda_rng"])
+            self.best_state_ = resume["best_state"]
         n_train = len(X_train)
         y_val_np = y_val.double().cpu().numpy()
-        history: list[dict] = []
-        best_score, best_epoch, since_best, collapsed_for = -math.inf, None, 0, 0
-        self.best_state_ = None
         status, stop_reason = "completed", "max_epochs"
 
-        for epoch in range(1, self.epochs + 1):
+        def checkpoint() -> dict:
+            cpu = lambda state: {k: v.detach().cpu().clone() for k, v in state.items()}  # noqa: E731
+            return {"progress": asdict(p), "model": cpu(model.state_dict()), "optimizer": opt.state_dict(),
+                    "best_state": cpu(self.best_state_) if self.best_state_ is not None else None,
+                    "shuffle_rng": shuffle.get_state(), "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if X_train.is_cuda else None}
+
+        for epoch in range(p.epoch + 1, c.epochs + 1):
             t0 = time.perf_counter()
             model.train()
             perm = torch.randperm(n_train, generator=shuffle).to(X_train.device)
             loss_sum = torch.zeros((), device=X_train.device)
-            for start in range(0, n_train, self.batch_size):
-                idx = perm[start:start + self.batch_size]
+            for start in range(0, n_train, c.batch_size):
+                idx = perm[start:start + c.batch_size]
                 w = w_train[idx] if w_train is not None else None
                 loss = loss_fn(model(X_train[idx]), y_train[idx], w)
                 opt.zero_grad(set_to_none=True)
@@ -105,41 +126,44 @@ class Trainer:
                 # accumulate on the device: a .item() per batch would sync every step
                 loss_sum += loss.detach() * len(idx)
             train_loss = loss_sum.item() / n_train
+            p.epoch = epoch
 
             pred_val = predict(model, X_val)
             val_loss = loss_fn(pred_val, y_val, None).item()
             if not (math.isfinite(train_loss) and torch.isfinite(pred_val).all()):
                 # a recorded result, not a crash: the best weights so far are kept
                 status, stop_reason = "diverged", "non_finite_loss"
-                history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
+                p.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
                 self.log_fn(f"Epoch {epoch} | loss is not finite: stopping (diverged)")
                 break
             report = regression_report(y_val_np, pred_val.double().cpu().numpy())
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                            **{f"val_{k}": v for k, v in report.items()},
-                            "seconds": time.perf_counter() - t0})
+            p.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                              **{f"val_{k}": v for k, v in report.items()},
+                              "seconds": time.perf_counter() - t0})
             self.log_fn(f"Epoch {epoch} | R²: {report['r2']:.3f} | Var Ratio: {100 * report['variance_ratio']:.1f}% "
                         f"| Pred Std: {report['pred_std']:.4g} | Val Loss: {val_loss:.4g}")
 
             score = self._score(val_loss, report["r2"])
-            if best_epoch is None or score > best_score + self.min_delta:
-                best_score, best_epoch, since_best = score, epoch, 0
+            if p.best_epoch is None or score > p.best_score + c.min_delta:
+                p.best_score, p.best_epoch, p.since_best = score, epoch, 0
                 # clone: the optimizer keeps updating the live parameters in place
                 self.best_state_ = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
-                since_best += 1
+                p.since_best += 1
             # guard: a val variance ratio stuck near zero after warm-up is collapse, not a slow start
-            low = report["variance_ratio"] < self.guard_threshold
-            collapsed_for = collapsed_for + 1 if (low and epoch > self.guard_warmup) else 0
-            if self.guard and collapsed_for >= self.guard_patience:
+            low = report["variance_ratio"] < c.guard_threshold
+            p.collapsed_for = p.collapsed_for + 1 if (low and epoch > c.guard_warmup) else 0
+            if c.guard and p.collapsed_for >= c.guard_patience:
                 status, stop_reason = "stopped_collapse", "collapse_guard"
-                self.log_fn(f"Epoch {epoch} | collapse guard: val variance ratio < {self.guard_threshold:.1%} "
-                            f"for {collapsed_for} epochs, stopping")
+                self.log_fn(f"Epoch {epoch} | collapse guard: val variance ratio < {c.guard_threshold:.1%} "
+                            f"for {p.collapsed_for} epochs, stopping")
                 break
-            if self.patience and since_best >= self.patience:
+            if c.patience and p.since_best >= c.patience:
                 stop_reason = "early_stopping"
                 break
+            if on_epoch_end is not None:
+                on_epoch_end(p, checkpoint)
 
         if self.best_state_ is not None:
             model.load_state_dict(self.best_state_)
-        return FitResult(status, stop_reason, best_epoch, best_score, history)
+        return FitResult(status, stop_reason, p.best_epoch, p.best_score, p.history)

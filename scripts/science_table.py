@@ -46,7 +46,7 @@ def val(rec: dict, key: str) -> float:
 
 
 def label(rec: dict) -> str:
-    return (rec.get("diagnosis") or {}).get("label") or rec.get("status", "?")
+    return ((rec.get("diagnosis") or {}).get("val") or {}).get("label") or rec.get("status", "?")
 
 
 def checks(results: dict[str, list[dict]], seeds: list[int]) -> list[tuple[bool, str]]:
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = []
         for seed in seeds:
             t0 = time.time()
-            rec = run([*overrides, *args.extra, f"seed={seed}"])
+            rec = run([*overrides, *args.extra, f"seed={seed}"]).to_dict()
             results[name].append(rec)
             print(f"{name:14s} seed {seed}: val R² {val(rec, 'r2'):+.3f}  ratio {val(rec, 'variance_ratio'):.3f}  "
                   f"r {val(rec, 'pearson_r'):+.3f}  {label(rec):9s} ({time.time() - t0:.1f} s)", file=sys.stderr)

@@ -62,8 +62,7 @@ CONFIG_CASES = {
     "split_fractions_sum_to_one": (["data.val_fraction=0.6", "data.test_fraction=0.5"], ["data.test_fraction"]),
     "seed_negative": (["seed=-1"], ["seed=-1"]),
     "ssl_mask_ratio": (["ssl=on", "ssl.mask_ratio=1.5"], ["ssl.mask_ratio=1.5"]),
-    "unknown_value_of_a_choice": (["loss.name=nope"], ["loss.name='nope'", "mse"]),
-    "unknown_device": (["trainer.device=tpu"], ["trainer.device='tpu'"]),
+    "seed_too_large_for_torch": (["seed=18446744073709551616"], ["seed=18446744073709551616", "2**63"]),
     "npz_without_path": (["data=npz"], ["data.path"]),
     # Hydra's own "not in struct" message tells users to append with `+`: still refused
     "appended_unknown_key": (["+trainer.epoch=5"], ["trainer.epoch", "epochs"]),
@@ -80,6 +79,9 @@ HYDRA_CASES = {
     "wrong_type_float": (["trainer.lr=fast"], "trainer.lr=fast"),
     "wrong_type_bool": (["trainer.guard=maybe"], "trainer.guard=maybe"),
     "unknown_group_option": (["model=transformer"], "model/transformer"),
+    # option names are Enums in the schema: refused while composing, the allowed values listed
+    "unknown_value_of_a_choice": (["loss.name=nope"], "loss.name=nope"),
+    "unknown_device": (["trainer.device=tpu"], "trainer.device=tpu"),
 }
 
 
@@ -125,6 +127,12 @@ def _data_file(case: str, tmp_path: Path) -> Path:
     if case == "not_an_npz":
         path.write_text("id,target\n1,0.5\n")
         return path
+    if case == "a_directory":
+        path.mkdir()
+        return path
+    if case == "symlink_loop":
+        os.symlink(path, path)
+        return path
     arrays = {
         "missing_X": dict(y=y),
         "missing_y": dict(X=X),
@@ -138,6 +146,11 @@ def _data_file(case: str, tmp_path: Path) -> Path:
         "complex_X": dict(X=X + 1j, y=y),
         "no_features": dict(X=X[:, :, :0], y=y),
         "constant_targets": dict(X=X, y=np.full_like(y, 0.7)),
+        # finite in float32, but squares overflow: reported as diverged before
+        "huge_X": dict(X=np.where(np.arange(X.size).reshape(X.shape) == 7, 3e38, X).astype(np.float32), y=y),
+        "huge_y": dict(X=X, y=y * 1e30),
+        "constant_val_targets": dict(X=X, y=np.where(np.arange(60) % 3 == 1, 0.7, y),
+                                     split=np.arange(60) % 3),
         "too_few_samples": dict(X=X[:4], y=y[:4]),
         "fewer_frames_than_temporal_frames": dict(X=X[:, :2], y=y),
         "bad_split_values": dict(X=X, y=y, split=np.full(len(y), 3)),
@@ -162,6 +175,11 @@ DATA_CASES = {
     "complex_X": ["X has dtype complex"],
     "no_features": ["X has shape (60, 5, 0)"],
     "constant_targets": ["targets are constant"],
+    "a_directory": ["is a directory"],
+    "symlink_loop": ["cannot be opened", "symbolic links"],
+    "huge_X": ["X holds values up to 3e+38", "float32"],
+    "huge_y": ["y holds values up to", "float32"],
+    "constant_val_targets": ["targets are constant on the val split"],
     "too_few_samples": ["split has"],
     "fewer_frames_than_temporal_frames": ["data.temporal_frames=3", "1..2"],
     "bad_split_values": ["split must be"],
@@ -253,7 +271,7 @@ def test_override_values_are_never_evaluated(tmp_path):
     # quoted: a plain string, recorded as typed (in-process: the same compose as the CLI)
     from collapse.train import run
 
-    assert run([*TINY, "trainer.epochs=1", f'study="{code}"'])["study"] == code
+    assert run([*TINY, "trainer.epochs=1", f'study="{code}"']).study == code
     assert not marker.exists()
 
 

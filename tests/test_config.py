@@ -43,7 +43,7 @@ def test_every_option_composes_validates_and_builds(group, option, npz_file):
     cfg = to_config(composed(overrides))
     model = SequenceRegressor(n_features=3, **asdict(cfg.model))
     pred = model(torch.randn(4, cfg.data.temporal_frames, 3))
-    loss = RegressionLoss(train_target_var=1.0, **asdict(cfg.loss))(pred, torch.randn(4))
+    loss = RegressionLoss(cfg.loss, train_target_var=1.0)(pred, torch.randn(4))
     assert pred.shape == (4,) and torch.isfinite(loss)
 
 
@@ -65,6 +65,9 @@ def test_cli_overrides_reach_the_typed_config():
     ("loss.variance_lambda=[1]", "variance_lambda"),  # wrong type
     ("model=transformer", "transformer"),             # option that does not exist
     ("data=csv", "csv"),
+    ("trainer.monitor=mae", "monitor"),              # option names are Enums in the schema
+    ("loss.variance_mode=cubic", "variance_mode"),
+    ("model.name=transformer", "model.name"),
 ])
 def test_compose_time_errors_name_the_key(override, key):
     with pytest.raises((HydraException, OmegaConfBaseException)) as err:
@@ -81,9 +84,39 @@ def test_compose_time_errors_name_the_key(override, key):
     ("trainer.batch_size=0", "trainer.batch_size"),
     ("trainer.lr=nan", "trainer.lr"),
     ("data.overweight_factor=0.5", "data.overweight_factor"),
-    ("trainer.monitor=mae", "trainer.monitor"),
     ("data=npz", "data.path"),
+    ("seed=18446744073709551616", "seed"),           # 2**64: torch cannot seed it
 ])
 def test_range_errors_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         to_config(composed([override]))
+
+
+def test_a_bad_option_name_fails_at_compose_time_listing_the_allowed_values():
+    with pytest.raises(HydraException) as err:
+        composed(["trainer.optimizer=lbfgs"])
+    cause = err.value.__cause__
+    assert "[adam, adamw, sgd]" in str(cause) and cause.full_key == "trainer.optimizer"
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["data=npz", "data.path=x.npz", "data.n_samples=50"], "data.n_samples"),
+    (["loss=ccc", "data.overweight_factor=2"], "data.overweight_factor"),
+    (["loss.variance_mode=hinge"], "loss.variance_mode"),
+    (["ssl.epochs=5"], "ssl.epochs"),
+    (["model.kernel_size=5"], "model.kernel_size"),
+])
+def test_a_key_without_effect_in_the_chosen_path_is_named(overrides, key):
+    from collapse.config import ineffective_keys
+
+    keys = {o.split("=")[0] for o in overrides}
+    [warning] = ineffective_keys(to_config(composed(overrides)), keys)
+    assert warning.startswith(f"{key} has no effect")
+
+
+def test_keys_that_matter_give_no_warning():
+    from collapse.config import ineffective_keys
+
+    overrides = ["model=temporal_conv", "model.kernel_size=5", "ssl=on", "ssl.epochs=5",
+                 "loss.variance_lambda=0.5", "loss.variance_mode=hinge", "data.overweight_factor=2"]
+    assert ineffective_keys(to_config(composed(overrides)), {o.split("=")[0] for o in overrides}) == []

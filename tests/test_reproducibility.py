@@ -4,17 +4,20 @@ leaves behind in its process - RNG state, torch threads, deterministic flags - w
 show up as a difference in the next job it runs)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from collapse import records
 from collapse.train import run
 from conftest import JOBLIB, N_SWEEP_JOBS, SWEEP_GRID, SWEEP_TINY, TINY, cli, read_json, results, statuses
 
 
-def computed(record: dict) -> dict:
+def computed(record) -> dict:
     """What a run computed, without wall-clock and provenance fields."""
+    record = record if isinstance(record, dict) else record.to_dict()
     return {"status": record["status"], "config_hash": record["config_hash"], "best": record["best"],
             "final": record["final"], "best_epoch": record["best_epoch"],
             "recalibrated": record.get("recalibrated"),
@@ -37,6 +40,13 @@ def test_cli_process_and_notebook_api_give_identical_metrics_and_weights(tmp_pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     in_process = run(TINY, run_dir=tmp_path / "api")
     assert computed(read_json(tmp_path / "cli" / "metrics.json")) == computed(in_process)
+    # the whole record, not only the metrics: one execution path writes both
+    volatile = ("wall_time_s", "started_at", "provenance", "job", "history")
+    on_disk = read_json(tmp_path / "cli" / "metrics.json")
+    api = read_json(tmp_path / "api" / "metrics.json")
+    assert {k: v for k, v in on_disk.items() if k not in volatile} == \
+        {k: v for k, v in api.items() if k not in volatile}
+    assert api == json.loads(json.dumps(records._finite_or_none(in_process.to_dict())))
     wa, wb = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("cli", "api"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from collapse import data
+from collapse.config import LossConfig
 from collapse.losses import RegressionLoss, bmc, concordance, variance_term
 from collapse.metrics import diagnose, regression_report
 
@@ -21,28 +22,28 @@ TARGET = torch.tensor([0.0, 2.0, 4.0, 6.0])    # mean 3.0, population var 5.0
 
 def test_variance_term_squared_and_hinge_under_dispersed():
     # ratio 1.25 / 5 = 0.25: squared (1 - 0.25)^2 = 0.5625, hinge the same (shortfall > 0)
-    assert variance_term(PRED, TARGET, "squared", eps=0.0).item() == pytest.approx(0.5625)
-    assert variance_term(PRED, TARGET, "hinge", eps=0.0).item() == pytest.approx(0.5625)
+    assert variance_term(PRED, TARGET, "squared", None, 0.0).item() == pytest.approx(0.5625)
+    assert variance_term(PRED, TARGET, "hinge", None, 0.0).item() == pytest.approx(0.5625)
 
 
 def test_hinge_does_not_punish_over_dispersion():
     # swap roles: ratio 5 / 1.25 = 4 -> squared (1 - 4)^2 = 9, hinge max(0, -3)^2 = 0
-    assert variance_term(TARGET, PRED, "squared", eps=0.0).item() == pytest.approx(9.0)
-    assert variance_term(TARGET, PRED, "hinge", eps=0.0).item() == 0.0
+    assert variance_term(TARGET, PRED, "squared", None, 0.0).item() == pytest.approx(9.0)
+    assert variance_term(TARGET, PRED, "hinge", None, 0.0).item() == 0.0
 
 
 def test_variance_term_against_the_train_split_variance():
     # target_var 2.5 (the train split's) replaces the batch's 5.0: (1 - 1.25 / 2.5)^2 = 0.25
-    loss = RegressionLoss("mse", variance_lambda=2.0, variance_target="train", train_target_var=2.5, eps=0.0)
+    loss = RegressionLoss(LossConfig(name="mse", variance_lambda=2.0, variance_target="train", eps=0.0), train_target_var=2.5)
     mse = (0 + 1 + 4 + 9) / 4                                    # 3.5
     assert loss(PRED, TARGET).item() == pytest.approx(mse + 2.0 * 0.25)
     with pytest.raises(ValueError, match="train_target_var"):
-        RegressionLoss("mse", variance_target="train")
+        RegressionLoss(LossConfig(name="mse", variance_target="train"))
 
 
 def test_variance_term_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="squared or hinge"):
-        variance_term(PRED, TARGET, "cubic")
+        variance_term(PRED, TARGET, "cubic", None, 1e-8)
 
 
 # --- concordance (CCC) loss -----------------------------------------------------------
@@ -52,9 +53,9 @@ def test_ccc_by_hand():
     # CCC = 2 * 2.5 / (1.25 + 5.0 + (1.5 - 3.0)^2) = 5 / 8.5
     ccc = 5.0 / 8.5
     assert concordance(PRED, TARGET, eps=0.0).item() == pytest.approx(ccc)
-    assert RegressionLoss("ccc", ccc_weight=1.0, eps=0.0)(PRED, TARGET).item() == pytest.approx(1 - ccc)
+    assert RegressionLoss(LossConfig(name="ccc", ccc_weight=1.0, eps=0.0))(PRED, TARGET).item() == pytest.approx(1 - ccc)
     # mixed: (1 - 0.5) * mse + 0.5 * (1 - CCC), mse = 3.5
-    mixed = RegressionLoss("ccc", ccc_weight=0.5, eps=0.0)(PRED, TARGET).item()
+    mixed = RegressionLoss(LossConfig(name="ccc", ccc_weight=0.5, eps=0.0))(PRED, TARGET).item()
     assert mixed == pytest.approx(0.5 * 3.5 + 0.5 * (1 - ccc))
 
 
@@ -63,7 +64,7 @@ def test_ccc_is_one_only_for_identical_predictions_and_sees_the_sign():
     mirror = 2 * TARGET.mean() - TARGET                         # same spread, opposite sign
     assert concordance(mirror, TARGET, eps=0.0).item() == pytest.approx(-1.0)
     # the variance term cannot tell the mirror image from the truth: both give 0
-    assert variance_term(mirror, TARGET, eps=0.0).item() == pytest.approx(0.0)
+    assert variance_term(mirror, TARGET, "squared", None, 0.0).item() == pytest.approx(0.0)
 
 
 # --- Balanced MSE (batch-based Monte Carlo) ------------------------------------------
@@ -86,7 +87,7 @@ def test_bmc_against_a_hand_written_computation():
     assert got.item() == pytest.approx(expected, rel=1e-12)
     # as a base loss, and with per-sample weights
     w = [1.0, 2.0, 0.5]
-    loss = RegressionLoss("bmc", bmc_sigma=sigma)
+    loss = RegressionLoss(LossConfig(name="bmc", bmc_sigma=sigma))
     t = lambda v: torch.tensor(v, dtype=torch.float64)        # noqa: E731
     assert loss(t(pred), t(target)).item() == pytest.approx(expected, rel=1e-12)
     assert loss(t(pred), t(target), t(w)).item() == pytest.approx(_bmc_by_hand(pred, target, sigma, w), rel=1e-12)
@@ -195,10 +196,10 @@ def test_diagnose_thresholds_are_parameters():
 def test_overreg_collapses_and_the_variance_term_cures_it():
     from collapse.train import run
 
-    sick = run(["experiment=overreg", "seed=0", "trainer.threads=1"])
-    cured = run(["experiment=overreg_cured", "seed=0", "trainer.threads=1"])
-    assert sick["diagnosis"]["label"] == "collapsed" and sick["best"]["val"]["pearson_r"] > 0.5
-    assert cured["diagnosis"]["label"] == "healthy"
+    sick = run(["experiment=overreg", "seed=0", "trainer.threads=1"]).to_dict()
+    cured = run(["experiment=overreg_cured", "seed=0", "trainer.threads=1"]).to_dict()
+    assert sick["diagnosis"]["val"]["label"] == "collapsed" and sick["best"]["val"]["pearson_r"] > 0.5
+    assert cured["diagnosis"]["val"]["label"] == "healthy"
     assert cured["best"]["val"]["r2"] >= sick["best"]["val"]["r2"] + 0.2
     # recalibration undoes the squeeze post hoc, on test
     assert sick["recalibrated"]["test"]["r2"] >= sick["best"]["test"]["r2"] + 0.2

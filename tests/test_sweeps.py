@@ -67,7 +67,7 @@ def test_failing_and_diverging_jobs_are_recorded_and_the_sweep_goes_on(tmp_path)
     for lr in (1e-3, 1e8):
         failed = by_cell[(lr, 99)]
         assert failed["status"] == "failed" and "data.temporal_frames=99" in failed["error"]
-        assert "best" not in failed      # nothing that looks like a result
+        assert failed["best"] is None and failed["stop_reason"] == "bad_input"   # nothing like a result
 
 
 @pytest.mark.slow

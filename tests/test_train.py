@@ -25,7 +25,8 @@ def test_api_run_writes_a_complete_record_and_loadable_weights(tmp_path):
         assert {"r2", "variance_ratio", "pred_std", "pred_range", "rmse", "mae", "pearson_r", "ccc",
                 "calibration_slope"} <= set(on_disk["best"][split])
     assert len(on_disk["history"]) == 3 and on_disk["history"][0]["epoch"] == 1
-    assert on_disk["monitor_value"] == pytest.approx(record["best"]["val"]["r2"])
+    assert on_disk["monitor_value"] == pytest.approx(record.best["val"]["r2"])
+    assert on_disk["diagnosis"]["val"]["split"] == "val" and on_disk["diagnosis"]["test"]["split"] == "test"
     assert on_disk["provenance"]["versions"]["torch"] and on_disk["threads"] >= 1
     state = torch.load(tmp_path / records.WEIGHTS_FILE, weights_only=True)
     model = SequenceRegressor(n_features=8, hidden_dim=16)
@@ -34,14 +35,14 @@ def test_api_run_writes_a_complete_record_and_loadable_weights(tmp_path):
 
 def test_same_seed_same_metrics_and_other_seed_differs():
     first, second = run(TINY), run(TINY)
-    assert first["best"] == second["best"]
-    assert [h["val_loss"] for h in first["history"]] == [h["val_loss"] for h in second["history"]]
-    assert run(TINY + ["seed=1"])["best"] != first["best"]
+    assert first.best == second.best
+    assert [h["val_loss"] for h in first.history] == [h["val_loss"] for h in second.history]
+    assert run(TINY + ["seed=1"]).best != first.best
 
 
 def test_divergence_is_a_recorded_result():
     record = run(TINY + ["trainer.lr=1e8"])
-    assert record["status"] == "diverged" and record["stop_reason"] == "non_finite_loss"
+    assert record.status == "diverged" and record.stop_reason == "non_finite_loss"
 
 
 def test_cli_run_records_every_study_knob(tmp_path):

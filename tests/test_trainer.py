@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from collapse.config import LossConfig, TrainerConfig
 from collapse.losses import RegressionLoss
 from collapse.models import SequenceRegressor
 from collapse.trainer import Trainer
@@ -17,14 +18,14 @@ def _problem(n=600, signal=True, seed=0):
 
 
 def _fit(trainer, model, X, y, Xv, yv, loss=None):
-    return trainer.fit(model, loss or RegressionLoss("mse"), X, y, None, Xv, yv)
+    return trainer.fit(model, loss or RegressionLoss(LossConfig()), X, y, None, Xv, yv)
 
 
 def test_fits_a_learnable_problem():
     torch.manual_seed(0)
     X, y, Xv, yv = _problem()
     model = SequenceRegressor(4, hidden_dim=16, init_std=0.1, output_bias=0.7)
-    result = _fit(Trainer(epochs=30, batch_size=32, lr=3e-3, patience=0, log_fn=lambda s: None),
+    result = _fit(Trainer(TrainerConfig(epochs=30, batch_size=32, lr=3e-3, patience=0), seed=0, log_fn=lambda s: None),
                   model, X, y, Xv, yv)
     assert result.status == "completed" and result.stop_reason == "max_epochs"
     assert result.history[result.best_epoch - 1]["val_r2"] > 0.9
@@ -35,7 +36,7 @@ def test_early_stopping_on_the_monitor():
     torch.manual_seed(0)
     X, y, Xv, yv = _problem(signal=False)          # nothing to learn: val R² stops improving fast
     model = SequenceRegressor(4, hidden_dim=16, init_std=0.5, output_bias=0.7)
-    trainer = Trainer(epochs=100, batch_size=64, monitor="val_loss", patience=3, min_delta=0.0, guard=False,
+    trainer = Trainer(TrainerConfig(epochs=100, batch_size=64, monitor="val_loss", patience=3, min_delta=0.0, guard=False), seed=0,
                       log_fn=lambda s: None)
     result = _fit(trainer, model, X, y, Xv, yv)
     assert result.stop_reason == "early_stopping"
@@ -49,8 +50,7 @@ def test_collapse_guard_fires_on_a_collapsing_model():
     X, y, Xv, yv = _problem(signal=False)
     model = SequenceRegressor(4, hidden_dim=16, init_std=0.0, output_bias=0.7)
     # lr tiny + zero head: predictions stay (nearly) constant -> val variance ratio ~ 0
-    trainer = Trainer(epochs=50, lr=1e-6, patience=0, guard=True, guard_threshold=0.02,
-                      guard_warmup=2, guard_patience=3, log_fn=lambda s: None)
+    trainer = Trainer(TrainerConfig(epochs=50, lr=1e-6, patience=0, guard=True, guard_threshold=0.02, guard_warmup=2, guard_patience=3), seed=0, log_fn=lambda s: None)
     result = _fit(trainer, model, X, y, Xv, yv)
     assert result.status == "stopped_collapse" and result.stop_reason == "collapse_guard"
     assert len(result.history) == 2 + 3
@@ -62,7 +62,7 @@ def test_nan_loss_is_recorded_as_diverged():
     y = y.clone()
     y[5] = float("nan")
     model = SequenceRegressor(4, hidden_dim=8)
-    result = _fit(Trainer(epochs=5, log_fn=lambda s: None), model, X, y, Xv, yv)
+    result = _fit(Trainer(TrainerConfig(epochs=5), seed=0, log_fn=lambda s: None), model, X, y, Xv, yv)
     assert result.status == "diverged" and result.stop_reason == "non_finite_loss"
     assert result.best_epoch is None and math.isinf(result.best_score)
 
@@ -71,8 +71,46 @@ def test_best_weights_are_restored():
     torch.manual_seed(0)
     X, y, Xv, yv = _problem()
     model = SequenceRegressor(4, hidden_dim=16, init_std=0.1, output_bias=0.7)
-    trainer = Trainer(epochs=8, batch_size=32, lr=3e-3, patience=0, log_fn=lambda s: None)
+    trainer = Trainer(TrainerConfig(epochs=8, batch_size=32, lr=3e-3, patience=0), seed=0, log_fn=lambda s: None)
     result = _fit(trainer, model, X, y, Xv, yv)
     for key, value in model.state_dict().items():
         assert torch.equal(value, trainer.best_state_[key])
     assert result.best_epoch is not None
+
+
+def test_a_fit_continued_from_a_checkpoint_equals_an_uninterrupted_fit():
+    """Stop after epoch 4 (as a kill would, right after the checkpoint was saved), build
+    everything anew as a new process would, continue: the same history and best weights."""
+    X, y, Xv, yv = _problem()
+    cfg = TrainerConfig(epochs=9, batch_size=32, lr=3e-3, patience=3, min_delta=0.0)
+
+    def fresh():
+        torch.manual_seed(0)
+        return SequenceRegressor(4, hidden_dim=16, init_std=0.5, output_bias=0.7, dropout=0.2)
+
+    whole = _fit(Trainer(cfg, seed=0, log_fn=lambda s: None), fresh(), X, y, Xv, yv)
+
+    saved = {}
+
+    class Killed(BaseException):
+        pass
+
+    def stop_after_4(progress, checkpoint):
+        if progress.epoch == 4:
+            saved.update(checkpoint())
+            raise Killed
+
+    with pytest.raises(Killed):
+        Trainer(cfg, seed=0, log_fn=lambda s: None).fit(fresh(), RegressionLoss(LossConfig()), X, y, None, Xv, yv,
+                                                        on_epoch_end=stop_after_4)
+    torch.manual_seed(123)              # the new process's global RNG: the checkpoint restores it
+    model = fresh()
+    trainer = Trainer(cfg, seed=0, log_fn=lambda s: None)
+    continued = trainer.fit(model, RegressionLoss(LossConfig()), X, y, None, Xv, yv, resume=saved)
+
+    def strip(history):
+        return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+    assert strip(continued.history) == strip(whole.history) and len(whole.history) > 4
+    assert (continued.status, continued.stop_reason, continued.best_epoch) == \
+        (whole.status, whole.stop_reason, whole.best_epoch)

@@ -1,0 +1,147 @@
+"""The one execution path (collapse.runner.execute) through the notebook API and the CLI:
+run directories that refuse to be overwritten, interrupts that are results, runs that
+continue from their checkpoint, thread counts restored, files that honour the umask."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from collapse import records
+from collapse.runner import RunExists
+from collapse.train import run
+from conftest import TINY, TIMEOUT, cli, fingerprint, read_json, start_cli, wait_until
+
+LONG = ["data.n_samples=2000", "trainer.epochs=40", "trainer.patience=0", "model.hidden_dim=16",
+        "checkpoint_every_s=0", "trainer.threads=1"]
+
+
+def computed(record: dict) -> dict:
+    return {"best": record["best"], "best_epoch": record["best_epoch"], "status": record["status"],
+            "history": [{k: v for k, v in h.items() if k != "seconds"} for h in record["history"]]}
+
+
+def test_a_second_config_into_a_used_run_dir_is_refused_and_the_first_kept(tmp_path):
+    run(TINY, run_dir=tmp_path)
+    before = fingerprint(tmp_path / records.METRICS_FILE)
+    with pytest.raises(RunExists, match="another config"):
+        run([*TINY, "seed=1"], run_dir=tmp_path)
+    with pytest.raises(RunExists, match="resume=true"):
+        run(TINY, run_dir=tmp_path)                 # the same config again, without resume
+    assert fingerprint(tmp_path / records.METRICS_FILE) == before
+
+
+def test_resume_returns_the_finished_result_without_training(tmp_path):
+    first = run(TINY, run_dir=tmp_path)
+    before = fingerprint(tmp_path / records.METRICS_FILE)
+    again = run([*TINY, "resume=true"], run_dir=tmp_path)
+    assert again.best == first.best and again.provenance["pid"] == first.provenance["pid"]
+    assert fingerprint(tmp_path / records.METRICS_FILE) == before
+
+
+def test_thread_count_is_restored_after_a_run():
+    before = torch.get_num_threads()
+    record = run([*TINY, f"trainer.threads={before + 1}"])
+    assert record.threads == before + 1 and torch.get_num_threads() == before
+
+
+def test_a_run_dir_in_use_by_a_live_process_is_refused(tmp_path):
+    from collapse.sweep_dir import DirLock
+
+    with DirLock(tmp_path).acquire():
+        with pytest.raises(RunExists, match="in use by another process"):
+            run(TINY, run_dir=tmp_path)
+    assert not (tmp_path / records.METRICS_FILE).exists()
+
+
+def test_keyboard_interrupt_in_run_is_recorded_then_resume_continues_to_the_same_result(tmp_path):
+    reference = run(LONG)
+    # a real SIGINT, from another thread, while the main thread trains
+    timer = threading.Timer(0.0, lambda: None)
+
+    def interrupt_after_epoch_3():
+        wait_until(lambda: (read_json(tmp_path / records.METRICS_FILE) or {}).get("epochs_run", 0) >= 3,
+                   TIMEOUT, "epoch 3")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Thread(target=interrupt_after_epoch_3, daemon=True)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        run(LONG, run_dir=tmp_path)
+    timer.join()
+    stopped = read_json(tmp_path / records.METRICS_FILE)
+    assert stopped["status"] == "interrupted" and stopped["stop_reason"] == "interrupted"
+    assert len(stopped["history"]) >= 3 and (tmp_path / records.WEIGHTS_FILE).exists()
+    assert (tmp_path / records.CHECKPOINT_FILE).exists()
+
+    resumed = run([*LONG, "resume=true"], run_dir=tmp_path)
+    assert resumed.resumed_from_epoch >= 3 and resumed.status == "completed"
+    assert computed(resumed.to_dict()) == computed(reference.to_dict())
+    assert not (tmp_path / records.CHECKPOINT_FILE).exists()       # finished: nothing to continue
+
+
+@pytest.mark.slow
+def test_sigterm_of_a_cli_run_is_recorded_and_resume_continues_from_the_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_cli([*LONG, f"hydra.run.dir={run_dir}"], tmp_path, tmp_path / "run.log")
+    try:
+        wait_until(lambda: (read_json(run_dir / records.METRICS_FILE) or {}).get("epochs_run", 0) >= 3,
+                   TIMEOUT, "epoch 3")
+        proc.send_signal(signal.SIGTERM)            # what SLURM sends on pre-emption
+        assert proc.wait(timeout=TIMEOUT) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stopped = read_json(run_dir / records.METRICS_FILE)
+    assert stopped["status"] == "interrupted" and stopped["error"].startswith("Interrupted: SIGTERM")
+    assert len(stopped["history"]) >= 3 and (run_dir / records.WEIGHTS_FILE).exists()
+
+    resumed = cli([*LONG, f"hydra.run.dir={run_dir}", "resume=true"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    final = read_json(run_dir / records.METRICS_FILE)
+    assert final["status"] == "completed" and final["resumed_from_epoch"] >= 3
+    assert computed(final) == computed(run(LONG).to_dict())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_files_honour_the_umask(tmp_path, umask, mode):
+    proc = subprocess.run([sys.executable, "-m", "collapse.train", *TINY, "hydra.run.dir=run"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=TIMEOUT, preexec_fn=lambda: os.umask(umask))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in (records.METRICS_FILE, records.WEIGHTS_FILE):
+        assert os.stat(tmp_path / "run" / name).st_mode & 0o777 == mode, name
+
+
+def test_the_record_is_typed_and_round_trips(tmp_path):
+    record = run(TINY, run_dir=tmp_path)
+    on_disk = json.loads((tmp_path / records.METRICS_FILE).read_text())
+    assert records.RunRecord.from_dict(on_disk).to_dict() == on_disk
+    assert record.is_result and on_disk["schema"] == records.SCHEMA_VERSION == 2
+    assert set(on_disk["diagnosis"]) == {"val", "test"}
+    assert isinstance(on_disk["recalibrated"]["raised_test_r2"], bool)
+
+
+def test_deterministic_false_really_turns_determinism_off():
+    run([*TINY, "trainer.deterministic=false"])
+    assert not torch.are_deterministic_algorithms_enabled()
+    run(TINY)
+    assert torch.are_deterministic_algorithms_enabled()
+
+
+def test_config_values_are_recorded_as_resolved_and_interpolations_are_documented(tmp_path, monkeypatch):
+    # the README's security note: `${oc.env:...}` in an override is resolved, and the value lands in
+    # metrics.json; nothing on the command line runs code (see test_bad_input for the refusals)
+    monkeypatch.setenv("COLLAPSE_TEST_LABEL", "from-the-environment")
+    record = run([*TINY, "study=${oc.env:COLLAPSE_TEST_LABEL}"], run_dir=tmp_path)
+    assert record.study == "from-the-environment" and record.config["study"] == "from-the-environment"
+    assert "study=${oc.env:COLLAPSE_TEST_LABEL}" in record.overrides
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert "oc.env" in readme and "trusted code" in readme

@@ -1,0 +1,186 @@
+"""A sweep directory that one sweep owns: the lock, the manifest of planned jobs, job
+discovery whatever the subdir, and the sweep's exit status - with real processes racing
+for the same directory."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collapse import records
+from collapse.sweep_dir import DirLock, DirLocked, job_dirs, read_manifest, write_manifest
+from conftest import (N_SWEEP_JOBS, SWEEP_GRID, SWEEP_TINY, TIMEOUT, cli, completed_fingerprints, kill_quietly,
+                      read_json, results, start_cli, statuses, wait_until)
+
+
+def test_the_lock_is_exclusive_and_names_its_holder(tmp_path):
+    with DirLock(tmp_path).acquire():
+        with pytest.raises(DirLocked, match=r"in use by another process \(pid \d+ on "):
+            DirLock(tmp_path).acquire()
+    DirLock(tmp_path).acquire().release()        # released on exit from the block
+
+
+def test_the_lock_dies_with_its_holder(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from collapse.sweep_dir import DirLock; "
+                               f"DirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(DirLocked, match=f"pid {holder.pid}"):
+            DirLock(tmp_path).acquire()
+        holder.send_signal(signal.SIGKILL)        # no cleanup runs: the kernel drops the flock
+        holder.wait(timeout=30)
+        DirLock(tmp_path).acquire().release()
+    finally:
+        holder.kill()
+
+
+def test_job_dirs_whatever_their_names_and_stray_dirs_ignored(tmp_path):
+    for name in ("10", "2", "lr=0.1,seed=0", "nested/deeper"):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / records.METRICS_FILE).write_text("{}")
+    (tmp_path / "²").mkdir()                      # isdigit() is True, int() raises
+    (tmp_path / "notes").mkdir()                  # neither a record nor .hydra/
+    (tmp_path / ".hidden" / "x").mkdir(parents=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in job_dirs(tmp_path)] == \
+        ["2", "10", "lr=0.1,seed=0", "nested/deeper"]
+
+
+def test_manifest_round_trips_and_a_damaged_one_reads_as_absent(tmp_path):
+    write_manifest(tmp_path, "config", ["a=1,2"], [["a=1"], ["a=2"]])
+    manifest = read_manifest(tmp_path)
+    assert [(j["num"], j["overrides"]) for j in manifest["jobs"]] == [(0, ["a=1"]), (1, ["a=2"])]
+    (tmp_path / "manifest.json").write_text('{"schema": 1, "jobs": ')
+    assert read_manifest(tmp_path) is None
+
+
+# ---------------------------------------------------------------- real sweeps
+
+def sweep(sweep_dir: Path, *extra: str) -> list[str]:
+    return ["-m", *SWEEP_TINY, *SWEEP_GRID, *extra, f"hydra.sweep.dir={sweep_dir}"]
+
+
+@pytest.mark.slow
+def test_the_manifest_lists_what_each_job_ran(tmp_path, reference_sweep):
+    manifest = read_manifest(reference_sweep)
+    assert len(manifest["jobs"]) == N_SWEEP_JOBS
+    for job in manifest["jobs"]:
+        record = read_json(reference_sweep / str(job["num"]) / records.METRICS_FILE)
+        assert sorted(job["overrides"]) == sorted(record["overrides"])
+        assert record["job"]["num"] == job["num"]
+
+
+@pytest.mark.slow
+def test_two_different_sweeps_started_at_once_into_one_dir(tmp_path):
+    """Before: both exited 0 in 4 tries of 6, and a job dir held one config's metrics.json
+    next to the other's overrides. Now exactly one runs; the other is refused, exit 2."""
+    sweep_dir = tmp_path / "sweep"
+    procs = {h: start_cli(sweep(sweep_dir, f"model.hidden_dim={h}"), tmp_path, tmp_path / f"{h}.log")
+             for h in (8, 24)}
+    try:
+        codes = {h: p.wait(timeout=TIMEOUT) for h, p in procs.items()}
+    finally:
+        for p in procs.values():
+            kill_quietly(p)
+    assert sorted(codes.values()) == [0, 2], codes
+    [winner] = [h for h, c in codes.items() if c == 0]
+    [loser] = [h for h, c in codes.items() if c == 2]
+    log = (tmp_path / f"{loser}.log").read_text()
+    assert "collapse: error:" in log and ("in use by another process" in log or "already holds a sweep" in log)
+    for num in range(N_SWEEP_JOBS):
+        record = read_json(sweep_dir / str(num) / records.METRICS_FILE)
+        overrides = (sweep_dir / str(num) / ".hydra" / "overrides.yaml").read_text()
+        assert record["config"]["model"]["hidden_dim"] == winner and f"model.hidden_dim={winner}" in overrides
+
+
+@pytest.mark.slow
+def test_two_resumes_at_once_never_train_a_job_twice(tmp_path, reference_sweep):
+    sweep_dir = tmp_path / "sweep"
+    first = start_cli(sweep(sweep_dir), tmp_path, tmp_path / "first.log")
+    try:
+        wait_until(lambda: "completed" in statuses(sweep_dir).values(), TIMEOUT, "a first job")
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=TIMEOUT)
+    finally:
+        kill_quietly(first)
+    kept = completed_fingerprints(sweep_dir)
+    resumes = [start_cli(sweep(sweep_dir, "resume=true"), tmp_path, tmp_path / f"resume{i}.log") for i in (0, 1)]
+    try:
+        codes = sorted(p.wait(timeout=TIMEOUT) for p in resumes)
+    finally:
+        for p in resumes:
+            kill_quietly(p)
+    assert codes == [0, 2], codes
+    now = completed_fingerprints(sweep_dir)
+    assert all(now[num] == fp for num, fp in kept.items()), "a completed record was rewritten"
+    assert results(sweep_dir) == results(reference_sweep)
+    # the refused resume trained nothing: every record comes from the killed sweep or the winner
+    pids = {read_json(sweep_dir / str(n) / records.METRICS_FILE)["provenance"]["pid"] for n in range(N_SWEEP_JOBS)}
+    assert pids <= {first.pid} | {p.pid for p, code in zip(resumes, [p.returncode for p in resumes]) if code == 0}
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_before_its_last_jobs_started_reports_them(tmp_path):
+    from collapse.sweep import SweepStatus
+
+    sweep_dir = tmp_path / "sweep"
+    proc = start_cli(sweep(sweep_dir), tmp_path, tmp_path / "sweep.log")
+    try:
+        wait_until(lambda: read_manifest(sweep_dir) is not None and (sweep_dir / "0" / "metrics.json").exists(),
+                   TIMEOUT, "the first job")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=TIMEOUT)
+    finally:
+        kill_quietly(proc)
+    started = {n for n, s in statuses(sweep_dir).items() if s != "missing"}
+    assert len(read_manifest(sweep_dir)["jobs"]) == N_SWEEP_JOBS and len(started) < N_SWEEP_JOBS
+    bad = SweepStatus._report(sweep_dir)
+    never = sorted(set(range(N_SWEEP_JOBS)) - started)
+    assert f"{len(never)} never started ({', '.join(map(str, never))})" in bad
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("subdir", ["${hydra.job.override_dirname}", "${hydra.job.num}"])
+def test_a_failed_job_fails_the_sweep_whatever_the_subdir(tmp_path, subdir):
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "²").mkdir()                    # a stray dir that crashed the end-of-sweep callback
+    proc = cli(["-m", "data.n_samples=300", "trainer.epochs=2", "model.hidden_dim=8", "trainer.lr=1e-3,-1",
+                f"hydra.sweep.dir={sweep_dir}", f"hydra.sweep.subdir={subdir}"], cwd=tmp_path)
+    # trainer.lr=-1 is refused in its job: recorded as failed, the other job runs
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "jobs that did not complete" in proc.stderr and "failed" in proc.stderr
+    found = {read_json(d / records.METRICS_FILE)["status"] for d in job_dirs(sweep_dir)}
+    assert found == {"completed", "failed"}
+
+
+@pytest.mark.slow
+def test_submitit_requeues_a_preempted_job_which_continues_from_its_checkpoint(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    long = ["data.n_samples=2000", "trainer.epochs=30", "trainer.patience=0", "model.hidden_dim=16",
+            "checkpoint_every_s=0", "trainer.threads=1"]
+    sweep_dir = tmp_path / "sweep"
+    proc = start_cli(["-m", *long, "seed=0", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep_dir}"],
+                     tmp_path, tmp_path / "sweep.log")
+    metrics = sweep_dir / "0" / records.METRICS_FILE
+    try:
+        record = wait_until(lambda: (lambda r: r if r and r.get("epochs_run", 0) >= 3 else None)(read_json(metrics)),
+                            TIMEOUT, "epoch 3 of the submitit job")
+        # submitit's pre-emption signal (what SLURM sends before the time limit), to the job's process
+        os.kill(record["provenance"]["pid"], signal.SIGUSR2)
+        assert proc.wait(timeout=TIMEOUT) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    finally:
+        kill_quietly(proc)
+    final = read_json(metrics)
+    assert final["status"] == "completed" and final["resumed_from_epoch"] >= 3
+    from collapse.train import run
+
+    reference = run(long)
+    assert [{k: v for k, v in h.items() if k != "seconds"} for h in final["history"]] == \
+        [{k: v for k, v in h.items() if k != "seconds"} for h in reference.history]
+    assert final["best"] == json.loads(json.dumps(records._finite_or_none(reference.best)))
