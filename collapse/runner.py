@@ -14,7 +14,8 @@ Both entry points (collapse.train's CLI task function and its notebook `run()`) 
 - metrics.json and checkpoint.pt are rewritten during training (every
   `checkpoint_every_s`), so a SIGKILL loses at most that much;
 - SIGINT and SIGTERM are results: the record says `interrupted` and keeps the history
-  and the best weights so far; the exception is then re-raised for the caller;
+  and the best weights so far; the exception is then re-raised for the caller. They
+  wait while a checkpoint is being written (`Interrupts`);
 - torch's thread count and the SIGTERM handler are restored afterwards.
 """
 from __future__ import annotations
@@ -100,24 +101,58 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-@contextmanager
-def _sigterm_raises():
-    """Turn SIGTERM into `Interrupted` while a run trains. Left alone under submitit,
-    which owns the job's signals (it bypasses SIGTERM and checkpoints on its own
-    pre-emption signal, then requeues), and where Python allows no handler (not the
-    main thread)."""
-    if os.environ.get("SUBMITIT_EXECUTOR") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class Interrupts:
+    """While a run trains, in the main thread: SIGINT raises KeyboardInterrupt and SIGTERM
+    raises Interrupted, except inside `deferred()` (a checkpoint being written: torch.save
+    turns an exception raised inside it into a RuntimeError, which would read as a
+    failure), where they wait for the block to end. Under submitit, which owns the job's
+    signals (it bypasses SIGTERM; on its pre-emption signal it requeues the job and exits
+    from the handler), SIGTERM is left alone and that handler is deferred the same way."""
 
-    def handler(signum, frame):
-        raise Interrupted(signum)
+    def __init__(self) -> None:
+        self._depth, self._pending = 0, []
+        self._handlers: dict = {}
+        self._previous: dict = {}
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def __enter__(self) -> "Interrupts":
+        if threading.current_thread() is not threading.main_thread():
+            return self                        # Python allows handlers only there
+        self._handlers[signal.SIGINT] = self._raise
+        if os.environ.get("SUBMITIT_EXECUTOR"):
+            preempt = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+            if preempt is not None and callable(signal.getsignal(preempt)):
+                self._handlers[preempt] = signal.getsignal(preempt)
+        else:
+            self._handlers[signal.SIGTERM] = self._raise
+        for signum in self._handlers:
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    @staticmethod
+    def _raise(signum: int, frame) -> None:
+        raise KeyboardInterrupt if signum == signal.SIGINT else Interrupted(signum)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self._depth:
+            self._pending.append((signum, frame))
+        else:
+            self._handlers[signum](signum, frame)
+
+    @contextmanager
+    def deferred(self):
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if not self._depth and self._pending:
+                signum, frame = self._pending.pop(0)
+                self._pending.clear()
+                self._handlers[signum](signum, frame)
 
 
 def _prior(run_dir: Path, config_hash: Optional[str], resume: bool) -> tuple[Optional[RunRecord], Optional[dict]]:
@@ -195,13 +230,13 @@ def _run_locked(cfg, data, device, record, run_dir, checkpoint, threads, write) 
     previous_threads = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)
-    live: dict = {}                    # the trainer, for the best weights at an interrupt
+    live: dict = {}                    # the trainer (best weights at an interrupt), the interrupts
     started = time.time()
     record.status, record.error, record.traceback = "running", None, None
     record.device, record.threads, record.started_at = device, torch.get_num_threads(), started
     record.provenance = records.provenance()
     try:
-        with _sigterm_raises():
+        with Interrupts() as live["interrupts"]:
             _train(cfg, data, device, record, run_dir, checkpoint, write, live)
     except (KeyboardInterrupt, Interrupted, SystemExit) as e:
         # SystemExit: submitit requeues a pre-empted job by exiting from its signal handler
@@ -270,9 +305,10 @@ def _train(cfg: Config, data: data_lib.PreparedData, device: str, record: RunRec
         record.history, record.epochs_run, record.best_epoch = progress.history, progress.epoch, progress.best_epoch
         if run_dir is not None and time.monotonic() - last_write >= cfg.checkpoint_every_s:
             # checkpoint first: a record never points past the checkpoint it continues from
-            records.save_torch(Path(run_dir) / records.CHECKPOINT_FILE,
-                               {**make_checkpoint(), "ssl_history": record.ssl_history})
-            write()
+            with live["interrupts"].deferred():
+                records.save_torch(Path(run_dir) / records.CHECKPOINT_FILE,
+                                   {**make_checkpoint(), "ssl_history": record.ssl_history})
+                write()
             last_write = time.monotonic()
 
     result = trainer.fit(model, loss_fn, X_train, y_train, w_train if weighted else None, X_val, y_val,

@@ -53,9 +53,10 @@ def planned_jobs(config: DictConfig) -> Optional[list[list[str]]]:
 
 
 _watching_parent = False
+parent_gone = False          # set in a worker whose sweep died: the job in progress exits once recorded
 
 
-def exit_with_parent(poll_s: float = 0.5) -> None:
+def exit_with_parent(poll_s: float = 0.1) -> None:
     """End this (worker) process soon after the process that started it dies.
 
     A loky worker outlives a SIGKILLed sweep: it finishes its job, idles for minutes,
@@ -75,10 +76,12 @@ def exit_with_parent(poll_s: float = 0.5) -> None:
     parent = os.getppid()
 
     def watch() -> None:
+        global parent_gone
         while os.getppid() == parent:
             time.sleep(poll_s)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(10)
+        parent_gone = True
+        os.kill(os.getpid(), signal.SIGTERM)   # collapse.train exits once the job is recorded
+        time.sleep(5)                          # a job stuck in C code: give up on the record
         os._exit(1)
 
     threading.Thread(target=watch, name="collapse-exit-with-parent", daemon=True).start()

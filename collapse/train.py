@@ -73,11 +73,11 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
     """The CLI's (and every sweep job's) side of runner.execute: bad input is one line
     and exit 2 for a single run; in a sweep every failure is recorded and the sweep goes
     on; an interrupt stops the process with 128 + the signal's number."""
+    from collapse import sweep
     from collapse.runner import BAD_INPUT, Interrupted, execute
-    from collapse.sweep import exit_with_parent, threads_per_job
 
     if multirun:
-        exit_with_parent()      # a joblib (loky) worker must not outlive a killed sweep
+        sweep.exit_with_parent()    # a joblib (loky) worker must not outlive a killed sweep
     metrics_path = run_dir / records.METRICS_FILE
     record = RunRecord(overrides=list(overrides), choices=choices, job=job)
     try:
@@ -89,7 +89,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
                 record.error = f"{type(e).__name__}: {_one_line(e)}"
                 record.write(run_dir)
             raise
-        record = execute(typed, record, run_dir, threads=threads_per_job(typed.trainer.threads, launcher),
+        record = execute(typed, record, run_dir, threads=sweep.threads_per_job(typed.trainer.threads, launcher),
                          record_bad_input=multirun)
     except (*BAD_INPUT, OmegaConfBaseException) as e:
         if not multirun:
@@ -103,6 +103,8 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         print(f"collapse: interrupted by {signal.Signals(signum).name}: recorded in {metrics_path}",
               file=sys.stderr)
+        if sweep.parent_gone:       # an orphaned joblib worker: nobody is left to report to
+            os._exit(128 + signum)
         raise SystemExit(128 + signum) from None
     except Exception as e:  # noqa: BLE001 - recorded by execute; a sweep goes on
         log.error(f"run failed: {type(e).__name__}: {e}")

@@ -179,6 +179,64 @@ def test_whole_sweep_killed_repeatedly_then_resumed_equals_an_uninterrupted_swee
     assert results(sweep_dir) == results(reference_sweep), f"seed {seed}, rounds {seen}"
 
 
+# long enough (25 epochs) that a joblib worker, which notices its sweep's death within
+# a tenth of a second, is still mid-job when it does
+MID_RUN = ("data.n_samples=3000", "trainer.epochs=25", "trainer.patience=0", "model.hidden_dim=16",
+           "checkpoint_every_s=0")
+
+
+@pytest.mark.slow
+@needs_proc
+@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+def test_sweep_sigtermed_and_sigkilled_mid_run_resumes_from_checkpoints_to_the_same_result(tmp_path, launcher):
+    """SIGTERM (pre-emption) lands while a job is past its second epoch: the job records
+    `interrupted`; a resume SIGKILLed at a random point; the last resume continues the
+    interrupted jobs from their checkpoints and ends equal to an uninterrupted sweep."""
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    extra = (*MID_RUN, *(JOBLIB if launcher == "joblib" else ()))
+    reference = tmp_path / "reference"
+    proc = cli(sweep_args(reference, *MID_RUN), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep_dir = tmp_path / "sweep"
+    kept: dict = {}
+    interrupted: dict = {}              # job -> epochs it had finished when SIGTERM landed
+    for round_, sig in enumerate((signal.SIGTERM, signal.SIGKILL)):
+        proc = start_cli(sweep_args(sweep_dir, *extra, *(["resume=true"] if round_ else [])), tmp_path,
+                         tmp_path / f"round{round_}.log")
+        try:
+            def past_epoch_2():
+                return [n for n in range(N_SWEEP_JOBS)
+                        if (r := read_json(sweep_dir / str(n) / "metrics.json")) and r["status"] == "running"
+                        and 2 <= r.get("epochs_run", 0) <= 8 and n not in kept]
+            wait_until(lambda: proc.poll() is not None or past_epoch_2(), TIMEOUT, f"round {round_}: epoch 2")
+            time.sleep(rng.uniform(0.0, 0.05))
+            tree = descendants(proc.pid)
+            if proc.poll() is None:
+                os.kill(proc.pid, sig)
+            proc.wait(timeout=TIMEOUT)
+            wait_gone(tree, f"round {round_}: the killed sweep's processes")
+        finally:
+            kill_quietly(proc)
+        assert_unchanged(sweep_dir, kept, f"round {round_} (seed {seed})")
+        kept.update(completed_fingerprints(sweep_dir))
+        state = statuses(sweep_dir)
+        if sig == signal.SIGTERM:
+            # the job past epoch 2 (joblib: and the other worker's, which may have just begun)
+            interrupted = {n: len(read_json(sweep_dir / str(n) / "metrics.json")["history"])
+                           for n, s in state.items() if s == "interrupted"}
+            interrupted = {n: epochs for n, epochs in interrupted.items() if epochs >= 2}
+            assert interrupted, f"SIGTERM left no interrupted record past epoch 2: {state} (seed {seed})"
+            assert all((sweep_dir / str(n) / records.CHECKPOINT_FILE).exists() for n in interrupted)
+    resumed = cli(sweep_args(sweep_dir, *extra, "resume=true"), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_unchanged(sweep_dir, kept, f"final resume (seed {seed})")
+    assert results(sweep_dir) == results(reference), f"seed {seed}"
+    resumed_from = {n: read_json(sweep_dir / str(n) / "metrics.json")["resumed_from_epoch"] for n in interrupted}
+    assert all(epoch is not None and epoch >= interrupted[n] for n, epoch in resumed_from.items()), \
+        (resumed_from, interrupted)
+
+
 # A writer looping over the same target, killed at random moments. The payload's size
 # changes every write, so a torn file cannot pass for a whole one.
 WRITER = """

@@ -145,3 +145,18 @@ def test_config_values_are_recorded_as_resolved_and_interpolations_are_documente
     assert "study=${oc.env:COLLAPSE_TEST_LABEL}" in record.overrides
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     assert "oc.env" in readme and "trusted code" in readme
+
+
+def test_interrupts_wait_while_a_checkpoint_is_written():
+    from collapse.runner import Interrupted, Interrupts
+
+    with Interrupts() as interrupts:
+        with pytest.raises(Interrupted):
+            with interrupts.deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                written = True                   # the block runs to its end first
+        assert written
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL      # restored
