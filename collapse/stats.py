@@ -1,0 +1,334 @@
+"""Statistics for a sweep: pure functions on numbers and arrays, nothing about jobs.
+
+- `describe`: n, mean, sample SD and the 95% Student-t interval of the finite values.
+- `eta_squared`: one-way share of variance, NaN when all values are equal (a tolerance).
+- `factorial_anova`: the sweep as a factorial design with seeds as replicates: type II
+  sums of squares for every main effect and two-factor interaction the design can
+  estimate, F and p against the pooled within-cell error, eta² and partial eta², and
+  estimated marginal means (EMMs) per level with model-based 95% intervals.
+- `holm`: Holm's step-down adjustment of a family of p-values.
+- `paired_power`, `detectable_difference`, `seeds_needed`: power of a two-sided paired t
+  test from the noncentral t distribution.
+
+Quantiles and tail areas come from scipy.special (stdtrit, fdtrc, nctdtr are the
+functions scipy.stats' t, f and nct call; importing scipy.stats costs ~0.6 s more).
+Undefined is NaN, never 0: one value has no SD and no interval.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import special
+
+ALPHA = 0.05
+POWER = 0.80
+# Values whose spread is below this fraction of their size are "all equal": floating-point
+# noise (0.1 + 0.2 vs 0.3) must not become a share of variance of 1.0.
+REL_TOL = 1e-9
+
+
+def finite(values) -> np.ndarray:
+    """The finite numbers among `values` (None, NaN, inf and non-numbers left out)."""
+    return np.array([float(v) for v in values
+                     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)], dtype=float)
+
+
+def t_quantile(q: float, df: float) -> float:
+    """Student t quantile t_{q, df} (NaN for df < 1... or not finite)."""
+    return float(special.stdtrit(df, q)) if df >= 1 else math.nan
+
+
+def t975(df: float) -> float:
+    """t_{0.975, df}: the 95% two-sided critical value."""
+    return t_quantile(0.975, df)
+
+
+def _negligible(ss: float, x: np.ndarray) -> bool:
+    """A sum of squares that is floating-point noise next to the values' size."""
+    scale = float(np.max(np.abs(x))) if x.size else 0.0
+    return ss <= x.size * (REL_TOL * max(scale, 1e-300)) ** 2
+
+
+def all_equal(values) -> bool:
+    x = finite(values)
+    return x.size > 0 and float(np.ptp(x)) <= REL_TOL * max(float(np.max(np.abs(x))), 1e-300)
+
+
+def describe(values) -> dict:
+    """n, mean, sample SD (n - 1) and the 95% t-interval of the finite values."""
+    x = finite(values)
+    n = int(x.size)
+    mean = float(math.fsum(x) / n) if n else math.nan
+    std = float(math.sqrt(math.fsum((x - mean) ** 2) / (n - 1))) if n > 1 else math.nan
+    half = t975(n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def eta_squared(groups: Sequence[Sequence[float]]) -> float:
+    """SS_between / SS_total of the finite values, grouped; NaN when the values are all
+    equal (SS_total is zero or noise)."""
+    gs = [g for g in (finite(g) for g in groups) if g.size]
+    if not gs or sum(g.size for g in gs) < 2:
+        return math.nan
+    x = np.concatenate(gs)
+    grand = x.mean()
+    ss_total = float(((x - grand) ** 2).sum())
+    if all_equal(x) or _negligible(ss_total, x):
+        return math.nan
+    ss_between = float(sum(g.size * (g.mean() - grand) ** 2 for g in gs))
+    return min(ss_between / ss_total, 1.0)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values (step-down, monotone, capped at 1); NaN stays NaN and
+    does not count as a test."""
+    p = [float(v) if v is not None else math.nan for v in pvalues]
+    order = sorted((i for i, v in enumerate(p) if math.isfinite(v)), key=lambda i: p[i])
+    m, running, out = len(order), 0.0, [math.nan] * len(p)
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+# ---------------------------------------------------------------- power of a paired t test
+
+def paired_power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of the two-sided one-sample (paired) t test of n differences with SD `sd`
+    to detect a mean difference `effect`: P(|T| > t_{1-alpha/2, n-1}) with T noncentral
+    t (df n - 1, noncentrality effect / sd * sqrt(n))."""
+    if n < 2 or not (sd > 0) or not math.isfinite(effect):
+        return math.nan
+    df, nc = n - 1, abs(effect) / sd * math.sqrt(n)
+    crit = t_quantile(1 - alpha / 2, df)
+    return float(1 - special.nctdtr(df, nc, crit) + special.nctdtr(df, nc, -crit))
+
+
+def detectable_difference(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest mean difference that n pairs with SD `sd` detect with `power`
+    (two-sided, level alpha); NaN when n < 2 or the SD is undefined or zero."""
+    if n < 2 or not (isinstance(sd, float) or isinstance(sd, int)) or not (sd > 0) or not math.isfinite(sd):
+        return math.nan
+    lo, hi = 0.0, sd
+    while paired_power(hi, sd, n, alpha) < power:
+        hi *= 2
+        if hi > 1e6 * sd:
+            return math.nan
+    for _ in range(80):        # bisection on a monotone function: 80 halvings reach machine precision
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if paired_power(mid, sd, n, alpha) < power else (lo, mid)
+    return hi
+
+
+def seeds_needed(effect: float, sd: float, alpha: float = ALPHA, power: float = POWER,
+                 max_n: int = 100_000) -> Optional[int]:
+    """The fewest pairs (seeds) with which a paired t test detects `effect` with `power`;
+    None when the SD is undefined or zero, or more than max_n would be needed."""
+    if not (sd > 0) or not math.isfinite(sd) or not effect:
+        return None
+    lo, hi = 2, 2
+    while paired_power(effect, sd, hi, alpha) < power:
+        lo, hi = hi, hi * 2
+        if hi > max_n:
+            return None
+    while lo < hi:             # the smallest n in [lo, hi] with enough power
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if paired_power(effect, sd, mid, alpha) < power else (lo, mid)
+    return lo
+
+
+# ---------------------------------------------------------------- the factorial model
+
+def _coding(n_levels: int) -> np.ndarray:
+    """Sum-to-zero (deviation) coding: level i -> row i of an L x (L - 1) matrix."""
+    if n_levels < 2:
+        return np.zeros((n_levels, 0))
+    return np.vstack([np.eye(n_levels - 1), -np.ones((1, n_levels - 1))])
+
+
+def _term_columns(codes: list[np.ndarray], idx: np.ndarray, term: tuple) -> np.ndarray:
+    """Design columns of a term (a tuple of factor positions) for rows of level indices."""
+    cols = np.ones((idx.shape[0], 1))
+    for f in term:
+        block = codes[f][idx[:, f]]
+        cols = (cols[:, :, None] * block[:, None, :]).reshape(idx.shape[0], -1)
+    return cols
+
+
+def _design(codes, idx, terms) -> np.ndarray:
+    return np.hstack([np.ones((idx.shape[0], 1)), *(_term_columns(codes, idx, t) for t in terms)])
+
+
+def _fit(X: np.ndarray, y: np.ndarray) -> tuple[float, int]:
+    """(residual sum of squares, rank) of the least-squares fit of y on X."""
+    if X.shape[1] == 0:
+        return float((y ** 2).sum()), 0
+    beta, _, rank, _ = np.linalg.lstsq(X, y, rcond=None)
+    resid = y - X @ beta
+    return float(resid @ resid), int(rank)
+
+
+def _contains(term: tuple, sub: tuple) -> bool:
+    return set(sub) <= set(term)
+
+
+def factorial_anova(y, levels, n_levels: Sequence[int], alpha: float = ALPHA) -> dict:
+    """Type II ANOVA and EMMs of a factorial design.
+
+    y: (n,) responses (finite). levels: (n, k) integer level index of each run for each
+    factor. n_levels: the number of levels of each factor (the grid, empty cells included).
+
+    Model: main effects plus every two-factor interaction, each tested by type II: its
+    sum of squares is RSS(terms that do not contain it) - RSS(the same plus it), which
+    depends neither on the order of the factors nor on the imbalance. The error is the
+    pooled within-cell variance (the residual of the cell-means model, df = n - cells with
+    runs); when no cell has two runs, the residual of the largest model that leaves
+    degrees of freedom (main effects + interactions, else main effects) stands in for it.
+    An interaction is left out when the design cannot estimate it (df 0).
+
+    EMM of a level: the model's cell means averaged, unweighted, over the other factors'
+    cells. With every cell observed this is the mean of the cell means (cell-means model);
+    with empty cells it is the prediction of the main-effects + interactions model (or
+    the main-effects model when that cannot estimate it). Its 95% interval is
+    EMM +- t_{0.975, df_error} * sqrt(MS_error * c (X'X)^+ c').
+
+    Returns {"n", "ss_total", "error": {source, df, ss, ms}, "terms": [{factors, df, ss,
+    ms, f, p, eta_sq, partial_eta_sq}], "cells": {df, ss, share, within_share},
+    "emms": [per factor: [{n, mean, se, ci_low, ci_high}]], "emm_model", "notes"}.
+    """
+    y = np.asarray(y, dtype=float)
+    idx = np.asarray(levels, dtype=int).reshape(len(y), -1)
+    k, n = idx.shape[1], len(y)
+    n_levels = [int(v) for v in n_levels]
+    codes = [_coding(L) for L in n_levels]
+    notes: list[str] = []
+    out = {"n": n, "ss_total": math.nan, "error": {"source": None, "df": 0, "ss": math.nan, "ms": math.nan},
+           "terms": [], "cells": {"df": 0, "ss": math.nan, "share": math.nan, "within_share": math.nan},
+           "emms": [[_undefined_emm(int((idx[:, f] == lv).sum())) for lv in range(n_levels[f])] for f in range(k)],
+           "emm_model": None, "notes": notes}
+    if n < 2:
+        return out
+    grand = float(y.mean())
+    ss_total = float(((y - grand) ** 2).sum())
+    if all_equal(y) or _negligible(ss_total, y):
+        ss_total = 0.0
+    out["ss_total"] = ss_total
+
+    # the cell-means model: its residual is the pooled within-cell error
+    cell_keys, cell_of = np.unique(idx, axis=0, return_inverse=True)
+    cell_of = cell_of.reshape(-1)
+    n_cells = len(cell_keys)
+    counts = np.bincount(cell_of, minlength=n_cells)
+    cell_means = np.bincount(cell_of, weights=y, minlength=n_cells) / counts
+    ss_within = float(((y - cell_means[cell_of]) ** 2).sum())
+    df_within = n - n_cells
+    ss_cells = max(ss_total - ss_within, 0.0)
+    out["cells"] = {"df": n_cells - 1, "ss": ss_cells,
+                    "share": ss_cells / ss_total if ss_total > 0 else math.nan,
+                    "within_share": ss_within / ss_total if ss_total > 0 and df_within > 0 else math.nan}
+
+    mains = [(f,) for f in range(k) if n_levels[f] > 1]
+    pairs = [(a, b) for (a,), (b,) in itertools.combinations(mains, 2)]
+    X_full = _design(codes, idx, mains + pairs)
+    rss_full, rank_full = _fit(X_full, y)
+    if df_within > 0:
+        model, error = mains + pairs, {"source": "within cells", "df": df_within, "ss": ss_within}
+    elif n - rank_full > 0:
+        model, error = mains + pairs, {"source": "residual (no cell has two runs)", "df": n - rank_full,
+                                       "ss": rss_full}
+        notes.append("no cell has two runs: the error is the residual of the model, "
+                     "which assumes the interactions it leaves out are zero")
+    else:
+        X_main = _design(codes, idx, mains)
+        rss_main, rank_main = _fit(X_main, y)
+        model = mains
+        error = {"source": "residual of the main-effects model (no cell has two runs)", "df": n - rank_main,
+                 "ss": rss_main}
+        notes.append("no cell has two runs: the error is the residual of the main-effects model, "
+                     "which takes the interactions for noise")
+    error["ms"] = error["ss"] / error["df"] if error["df"] > 0 else math.nan
+    if error["df"] > 0 and _negligible(error["ss"], y):
+        error["ss"], error["ms"] = 0.0, 0.0
+    out["error"] = error
+
+    # type II: each term against the model of every term that does not contain it
+    cache: dict[tuple, tuple[float, int]] = {}
+
+    def fit(terms: tuple) -> tuple[float, int]:
+        if terms not in cache:
+            cache[terms] = _fit(_design(codes, idx, list(terms)), y)
+        return cache[terms]
+
+    for term in model:
+        reduced = tuple(t for t in model if not _contains(t, term))
+        rss_r, rank_r = fit(reduced)
+        rss_f, rank_f = fit(reduced + (term,))
+        df = rank_f - rank_r
+        if df == 0:
+            if len(term) == 2:
+                continue        # not estimable from these cells
+        ss = max(rss_r - rss_f, 0.0)
+        if _negligible(ss, y):
+            ss = 0.0
+        ms = ss / df if df else math.nan
+        f_stat = ms / error["ms"] if error["df"] > 0 and error["ms"] > 0 else math.nan
+        p = float(special.fdtrc(df, error["df"], f_stat)) if math.isfinite(f_stat) else math.nan
+        out["terms"].append({
+            "factors": list(term), "df": df, "ss": ss, "ms": ms, "f": f_stat, "p": p,
+            "eta_sq": ss / ss_total if ss_total > 0 else math.nan,
+            "partial_eta_sq": ss / (ss + error["ss"]) if (ss + error["ss"]) > 0 else math.nan})
+
+    out["emms"], out["emm_model"] = _emms(codes, idx, y, n_levels, mains, pairs, counts, error, alpha, notes)
+    return out
+
+
+def _undefined_emm(n: int) -> dict:
+    return {"n": n, "mean": math.nan, "se": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+
+
+def _emms(codes, idx, y, n_levels, mains, pairs, counts, error, alpha, notes):
+    """EMMs per factor level (see factorial_anova), from the first model that estimates them."""
+    k = idx.shape[1]
+    grid = np.array(list(itertools.product(*(range(L) for L in n_levels))), dtype=int).reshape(-1, k)
+    full_grid = len(counts) == len(grid)
+    crit = t_quantile(1 - alpha / 2, error["df"]) if error["df"] > 0 else math.nan
+    candidates = []
+    if full_grid:
+        candidates.append(("cell means", None))
+    candidates += [("main effects + two-factor interactions", mains + pairs), ("main effects", mains)]
+    for name, terms in candidates:
+        if terms is None:   # every cell observed: the cell-means model, exactly
+            X = np.zeros((len(y), len(grid)))
+            cell_index = {tuple(c): i for i, c in enumerate(grid)}
+            X[np.arange(len(y)), [cell_index[tuple(r)] for r in idx]] = 1.0
+            G = np.eye(len(grid))
+        else:
+            X, G = _design(codes, idx, terms), _design(codes, grid, terms)
+        pinv = np.linalg.pinv(X)
+        beta = pinv @ y
+        xtx_pinv = pinv @ pinv.T
+        projector = pinv @ X
+        result, ok = [], True
+        for f in range(k):
+            rows = []
+            for lv in range(n_levels[f]):
+                c = G[grid[:, f] == lv].mean(axis=0)
+                if not np.allclose(c @ projector, c, atol=1e-8):
+                    ok = False
+                    break
+                mean = float(c @ beta)
+                se = math.sqrt(max(float(c @ xtx_pinv @ c), 0.0) * error["ms"]) if error["df"] > 0 else math.nan
+                rows.append({"n": int((idx[:, f] == lv).sum()), "mean": mean, "se": se,
+                             "ci_low": mean - crit * se, "ci_high": mean + crit * se})
+            if not ok:
+                break
+            result.append(rows)
+        if ok:
+            if name != "cell means":
+                notes.append(f"some cells have no runs: the EMMs are predictions of the {name} model")
+            return result, name
+    notes.append("the EMMs cannot be estimated from the cells that have runs")
+    return [[_undefined_emm(int((idx[:, f] == lv).sum())) for lv in range(n_levels[f])] for f in range(k)], None
