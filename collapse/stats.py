@@ -200,8 +200,8 @@ def factorial_anova(y, levels, n_levels: Sequence[int], alpha: float = ALPHA) ->
     "emms": [per factor: [{n, mean, se, ci_low, ci_high}]], "emm_model", "notes"}.
     """
     y = np.asarray(y, dtype=float)
-    idx = np.asarray(levels, dtype=int).reshape(len(y), -1)
-    k, n = idx.shape[1], len(y)
+    k, n = len(n_levels), len(y)
+    idx = np.asarray(levels, dtype=int).reshape(n, k)
     n_levels = [int(v) for v in n_levels]
     codes = [_coding(L) for L in n_levels]
     notes: list[str] = []
@@ -332,3 +332,16 @@ def _emms(codes, idx, y, n_levels, mains, pairs, counts, error, alpha, notes):
             return result, name
     notes.append("the EMMs cannot be estimated from the cells that have runs")
     return [[_undefined_emm(int((idx[:, f] == lv).sum())) for lv in range(n_levels[f])] for f in range(k)], None
+
+
+def paired_t(differences) -> dict:
+    """describe() of the finite differences plus the two-sided one-sample t test of mean 0
+    (`p`; NaN with fewer than 2 differences or when they are all equal: no noise to test
+    against)."""
+    out = describe(differences)
+    out["p"] = math.nan
+    x = finite(differences)
+    if out["n"] > 1 and not all_equal(x) and out["std"] > 0:
+        t = out["mean"] / (out["std"] / math.sqrt(out["n"]))
+        out["p"] = float(2 * special.stdtr(out["n"] - 1, -abs(t)))
+    return out

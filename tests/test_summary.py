@@ -144,7 +144,7 @@ def test_factors_baseline_and_cell_statistics(grid_summary):
     assert base["metrics"]["test.r2"]["mean"] == pytest.approx(0.35)
     assert base["metrics"]["val.variance_ratio"]["mean"] == pytest.approx(0.6)
     assert base["metrics"]["val.rmse"]["mean"] == pytest.approx(0.6)
-    assert base["diagnosis"] == {"healthy": 1, "collapsed": 1, "no_signal": 1}
+    assert base["diagnosis"] == {"healthy": 1, "collapsed": 1, "no_signal": 1, "inflated": 0, "inconclusive": 0}
     assert base["collapse_rate"] == pytest.approx(1 / 3)             # the "collapsed" label
     assert cell(s, 1, 0.5)["collapse_rate"] == pytest.approx(1 / 3)  # ratio 0.05 < 0.1
     assert cell(s, 1, 0.0)["collapse_rate"] == 0.0
@@ -279,7 +279,7 @@ def test_every_problem_is_reported_and_the_rest_summarised(tmp_path):
     assert cell(s, 1, 0.0)["metrics"]["val.r2"]["mean"] == pytest.approx(0.70)
     c = cell(s, 1, 0.5)
     assert (c["counts"]["running"], c["counts"]["interrupted"], c["counts"]["missing"], c["n_results"]) == (1, 1, 1, 0)
-    assert c["verdict"] == "n/a"
+    assert c["verdict"] == "incomplete" and c["incomplete"] and c["rank"] is None   # no results: no verdict
     base = cell(s, 7, 0.0)                      # job 6 failed, 7 absent, 8 diverged: counted, no statistics
     assert (base["counts"]["failed"], base["counts"]["missing"], base["counts"]["diverged"]) == (1, 1, 1)
     assert base["n_results"] == 0 and math.isnan(base["metrics"]["val.r2"]["mean"])
@@ -292,6 +292,7 @@ def test_every_problem_is_reported_and_the_rest_summarised(tmp_path):
 
 def test_hydra_files_in_another_layout_are_parsed_whole(tmp_path):
     job = write_job(tmp_path / "sweep", 0, ["model=gru", "seed=0"], {"model": "gru"})
+    (job / "metrics.json").unlink()       # .hydra/ is read only for a job without a record
     (job / ".hydra" / "hydra.yaml").write_text("{hydra: {job: {num: 0}, runtime: {choices: {model: gru, ssl: 'off'}}}}\n")
     (job / ".hydra" / "overrides.yaml").write_text("- model=gru\n- 'seed=0'  # quoted, commented\n")
     parsed = summary_mod.read_job(job)
@@ -358,7 +359,8 @@ def test_cli_into_a_closed_pipe_exits_without_a_traceback(tmp_path):
 def test_tables_only_import_no_heavy_modules(tmp_path):
     sweep = make_grid(tmp_path / "sweep")
     code = ("import sys; from collapse.summary import summarize; summarize(sys.argv[1], plots=False); "
-            "print(sorted(m for m in ('matplotlib', 'scipy', 'sklearn', 'torch', 'hydra') if m in sys.modules))")
+            "print(sorted(m for m in ('matplotlib', 'scipy.stats', 'statsmodels', 'pandas', 'sklearn', 'torch', "
+            "'hydra') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code, str(sweep)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
@@ -367,7 +369,7 @@ def test_tables_only_import_no_heavy_modules(tmp_path):
 def test_plots_are_pngs(tmp_path):
     sweep = make_grid(tmp_path / "sweep")
     s = summarize(sweep, plots=True)
-    pngs = ["summary_heatmap.png", "summary_main_effects.png", "summary_curves.png"]
+    pngs = ["summary_heatmap.png", "summary_interaction.png", "summary_main_effects.png", "summary_curves.png"]
     assert [f for f in s["files"] if f.endswith(".png")] == pngs
     for name in pngs:
         assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
