@@ -197,7 +197,8 @@ def factorial_anova(y, levels, n_levels: Sequence[int], alpha: float = ALPHA) ->
 
     Returns {"n", "ss_total", "error": {source, df, ss, ms}, "terms": [{factors, df, ss,
     ms, f, p, eta_sq, partial_eta_sq}], "cells": {df, ss, share, within_share},
-    "emms": [per factor: [{n, mean, se, ci_low, ci_high}]], "emm_model", "notes"}.
+    "emms": [per factor: [{n, mean, se, ci_low, ci_high, vs_first: {mean, se, ci_low,
+    ci_high}}]], "emm_model", "notes"}; vs_first is the level's EMM minus the first level's.
     """
     y = np.asarray(y, dtype=float)
     k, n = len(n_levels), len(y)
@@ -286,7 +287,8 @@ def factorial_anova(y, levels, n_levels: Sequence[int], alpha: float = ALPHA) ->
 
 
 def _undefined_emm(n: int) -> dict:
-    return {"n": n, "mean": math.nan, "se": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    nan = {"mean": math.nan, "se": math.nan, "ci_low": math.nan, "ci_high": math.nan}
+    return {"n": n, **nan, "vs_first": dict(nan)}
 
 
 def _emms(codes, idx, y, n_levels, mains, pairs, counts, error, alpha, notes):
@@ -314,15 +316,22 @@ def _emms(codes, idx, y, n_levels, mains, pairs, counts, error, alpha, notes):
         result, ok = [], True
         for f in range(k):
             rows = []
+
+            def estimate(c):
+                mean = float(c @ beta)
+                se = math.sqrt(max(float(c @ xtx_pinv @ c), 0.0) * error["ms"]) if error["df"] > 0 else math.nan
+                return {"mean": mean, "se": se, "ci_low": mean - crit * se, "ci_high": mean + crit * se}
+
+            first = G[grid[:, f] == 0].mean(axis=0)
             for lv in range(n_levels[f]):
                 c = G[grid[:, f] == lv].mean(axis=0)
                 if not np.allclose(c @ projector, c, atol=1e-8):
                     ok = False
                     break
-                mean = float(c @ beta)
-                se = math.sqrt(max(float(c @ xtx_pinv @ c), 0.0) * error["ms"]) if error["df"] > 0 else math.nan
-                rows.append({"n": int((idx[:, f] == lv).sum()), "mean": mean, "se": se,
-                             "ci_low": mean - crit * se, "ci_high": mean + crit * se})
+                # the level's EMM, and its difference from the first level's (a contrast
+                # of the same model: its interval is not that of two separate EMMs)
+                rows.append({"n": int((idx[:, f] == lv).sum()), **estimate(c),
+                             "vs_first": estimate(c - first)})
             if not ok:
                 break
             result.append(rows)

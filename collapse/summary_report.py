@@ -137,12 +137,15 @@ def _md_table(headers, rows) -> list[str]:
 
 
 def _effect_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
-    headers = ["factor", "level", "n", "val R² EMM (95% CI)", "val var ratio EMM (95% CI)"]
+    headers = ["factor", "level", "n", "val R² EMM (95% CI)", "Δ vs first level", "val var ratio EMM (95% CI)",
+               "Δ vs first level"]
     rows = []
     for e in summary["main_effects"]:
         for i, lvl in enumerate(e["levels"]):
-            rows.append([e["factor"] if i == 0 else "", str(lvl["value"]), str(lvl["val.r2"]["n"]),
-                         _mean_ci(lvl["val.r2"]), _mean_ci(lvl["val.variance_ratio"])])
+            r2, ratio = lvl["val.r2"], lvl["val.variance_ratio"]
+            rows.append([e["factor"] if i == 0 else "", str(lvl["value"]), str(r2["n"]),
+                         _mean_ci(r2), _mean_ci(r2["vs_first"], "+") if i else "",
+                         _mean_ci(ratio), _mean_ci(ratio["vs_first"], "+") if i else ""])
     return headers, rows
 
 
