@@ -16,6 +16,7 @@ Undefined is NaN, never 0: one value has no SD and no interval.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Optional, Sequence
@@ -110,16 +111,23 @@ def paired_power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> floa
 def detectable_difference(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float:
     """The smallest mean difference that n pairs with SD `sd` detect with `power`
     (two-sided, level alpha); NaN when n < 2 or the SD is undefined or zero."""
-    if n < 2 or not (isinstance(sd, float) or isinstance(sd, int)) or not (sd > 0) or not math.isfinite(sd):
+    if n < 2 or not isinstance(sd, (int, float)) or not (sd > 0) or not math.isfinite(sd):
         return math.nan
-    lo, hi = 0.0, sd
-    while paired_power(hi, sd, n, alpha) < power:
-        hi *= 2
-        if hi > 1e6 * sd:
+    return sd * _detectable_d(int(n), alpha, power)
+
+
+@functools.lru_cache(maxsize=None)
+def _detectable_d(n: int, alpha: float, power: float) -> float:
+    """The standardized difference (mean / SD) that n pairs detect: the power depends on
+    nothing else, so one bisection serves every cell with n pairs."""
+    lo, hi = 0.0, 1.0
+    while paired_power(hi, 1.0, n, alpha) < power:
+        lo, hi = hi, hi * 2
+        if hi > 1e6:
             return math.nan
-    for _ in range(80):        # bisection on a monotone function: 80 halvings reach machine precision
+    for _ in range(60):        # bisection on a monotone function, to ~1e-18 of the bracket
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if paired_power(mid, sd, n, alpha) < power else (lo, mid)
+        lo, hi = (mid, hi) if paired_power(mid, 1.0, n, alpha) < power else (lo, mid)
     return hi
 
 
@@ -231,10 +239,22 @@ def factorial_anova(y, levels, n_levels: Sequence[int], alpha: float = ALPHA) ->
                     "share": ss_cells / ss_total if ss_total > 0 else math.nan,
                     "within_share": ss_within / ss_total if ss_total > 0 and df_within > 0 else math.nan}
 
+    # Every model here is constant within a cell, so it is fitted to the cell means
+    # weighted by sqrt(n): RSS = SS_within + the weighted residual of the cell means (the
+    # same numbers as a fit to the runs, on 60 rows instead of 1,000).
+    root_n = np.sqrt(counts)
+    y_cells = cell_means * root_n
+
+    def weighted(rows: np.ndarray, terms) -> np.ndarray:
+        return _design(codes, rows, terms) * root_n[:, None]
+
+    def fit(terms) -> tuple[float, int]:
+        rss, rank = _fit(weighted(cell_keys, list(terms)), y_cells)
+        return ss_within + rss, rank
+
     mains = [(f,) for f in range(k) if n_levels[f] > 1]
     pairs = [(a, b) for (a,), (b,) in itertools.combinations(mains, 2)]
-    X_full = _design(codes, idx, mains + pairs)
-    rss_full, rank_full = _fit(X_full, y)
+    rss_full, rank_full = fit(mains + pairs)
     if df_within > 0:
         model, error = mains + pairs, {"source": "within cells", "df": df_within, "ss": ss_within}
     elif n - rank_full > 0:
@@ -243,8 +263,7 @@ def factorial_anova(y, levels, n_levels: Sequence[int], alpha: float = ALPHA) ->
         notes.append("no cell has two runs: the error is the residual of the model, "
                      "which assumes the interactions it leaves out are zero")
     else:
-        X_main = _design(codes, idx, mains)
-        rss_main, rank_main = _fit(X_main, y)
+        rss_main, rank_main = fit(mains)
         model = mains
         error = {"source": "residual of the main-effects model (no cell has two runs)", "df": n - rank_main,
                  "ss": rss_main}
@@ -258,15 +277,15 @@ def factorial_anova(y, levels, n_levels: Sequence[int], alpha: float = ALPHA) ->
     # type II: each term against the model of every term that does not contain it
     cache: dict[tuple, tuple[float, int]] = {}
 
-    def fit(terms: tuple) -> tuple[float, int]:
+    def cached_fit(terms: tuple) -> tuple[float, int]:
         if terms not in cache:
-            cache[terms] = _fit(_design(codes, idx, list(terms)), y)
+            cache[terms] = fit(terms)
         return cache[terms]
 
     for term in model:
         reduced = tuple(t for t in model if not _contains(t, term))
-        rss_r, rank_r = fit(reduced)
-        rss_f, rank_f = fit(reduced + (term,))
+        rss_r, rank_r = cached_fit(reduced)
+        rss_f, rank_f = cached_fit(reduced + (term,))
         df = rank_f - rank_r
         if df == 0:
             if len(term) == 2:
@@ -282,7 +301,8 @@ def factorial_anova(y, levels, n_levels: Sequence[int], alpha: float = ALPHA) ->
             "eta_sq": ss / ss_total if ss_total > 0 else math.nan,
             "partial_eta_sq": ss / (ss + error["ss"]) if (ss + error["ss"]) > 0 else math.nan})
 
-    out["emms"], out["emm_model"] = _emms(codes, idx, y, n_levels, mains, pairs, counts, error, alpha, notes)
+    out["emms"], out["emm_model"] = _emms(codes, idx, cell_keys, y_cells, root_n, n_levels, mains, pairs, error,
+                                          alpha, notes)
     return out
 
 
@@ -291,11 +311,12 @@ def _undefined_emm(n: int) -> dict:
     return {"n": n, **nan, "vs_first": dict(nan)}
 
 
-def _emms(codes, idx, y, n_levels, mains, pairs, counts, error, alpha, notes):
-    """EMMs per factor level (see factorial_anova), from the first model that estimates them."""
+def _emms(codes, idx, cell_keys, y_cells, root_n, n_levels, mains, pairs, error, alpha, notes):
+    """EMMs per factor level (see factorial_anova), from the first model that estimates
+    them; fitted to the sqrt(n)-weighted cell means (X'X is the same as over the runs)."""
     k = idx.shape[1]
     grid = np.array(list(itertools.product(*(range(L) for L in n_levels))), dtype=int).reshape(-1, k)
-    full_grid = len(counts) == len(grid)
+    full_grid = len(cell_keys) == len(grid)
     crit = t_quantile(1 - alpha / 2, error["df"]) if error["df"] > 0 else math.nan
     candidates = []
     if full_grid:
@@ -303,14 +324,15 @@ def _emms(codes, idx, y, n_levels, mains, pairs, counts, error, alpha, notes):
     candidates += [("main effects + two-factor interactions", mains + pairs), ("main effects", mains)]
     for name, terms in candidates:
         if terms is None:   # every cell observed: the cell-means model, exactly
-            X = np.zeros((len(y), len(grid)))
             cell_index = {tuple(c): i for i, c in enumerate(grid)}
-            X[np.arange(len(y)), [cell_index[tuple(r)] for r in idx]] = 1.0
+            X = np.zeros((len(cell_keys), len(grid)))
+            X[np.arange(len(cell_keys)), [cell_index[tuple(r)] for r in cell_keys]] = 1.0
             G = np.eye(len(grid))
         else:
-            X, G = _design(codes, idx, terms), _design(codes, grid, terms)
+            X, G = _design(codes, cell_keys, terms), _design(codes, grid, terms)
+        X = X * root_n[:, None]
         pinv = np.linalg.pinv(X)
-        beta = pinv @ y
+        beta = pinv @ y_cells
         xtx_pinv = pinv @ pinv.T
         projector = pinv @ X
         result, ok = [], True
