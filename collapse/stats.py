@@ -64,6 +64,8 @@ def describe(values) -> dict:
     n = int(x.size)
     mean = float(math.fsum(x) / n) if n else math.nan
     std = float(math.sqrt(math.fsum((x - mean) ** 2) / (n - 1))) if n > 1 else math.nan
+    if n > 1 and all_equal(x):
+        std = 0.0           # equal values: no spread, not floating-point noise
     half = t975(n - 1) * std / math.sqrt(n) if n > 1 else math.nan
     return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
 

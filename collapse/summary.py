@@ -133,7 +133,8 @@ def _plan(jobs: list[Job], placed: list[Job], planned: Optional[list], factors: 
         for cell in grid:
             seeds_by_cell[cell] = set(seeds) if full_grid else {j.seed for j in placed
                                                                  if _cell_of(j.settings, factors) == cell}
-        top = max(max(nums) + 1 if nums else 0, len(grid) * len(seeds) if full_grid else 0)
+        # (only where jobs are numbered: without numbers there are no gaps to see)
+        top = max(max(nums) + 1, len(grid) * len(seeds) if full_grid else 0) if nums else 0
         absent = [n for n in range(top) if n not in nums]
         problems += [(n, f"job {n}: {sweep_dir / str(n)}: missing (no job directory)") for n in absent]
         if absent:

@@ -82,7 +82,8 @@ def _mean_ci(stats: dict, sign: str = "", n_of: int = None) -> str:
     if not math.isfinite(stats["mean"]):
         return "—"
     half = (stats["ci_high"] - stats["ci_low"]) / 2
-    text = f"{stats['mean']:{sign}.3f}" + (f" ± {half:.3f}" if math.isfinite(half) else "")
+    mean = stats["mean"] if round(stats["mean"], 3) != 0 else 0.0      # no "-0.000"
+    text = f"{mean:{sign}.3f}" + (f" ± {half:.3f}" if math.isfinite(half) else "")
     n = stats.get("n", stats.get("n_pairs"))
     return text + (f" (n {n})" if n_of is not None and n is not None and n < n_of else "")
 

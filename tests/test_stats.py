@@ -136,3 +136,26 @@ def test_power_matches_statsmodels():
         assert stats.seeds_needed(effect, sd) == math.ceil(n)
     assert math.isnan(stats.detectable_difference(float("nan"), 5)) and math.isnan(stats.detectable_difference(0.1, 1))
     assert stats.seeds_needed(0.05, 0.0) is None
+
+
+def test_three_factors_match_statsmodels_full_factorial_type2():
+    # main effects and two-factor interactions of the 3-factor model, against the pooled
+    # within-cell error (the residual of C(a) * C(b) * C(c))
+    pd = pytest.importorskip("pandas")
+    smf = pytest.importorskip("statsmodels.formula.api")
+    anova_lm = pytest.importorskip("statsmodels.stats.anova").anova_lm
+    rng = np.random.default_rng(3)
+    rows = [(a, b, c, 0.2 * a - 0.1 * b * c + 0.05 * a * c + rng.normal(0, 0.1))
+            for a in range(2) for b in range(3) for c in range(2) for _ in range(1 + (a + b + c) % 3)]
+    data = pd.DataFrame(rows, columns=["a", "b", "c", "y"])
+    table = anova_lm(smf.ols("y ~ C(a, Sum) * C(b, Sum) * C(c, Sum)", data).fit(), typ=2)
+    r = stats.factorial_anova(data.y.to_numpy(), data[["a", "b", "c"]].to_numpy(), [2, 3, 2])
+    names = {(0,): "C(a, Sum)", (1,): "C(b, Sum)", (2,): "C(c, Sum)", (0, 1): "C(a, Sum):C(b, Sum)",
+             (0, 2): "C(a, Sum):C(c, Sum)", (1, 2): "C(b, Sum):C(c, Sum)"}
+    assert len(r["terms"]) == 6
+    for t in r["terms"]:
+        row = names[tuple(t["factors"])]
+        assert t["ss"] == pytest.approx(table.loc[row, "sum_sq"], rel=1e-9)
+        assert t["f"] == pytest.approx(table.loc[row, "F"], rel=1e-9)
+        assert t["p"] == pytest.approx(table.loc[row, "PR(>F)"], rel=1e-7)
+    assert r["error"]["df"] == table.loc["Residual", "df"]

@@ -634,3 +634,21 @@ def test_unwritable_out_dir_still_prints_its_summary(tmp_path):
     proc = _cli(sweep, "--no-plots", "--out", blocker / "sub", cwd=tmp_path)
     assert proc.returncode == 0 and "rank" in proc.stdout
     assert proc.stdout.rstrip().splitlines()[-1].startswith("note: could not write the summary files in")
+
+
+def test_three_factors_with_an_empty_cell(tmp_path):
+    sweep, num = tmp_path / "sweep", 0
+    for a in (1, 2):
+        for b in ("x", "y"):
+            for c in (0.1, 0.3):
+                for seed in range(2):
+                    if (a, b, c) != (2, "y", 0.3):
+                        write_job(sweep, num, [f"a={a}", f"b={b}", f"c={c}", f"seed={seed}"], {}, seed=seed,
+                                  val_r2=0.1 * a + (0.02 if b == "x" else 0) + 0.01 * seed + 0.03 * c * seed)
+                    num += 1
+    s = summarize(sweep, plots=True)
+    assert [len(e["levels"]) for e in s["main_effects"]] == [2, 2, 2]
+    assert s["anova"]["val.r2"]["emm_model"] == "main effects + two-factor interactions"
+    assert s["main_effects"][0]["levels"][1]["val.r2"]["vs_first"]["mean"] == pytest.approx(0.1)
+    empty = next(c for c in s["cells"] if c["n_results"] == 0)
+    assert empty["verdict"] == "incomplete" and empty["counts"]["missing"] == 2
