@@ -218,7 +218,7 @@ def factorial_anova(y, levels, n_levels: Sequence[int], alpha: float = ALPHA) ->
     notes: list[str] = []
     out = {"n": n, "ss_total": math.nan, "error": {"source": None, "df": 0, "ss": math.nan, "ms": math.nan},
            "terms": [], "cells": {"df": 0, "ss": math.nan, "share": math.nan, "within_share": math.nan},
-           "emms": [[_undefined_emm(int((idx[:, f] == lv).sum())) for lv in range(n_levels[f])] for f in range(k)],
+           "emms": [[undefined_emm(int((idx[:, f] == lv).sum())) for lv in range(n_levels[f])] for f in range(k)],
            "emm_model": None, "notes": notes}
     if n < 2:
         return out
@@ -308,7 +308,7 @@ def factorial_anova(y, levels, n_levels: Sequence[int], alpha: float = ALPHA) ->
     return out
 
 
-def _undefined_emm(n: int) -> dict:
+def undefined_emm(n: int) -> dict:
     nan = {"mean": math.nan, "se": math.nan, "ci_low": math.nan, "ci_high": math.nan}
     return {"n": n, **nan, "vs_first": dict(nan)}
 
@@ -364,7 +364,7 @@ def _emms(codes, idx, cell_keys, y_cells, root_n, n_levels, mains, pairs, error,
                 notes.append(f"some cells have no runs: the EMMs are predictions of the {name} model")
             return result, name
     notes.append("the EMMs cannot be estimated from the cells that have runs")
-    return [[_undefined_emm(int((idx[:, f] == lv).sum())) for lv in range(n_levels[f])] for f in range(k)], None
+    return [[undefined_emm(int((idx[:, f] == lv).sum())) for lv in range(n_levels[f])] for f in range(k)], None
 
 
 def paired_t(differences) -> dict:

@@ -252,20 +252,26 @@ def _effects(factors: list, levels: dict, grid: list, runs: dict) -> tuple[list,
     nan = {k: math.nan for k in EFFECT_KEYS}
     if not factors:
         return [], {}, {"cells": nan, "within_cells": dict(nan)}, []
-    index = {f: {v: i for i, v in enumerate(levels[f])} for f in factors}
-    fits, notes = {}, []
+    fits, emms, notes = {}, {}, []
     for key in EFFECT_KEYS:
-        rows = [(tuple(index[f][v] for f, v in zip(factors, cell)), r[key])
-                for cell in grid for r in runs[cell].values() if stats.finite([r[key]]).size]
-        idx = [i for i, _ in rows]
-        fits[key] = stats.factorial_anova([v for _, v in rows], idx, [len(levels[f]) for f in factors])
+        values = [(cell, r[key]) for cell in grid for r in runs[cell].values() if stats.finite([r[key]]).size]
+        # a level with no value at all is left out of the model (its EMM is undefined):
+        # kept, it would make every EMM of every factor inestimable
+        used = [[v for v in levels[f] if any(cell[i] == v for cell, _ in values)] for i, f in enumerate(factors)]
+        index = [{v: j for j, v in enumerate(u)} for u in used]
+        idx = [tuple(index[i][v] for i, v in enumerate(cell)) for cell, _ in values]
+        fits[key] = stats.factorial_anova([y for _, y in values], idx, [len(u) for u in used])
+        emms[key] = [[fits[key]["emms"][i][index[i][v]] if v in index[i] else stats.undefined_emm(0)
+                      for v in levels[f]] for i, f in enumerate(factors)]
         notes += [f"{key}: {n}" for n in fits[key]["notes"]]
+        notes += [f"{key}: {f}={v} has no values: left out of the model" for i, f in enumerate(factors)
+                  for v in levels[f] if v not in index[i]]
     terms = {key: {tuple(t["factors"]): t for t in fits[key]["terms"]} for key in EFFECT_KEYS}
     main = []
     for i, f in enumerate(factors):
         main.append({
             "factor": f,
-            "levels": [{"value": v, **{key: fits[key]["emms"][i][j] for key in EFFECT_KEYS}}
+            "levels": [{"value": v, **{key: emms[key][i][j] for key in EFFECT_KEYS}}
                        for j, v in enumerate(levels[f])],
             **{name: {key: terms[key].get((i,), {}).get(field, math.nan) for key in EFFECT_KEYS}
                for name, field in (("eta_squared", "eta_sq"), ("partial_eta_squared", "partial_eta_sq"),

@@ -652,3 +652,21 @@ def test_three_factors_with_an_empty_cell(tmp_path):
     assert s["main_effects"][0]["levels"][1]["val.r2"]["vs_first"]["mean"] == pytest.approx(0.1)
     empty = next(c for c in s["cells"] if c["n_results"] == 0)
     assert empty["verdict"] == "incomplete" and empty["counts"]["missing"] == 2
+
+
+def test_a_level_without_results_leaves_the_other_emms_defined(tmp_path):
+    sweep, num = tmp_path / "sweep", 0
+    for frames in (1, 3, 7):
+        for lam in (0.0, 0.5):
+            for seed in range(2):
+                failed = frames == 7
+                write_job(sweep, num, [f"data.temporal_frames={frames}", f"loss.variance_lambda={lam}",
+                                       f"seed={seed}"], {}, seed=seed, status="failed" if failed else "completed",
+                          val_r2=0.5 + 0.1 * lam + 0.01 * seed, **({"best": None} if failed else {}))
+                num += 1
+    s = summarize(sweep, plots=False)
+    frames, lam = s["main_effects"]
+    assert math.isnan(frames["levels"][2]["val.r2"]["mean"]) and frames["levels"][2]["val.r2"]["n"] == 0
+    assert frames["levels"][0]["val.r2"]["mean"] == pytest.approx(0.53)
+    assert lam["levels"][1]["val.r2"]["vs_first"]["mean"] == pytest.approx(0.05)
+    assert any("data.temporal_frames=7 has no values" in n for n in s["notes"])
