@@ -38,7 +38,7 @@ def finite(values) -> np.ndarray:
 
 
 def t_quantile(q: float, df: float) -> float:
-    """Student t quantile t_{q, df} (NaN for df < 1... or not finite)."""
+    """Student t quantile t_{q, df} (NaN for df < 1: no interval without a variance)."""
     return float(special.stdtrit(df, q)) if df >= 1 else math.nan
 
 
@@ -54,6 +54,7 @@ def _negligible(ss: float, x: np.ndarray) -> bool:
 
 
 def all_equal(values) -> bool:
+    """The finite values are one number up to REL_TOL of their size."""
     x = finite(values)
     return x.size > 0 and float(np.ptp(x)) <= REL_TOL * max(float(np.max(np.abs(x))), 1e-300)
 
