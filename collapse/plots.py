@@ -1,4 +1,5 @@
-"""PNG plots of a sweep summary (collapse.summary): heatmap, main effects, curves.
+"""PNG plots of a sweep summary (collapse.summary): heatmap, interaction, main effects
+(estimated marginal means with their model-based 95% CIs), curves.
 
 matplotlib is imported here only, with the Agg backend, so a summary with
 --no-plots never pays for it. Files are written atomically next to summary.json.
@@ -9,13 +10,13 @@ import io
 import math
 from pathlib import Path
 
-from collapse import records
+from collapse.summary_report import write_file
 
 
 def _save(fig, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    records._atomic_write_bytes(path, lambda f: f.write(buffer.getvalue()))   # temp file + os.replace
+    write_file(path, buffer.getvalue())     # temp file + os.replace, mode from the umask
     return path
 
 
@@ -25,7 +26,9 @@ def _nan(x):
 
 def write_plots(summary: dict, histories: dict[str, list[list[dict]]], out_dir: Path) -> tuple[list[Path], list[str]]:
     """Write summary_heatmap.png (mean val R² over the first two factors),
-    summary_main_effects.png (marginal means with 95% CIs) and summary_curves.png
+    summary_interaction.png (the same means as lines: one per level of the second
+    factor across the first; parallel lines = no interaction),
+    summary_main_effects.png (EMMs with model-based 95% CIs) and summary_curves.png
     (val R² and variance ratio per epoch, mean over each cell's runs).
     `histories`: cell label -> the result runs' record["history"] lists.
     Returns (files written, notes on plots skipped)."""
@@ -50,8 +53,20 @@ def write_plots(summary: dict, histories: dict[str, list[list[dict]]], out_dir: 
             for j, v in enumerate(row):
                 ax.text(j, i, "—" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", color="w")
         fig.colorbar(image, ax=ax, label="mean val R²")
-        ax.set_title("mean val R² (over seeds and other factors)")
+        ax.set_title("mean val R² (cell means, unweighted over other factors)")
         written.append(_save(fig, Path(out_dir) / "summary_heatmap.png"))
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        x = range(len(heat["row_levels"]))
+        for j, level in enumerate(heat["col_levels"]):
+            ax.plot(x, [row[j] for row in values], marker="o", label=f"{heat['cols']}={level}")
+        ax.set_xticks(x, [str(v) for v in heat["row_levels"]])
+        ax.set_xlabel(heat["rows"])
+        ax.set_ylabel("mean val R²")
+        ax.set_title("interaction: parallel lines = additive effects")
+        ax.legend(fontsize="small")
+        written.append(_save(fig, Path(out_dir) / "summary_interaction.png"))
         plt.close(fig)
 
     effects = summary["main_effects"]
@@ -64,12 +79,12 @@ def write_plots(summary: dict, histories: dict[str, list[list[dict]]], out_dir: 
                 stats = [lvl[key] for lvl in effect["levels"]]
                 means = [_nan(s["mean"]) for s in stats]
                 errors = [0.0 if s["ci_high"] is None or math.isnan(s["ci_high"]) else s["ci_high"] - s["mean"]
-                          for s in stats]
+                          for s in stats]       # the EMM's model-based interval
                 ax = axes[row][col]
                 ax.bar(range(len(means)), means, yerr=errors, capsize=4, color="tab:blue" if row == 0 else "tab:orange")
                 ax.set_xticks(range(len(means)), [str(lvl["value"]) for lvl in effect["levels"]])
                 ax.set_xlabel(effect["factor"])
-                ax.set_ylabel(f"{name} (95% CI)")
+                ax.set_ylabel(f"{name} EMM (95% CI)")
                 ax.axhline(0, color="k", lw=0.5)
         fig.tight_layout()
         written.append(_save(fig, Path(out_dir) / "summary_main_effects.png"))

@@ -1,27 +1,25 @@
-"""Summarise a sweep directory: ranked cells, main effects, paired differences, plots.
+"""Summarise a sweep directory: ranked cells, effects of the factors, paired differences.
 
-    python -m collapse.summary SWEEP_DIR [--thresholds r2=0,0.3,0.5 ratio=0.4,0.7,0.85 collapse=0.1]
-                               [--no-plots]
+    python -m collapse.summary SWEEP_DIR [--out DIR] [--no-plots] [--effect 0.05]
+                               [--diagnosis-split val|test]
+                               [--thresholds r2=0,0.3,0.5 ratio=0.4,0.7,0.85 collapse=0.1]
 
-Reads every job directory with collapse.sweep_jobs (a job that failed, is missing,
-still running, corrupt or of an unknown schema is reported on its own line and the rest
-is summarised), writes summary.{csv,md,json} with collapse.summary_report and
-summary_*.png with collapse.plots into the sweep directory, atomically.
+Prints the tables first, then writes summary.{csv,md,json} (collapse.summary_report)
+and summary_*.png (collapse.plots) into --out (default: the sweep directory),
+atomically. A directory it cannot write to gets a one-line note, not an error.
 
-Statistics, over the *result runs* of a cell (status completed or stopped_collapse;
-diverged runs are counted but kept out, see sweep_jobs.Job.best), on the best epoch:
-- mean = sum(x) / n,  std = sqrt(sum((x - mean)^2) / (n - 1)),
-  95% CI = mean +- t_{0.975, n-1} * std / sqrt(n)  (Student t; NaN when n < 2).
-- collapse rate = fraction of runs with val variance ratio < `collapse` or diagnosis
-  label "collapsed".
-- verdict: the highest of minimum / good / excellent whose thresholds the cell's mean
-  val R² *and* mean val variance ratio both exceed; else "fail".
-- main effect of a factor: marginal mean (and CI) per level over all runs at that level;
-  eta^2 = SS_between / SS_total, SS_between = sum_l n_l (mean_l - mean)^2,
-  SS_total = sum_i (x_i - mean)^2 over the runs - the share of run-to-run variance of
-  the metric that the factor's levels explain.
-- paired difference of a cell against the baseline: d_s = x_cell,s - x_baseline,s for
-  each seed s with a result in both; mean, t-CI and the number of pairs.
+This module assembles the summary: jobs come from collapse.sweep_jobs, every statistic
+from collapse.stats. The sweep is a factorial design, seeds are its replicates:
+- cell statistics over the cell's *result runs* (completed, stopped_collapse; see
+  sweep_jobs.Job.best), each metric with its own n; failure rate = runs that ended
+  without a result (diverged, failed, interrupted) / runs that ended.
+- planned seeds of a cell: from the sweep's manifest.json when there is one, else the
+  union of the seeds seen in the sweep. A cell with results for fewer than half its
+  planned seeds is "incomplete": no verdict, ranked apart.
+- effects: type II ANOVA with the pooled within-cell error, and estimated marginal
+  means per level (stats.factorial_anova).
+- paired differences against the baseline by seed, Holm-adjusted over the cells, with
+  the smallest difference the seeds could detect (stats.detectable_difference).
 """
 from __future__ import annotations
 
@@ -34,70 +32,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from collapse import stats
+from collapse.stats import describe, eta_squared, t975  # noqa: F401  (collapse.summary's API before the split)
 from collapse.summary_report import render_text, write_outputs
-from collapse.sweep_jobs import (DIAGNOSES, EFFECT_KEYS, PAIRED_KEYS, STAT_KEYS, STATES, Job, job_dirs,
-                                 read_job, sweep_info)
+from collapse.sweep_jobs import (DIAGNOSES, EFFECT_KEYS, FAILURE_STATUSES, PAIRED_KEYS, STAT_KEYS, STATES, Job,
+                                 find_factors, job_dirs, level_key, planned_jobs, read_job, read_manifest,
+                                 same_level, sweep_info, unify_numeric_levels)
 from collapse.sweep_jobs import read_metrics  # noqa: F401  (collapse.summary's API before the split)
 
 LEVELS = ("minimum", "good", "excellent")
-
-# t_{0.975, df} for df = 1..30 (checked against scipy.stats.t.ppf to 1e-8)
-_T975 = (12.70620474, 4.30265273, 3.18244631, 2.77644511, 2.57058184, 2.44691185,
-         2.36462425, 2.30600414, 2.26215716, 2.22813885, 2.20098516, 2.17881283,
-         2.16036866, 2.14478669, 2.13144955, 2.11990530, 2.10981558, 2.10092204,
-         2.09302405, 2.08596345, 2.07961384, 2.07387307, 2.06865761, 2.06389856,
-         2.05953855, 2.05552944, 2.05183052, 2.04840714, 2.04522964, 2.04227246)
+SCHEMA = 2      # summary.json: 2 = EMMs and design-based eta² in main_effects, anova, power, failure rate
 
 
 class SweepDirError(ValueError):
     """The sweep directory does not exist or holds no job directories."""
 
-
-# ---------------------------------------------------------------- statistics
-
-def t975(df: int) -> float:
-    """Student t quantile t_{0.975, df}: exact table for df <= 30, beyond it the
-    Cornish-Fisher expansion t = z + g1/df + g2/df^2 + g3/df^3 + g4/df^4 around
-    z = 1.95996 (Abramowitz & Stegun 26.7.5; error < 1e-7 for df > 30)."""
-    if df < 1:
-        return math.nan
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = 1.959963984540054
-    g1 = (z**3 + z) / 4
-    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
-    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
-    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
-    return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
-
-
-def _finite(values) -> list[float]:
-    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
-
-
-def describe(values) -> dict:
-    """n, mean, sample std (n - 1) and the 95% t-interval of the finite values."""
-    xs = _finite(values)
-    n = len(xs)
-    mean = math.fsum(xs) / n if n else math.nan
-    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else math.nan
-    half = t975(n - 1) * std / math.sqrt(n) if n > 1 else math.nan
-    return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
-
-
-def eta_squared(groups: Sequence[Sequence[float]]) -> float:
-    """SS_between / SS_total of the finite values, grouped (NaN if SS_total is 0)."""
-    groups = [g for g in (_finite(g) for g in groups) if g]
-    xs = [x for g in groups for x in g]
-    if len(xs) < 2:
-        return math.nan
-    grand = math.fsum(xs) / len(xs)
-    ss_total = math.fsum((x - grand) ** 2 for x in xs)
-    ss_between = math.fsum(len(g) * (math.fsum(g) / len(g) - grand) ** 2 for g in groups)
-    return ss_between / ss_total if ss_total > 0 else math.nan
-
-
-# ---------------------------------------------------------------- thresholds
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -140,63 +89,62 @@ class Thresholds:
         return cls(**kwargs)
 
 
-# ---------------------------------------------------------------- factors
-
-def _level_key(value: Optional[str]):
-    """Numbers in numeric order, before strings; a missing value first."""
-    if value is None:
-        return (0, 0.0, "")
-    try:
-        return (1, float(value), value)
-    except ValueError:
-        return (2, 0.0, value)
-
-
-def _same_level(a: Optional[str], b: Optional[str]) -> bool:
-    """Equal as written or as numbers ("0" and "0.0")."""
-    try:
-        return a == b or float(a) == float(b)
-    except (TypeError, ValueError):
-        return False
-
-
-def find_factors(jobs: Sequence[Job], declared: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Keys whose values vary across the jobs -> (factors, notes).
-
-    Order: `declared` (sweep.factors) first, then varying override keys, then varying
-    group choices. A group choice that no override names and whose value follows from
-    the factors already kept (one an `experiment=` option sets, say) adds no cells and
-    is left out."""
-    known = [j for j in jobs if j.settings is not None]
-    keys = sorted(set().union(*(j.settings for j in known))) if known else []
-    values = {k: [j.settings.get(k) for j in known] for k in keys}
-    varying = {k for k in keys if len(set(values[k])) > 1}
-    overridden = set().union(*(j.override_keys for j in known)) if known else set()
-    notes = [f"sweep.factors names {k}, which does not vary across the jobs: not a factor"
-             for k in declared if k not in varying]
-    candidates = [k for k in declared if k in varying]
-    rest = varying - set(candidates)
-    candidates += sorted(rest & overridden) + sorted(rest - overridden)
-    factors: list[str] = []
-    for key in candidates:
-        seen: dict[tuple, Optional[str]] = {}
-        follows = bool(factors) and key not in overridden and key not in declared and all(
-            seen.setdefault(tuple(values[f][i] for f in factors), values[key][i]) == values[key][i]
-            for i in range(len(known)))
-        if follows:
-            notes.append(f"{key} varies but follows from {', '.join(factors)}: not a separate factor")
-            continue
-        if declared and key not in declared:
-            notes.append(f"{key} varies but is not in sweep.factors: treated as a factor")
-        factors.append(key)
-    return factors, notes
-
-
-# ---------------------------------------------------------------- the summary
+# ---------------------------------------------------------------- the design
 
 def _label(factors: Sequence[str], cell: tuple) -> str:
     return " ".join(f"{k}={v}" for k, v in zip(factors, cell)) or "(all jobs)"
 
+
+def _cell_of(settings: dict, factors: Sequence[str]) -> tuple:
+    return tuple(settings.get(f) for f in factors)
+
+
+def _plan(jobs: list[Job], placed: list[Job], planned: Optional[list], factors: list, sweep_dir: Path):
+    """The grid of cells, each cell's planned seeds, and the planned jobs that never
+    started -> (levels, grid, planned_seeds, absent, problems, notes)."""
+    notes: list[str] = []
+    problems: list[tuple[int, str]] = []
+    planned = planned or []
+    cells_planned = [_cell_of(s, factors) for _, s, _, _ in planned]
+    levels = {f: sorted({j.settings.get(f) for j in placed} | {c[i] for c in cells_planned if c[i] is not None},
+                        key=level_key) for i, f in enumerate(factors)}
+    observed = {_cell_of(j.settings, factors) for j in placed} | {c for c in cells_planned if None not in c}
+    n_combinations = math.prod(len(levels[f]) for f in factors)
+    full_grid = 2 * len(observed) >= n_combinations      # Hydra's basic sweeper runs the whole product
+    if full_grid:
+        grid = list(itertools.product(*(levels[f] for f in factors)))
+    else:   # e.g. an optimising sweeper: no grid to infer missing jobs from
+        grid = sorted(observed, key=lambda c: tuple(map(level_key, c)))
+        notes.append(f"the cells are {len(observed)} of {n_combinations} factor combinations, not a grid: "
+                     "missing jobs are not inferred from it")
+
+    nums = {j.num for j in jobs if j.num is not None}
+    seeds_by_cell: dict[tuple, set] = {c: set() for c in grid}
+    if planned:
+        for (num, _, _, seed), cell in zip(planned, cells_planned):
+            if cell in seeds_by_cell:
+                seeds_by_cell[cell].add(seed)
+        absent = sorted(num for num, *_ in planned if num not in nums)
+        if absent:
+            problems.append((-1, f"{len(absent)} of {len(planned)} planned jobs never started: "
+                                  f"{', '.join(map(str, absent))}"))
+    else:   # no manifest: gaps in the job numbers and the grid's tail; every seed seen, everywhere
+        seeds = {j.seed for j in placed}
+        for cell in grid:
+            seeds_by_cell[cell] = set(seeds) if full_grid else {j.seed for j in placed
+                                                                 if _cell_of(j.settings, factors) == cell}
+        # (only where jobs are numbered: without numbers there are no gaps to see)
+        top = max(max(nums) + 1, len(grid) * len(seeds) if full_grid else 0) if nums else 0
+        absent = [n for n in range(top) if n not in nums]
+        problems += [(n, f"job {n}: {sweep_dir / str(n)}: missing (no job directory)") for n in absent]
+        if absent:
+            notes.append("no manifest.json: planned jobs inferred from the job numbers and the grid")
+    for job in placed:      # a job the plan did not foresee still counts as planned
+        seeds_by_cell.setdefault(_cell_of(job.settings, factors), set()).add(job.seed)
+    return levels, grid, seeds_by_cell, absent, problems, notes
+
+
+# ---------------------------------------------------------------- per cell
 
 def _metric(best: dict, key: str) -> Optional[float]:
     split, name = key.split(".")
@@ -208,13 +156,51 @@ def _below(value: Optional[float], threshold: float) -> bool:
     return not (isinstance(value, (int, float)) and value >= threshold)
 
 
-def _paired(cell_runs: dict, base_runs: dict, key: str) -> dict:
-    """Per-seed differences cell - baseline over the seeds with a value in both."""
-    shared = sorted(cell_runs.keys() & base_runs.keys(), key=_level_key)
+def _paired(cell_runs: dict, base_runs: dict, key: str, effect: Optional[float]) -> dict:
+    """Per-seed differences cell - baseline over the seeds with a value in both: mean,
+    t-interval, p (paired t), and what the seeds can detect (80% power, alpha 0.05)."""
+    shared = sorted(cell_runs.keys() & base_runs.keys(), key=level_key)
     diffs = [cell_runs[s][key] - base_runs[s][key] for s in shared
-             if len(_finite([cell_runs[s][key], base_runs[s][key]])) == 2]
-    stats = describe(diffs)
-    return {"n_pairs": stats["n"], "mean": stats["mean"], "ci_low": stats["ci_low"], "ci_high": stats["ci_high"]}
+             if stats.finite([cell_runs[s][key], base_runs[s][key]]).size == 2]
+    t = stats.paired_t(diffs)
+    return {"n_pairs": t["n"], "mean": t["mean"], "std": t["std"], "ci_low": t["ci_low"], "ci_high": t["ci_high"],
+            "p": t["p"], "p_holm": math.nan, "detectable": stats.detectable_difference(t["std"], t["n"]),
+            "effect": effect, "seeds_needed": stats.seeds_needed(effect, t["std"]) if effect else None}
+
+
+def _cell_summary(cell_jobs: list, cell_runs: dict, base_runs: dict, planned_seeds: set, th: Thresholds,
+                  split: str, effect: Optional[float]) -> dict:
+    """Counts, statistics, failure and collapse rates, diagnoses, verdict, differences vs baseline."""
+    counts = dict.fromkeys(STATES, 0)
+    for job in cell_jobs:
+        counts[job.status] += 1
+    have = {j.seed for j in cell_jobs}
+    missing = sorted((s for s in planned_seeds if s not in have), key=level_key)
+    counts["missing"] += len(missing)
+    results = [r["_job"] for r in cell_runs.values()]
+    metrics = {k: describe(r[k] for r in cell_runs.values()) for k in STAT_KEYS}
+    failures = sum(counts[s] for s in FAILURE_STATUSES)
+    collapsed = [j.diagnosis("val") == "collapsed" or _below(_metric(j.best, "val.variance_ratio"), th.collapse)
+                 for j in results]
+    labels = [j.diagnosis(split) for j in results]
+    promised = [j for j in results if j.diagnosis("val") == "collapsed"]
+    held = [j.recalibration_held() for j in promised]
+    n_planned = max(len(planned_seeds), len(results))
+    incomplete = len(results) < n_planned / 2 or not results
+    return {"jobs": sorted(j.num for j in cell_jobs if j.num is not None),
+            "seeds": sorted(have, key=level_key), "missing_seeds": missing,
+            "counts": counts, "n_results": len(results), "n_planned": n_planned, "incomplete": incomplete,
+            "metrics": metrics,
+            "failure_rate": failures / (failures + len(results)) if failures + len(results) else math.nan,
+            "collapse_rate": sum(collapsed) / len(collapsed) if collapsed else math.nan,
+            "diagnosis": {d: labels.count(d) for d in DIAGNOSES}, "diagnosis_split": split,
+            "recalibration": {"collapsed_on_val": len(promised), "known": sum(h is not None for h in held),
+                              "raised_test_r2": sum(h is True for h in held)},
+            "verdict": "incomplete" if incomplete else th.verdict(metrics["val.r2"]["mean"],
+                                                                  metrics["val.variance_ratio"]["mean"]),
+            "vs_baseline": {k: _paired(cell_runs, base_runs, k, effect if k.endswith("r2") else None)
+                            for k in PAIRED_KEYS},
+            "warning": False, "warning_tentative": False}
 
 
 def _choose_baseline(grid: list, factors: list, declared: Sequence[str]) -> tuple[tuple, str, list[str]]:
@@ -222,7 +208,7 @@ def _choose_baseline(grid: list, factors: list, declared: Sequence[str]) -> tupl
     if len(grid) < 2:
         return (grid[0] if grid else ()), "only cell", []
     wanted = dict(str(item).partition("=")[::2] for item in declared)
-    matches = [c for c in grid if all(_same_level(v, wanted[f]) for f, v in zip(factors, c) if f in wanted)]
+    matches = [c for c in grid if all(same_level(v, wanted[f]) for f, v in zip(factors, c) if f in wanted)]
     if not declared:
         return grid[0], "first cell", ["no sweep.baseline declared: baseline = first cell in sorted order"]
     if not matches:
@@ -233,109 +219,127 @@ def _choose_baseline(grid: list, factors: list, declared: Sequence[str]) -> tupl
     return matches[0], "sweep.baseline", notes
 
 
-def _cell_summary(cell_jobs: list, cell_runs: dict, base_runs: dict, seeds: list, th: Thresholds) -> dict:
-    """Counts, statistics, collapse rate, diagnoses, verdict, differences vs baseline."""
-    counts = dict.fromkeys(STATES, 0)
-    for job in cell_jobs:
-        counts[job.status] += 1
-    counts["missing"] += len(set(seeds) - {j.seed for j in cell_jobs})   # seeds with no job in this cell
-    results = [r["_job"] for r in cell_runs.values()]
-    stats = {k: describe(r[k] for r in cell_runs.values()) for k in STAT_KEYS}
-    labels = [(j.record.get("diagnosis") or {}).get("label") for j in results]
-    collapsed = [label == "collapsed" or _below(_metric(j.best, "val.variance_ratio"), th.collapse)
-                 for j, label in zip(results, labels)]
-    have = {j.seed for j in cell_jobs}
-    return {"jobs": sorted(j.num for j in cell_jobs), "seeds": sorted(have, key=_level_key),
-            "missing_seeds": [s for s in seeds if s not in have],
-            "counts": counts, "n_results": len(results),
-            "metrics": stats,
-            "collapse_rate": sum(collapsed) / len(collapsed) if collapsed else math.nan,
-            "diagnosis": {d: labels.count(d) for d in DIAGNOSES},
-            "verdict": th.verdict(stats["val.r2"]["mean"], stats["val.variance_ratio"]["mean"]),
-            "vs_baseline": {k: _paired(cell_runs, base_runs, k) for k in PAIRED_KEYS}, "warning": False}
-
-
-def _variance_up_r2_down(cells: list) -> list[str]:
-    """Flag cells that raised the val variance ratio vs the baseline but lowered val R²
-    (paired means over shared seeds; the difference of cell means when none are shared)."""
-    base = next((c["metrics"] for c in cells if c["baseline"]), None)
-    warnings = []
-    for c in cells:
-        if c["baseline"] or base is None:
+def _holm_and_warnings(cells: list) -> tuple[list[str], list[str]]:
+    """Holm-adjust each paired metric's p-values over the cells; flag "variance up, R²
+    down" where both paired 95% intervals exclude 0 (a warning), or where only the
+    means point that way (tentative, with n)."""
+    others = [c for c in cells if not c["baseline"]]
+    for key in PAIRED_KEYS:
+        for c, p in zip(others, stats.holm([c["vs_baseline"][key]["p"] for c in others])):
+            c["vs_baseline"][key]["p_holm"] = p
+    warnings, tentative = [], []
+    for c in others:
+        r2, ratio = c["vs_baseline"]["val.r2"], c["vs_baseline"]["val.variance_ratio"]
+        if not (r2["n_pairs"] and ratio["n_pairs"] and ratio["mean"] > 0 and r2["mean"] < 0):
             continue
-        d_r2, d_ratio = c["vs_baseline"]["val.r2"], c["vs_baseline"]["val.variance_ratio"]
-        paired = d_r2["n_pairs"] > 0 and d_ratio["n_pairs"] > 0
-        dr2 = d_r2["mean"] if paired else c["metrics"]["val.r2"]["mean"] - base["val.r2"]["mean"]
-        dratio = (d_ratio["mean"] if paired else
-                  c["metrics"]["val.variance_ratio"]["mean"] - base["val.variance_ratio"]["mean"])
-        if dratio > 0 and dr2 < 0:
+        text = (f"{c['label']}: val variance ratio {ratio['mean']:+.3f} [{ratio['ci_low']:+.3f}, "
+                f"{ratio['ci_high']:+.3f}] but val R² {r2['mean']:+.3f} [{r2['ci_low']:+.3f}, {r2['ci_high']:+.3f}] "
+                f"vs baseline (paired by seed, n {r2['n_pairs']})")
+        if ratio["ci_low"] > 0 and r2["ci_high"] < 0:
             c["warning"] = True
-            warnings.append(f"{c['label']}: val variance ratio up {dratio:+.3f} but val R² down {dr2:+.3f} "
-                            f"vs baseline ({'paired by seed' if paired else 'cell means'}): "
-                            "variance forced up on weak signal?")
-    return warnings
+            warnings.append(text + ": variance forced up on weak signal?")
+        else:
+            c["warning_tentative"] = True
+            tentative.append(f"tentative: {text}: the intervals do not exclude 0")
+    return warnings, tentative
 
 
-def _main_effects(factors: list, levels: dict, all_runs: list) -> list[dict]:
-    """Per factor: marginal mean and CI per level, and eta^2 (share of run-to-run variance)."""
-    effects = []
+# ---------------------------------------------------------------- effects of the factors
+
+def _effects(factors: list, levels: dict, grid: list, runs: dict) -> tuple[list, dict, dict, list]:
+    """Type II ANOVA and EMMs of each EFFECT_KEY over the result runs ->
+    (main_effects, anova, variance_explained, notes)."""
+    nan = {k: math.nan for k in EFFECT_KEYS}
+    if not factors:
+        return [], {}, {"cells": nan, "within_cells": dict(nan)}, []
+    fits, emms, notes = {}, {}, []
+    for key in EFFECT_KEYS:
+        values = [(cell, r[key]) for cell in grid for r in runs[cell].values() if stats.finite([r[key]]).size]
+        # a level with no value at all is left out of the model (its EMM is undefined):
+        # kept, it would make every EMM of every factor inestimable
+        used = [[v for v in levels[f] if any(cell[i] == v for cell, _ in values)] for i, f in enumerate(factors)]
+        index = [{v: j for j, v in enumerate(u)} for u in used]
+        idx = [tuple(index[i][v] for i, v in enumerate(cell)) for cell, _ in values]
+        fits[key] = stats.factorial_anova([y for _, y in values], idx, [len(u) for u in used])
+        emms[key] = [[fits[key]["emms"][i][index[i][v]] if v in index[i] else stats.undefined_emm(0)
+                      for v in levels[f]] for i, f in enumerate(factors)]
+        notes += [f"{key}: {n}" for n in fits[key]["notes"]]
+        notes += [f"{key}: {f}={v} has no values: left out of the model" for i, f in enumerate(factors)
+                  for v in levels[f] if v not in index[i]]
+    terms = {key: {tuple(t["factors"]): t for t in fits[key]["terms"]} for key in EFFECT_KEYS}
+    main = []
     for i, f in enumerate(factors):
-        groups = [[r for cell, r in all_runs if cell[i] == lvl] for lvl in levels[f]]
-        effects.append({
+        main.append({
             "factor": f,
-            "levels": [{"value": lvl, **{k: describe(r[k] for r in g) for k in EFFECT_KEYS}}
-                       for lvl, g in zip(levels[f], groups)],
-            "eta_squared": {k: eta_squared([[r[k] for r in g] for g in groups]) for k in EFFECT_KEYS}})
-    return effects
+            "levels": [{"value": v, **{key: emms[key][i][j] for key in EFFECT_KEYS}}
+                       for j, v in enumerate(levels[f])],
+            **{name: {key: terms[key].get((i,), {}).get(field, math.nan) for key in EFFECT_KEYS}
+               for name, field in (("eta_squared", "eta_sq"), ("partial_eta_squared", "partial_eta_sq"),
+                                   ("f", "f"), ("df", "df"), ("p", "p"))}})
+    anova = {key: {"terms": [{"term": " × ".join(factors[i] for i in t["factors"]),
+                              **{k: v for k, v in t.items() if k != "factors"},
+                              "factors": [factors[i] for i in t["factors"]]} for t in fits[key]["terms"]],
+                   "error": fits[key]["error"], "ss_total": fits[key]["ss_total"], "n": fits[key]["n"],
+                   "emm_model": fits[key]["emm_model"]} for key in EFFECT_KEYS}
+    explained = {"cells": {k: fits[k]["cells"]["share"] for k in EFFECT_KEYS},
+                 "within_cells": {k: fits[k]["cells"]["within_share"] for k in EFFECT_KEYS}}
+    return main, anova, explained, list(dict.fromkeys(notes))
 
 
-def summarize(sweep_dir, thresholds=None, plots: bool = True) -> dict:
-    """Read every job of `sweep_dir`, write summary.{csv,md,json} (and PNGs when `plots`)
-    into it and return the summary dict. `thresholds`: a Thresholds, a dict of its
-    fields, or None for the Phase-1 defaults. Raises SweepDirError naming the path."""
+def _two_way_means(factors: list, levels: dict, grid: list, runs: dict) -> Optional[dict]:
+    """Mean val R² over the first two factors' cells, unweighted over the other factors'
+    cells (each cell's mean counts once): the heatmap and the interaction plot."""
+    if len(factors) < 2:
+        return None
+    cell_means = {c: describe(r["val.r2"] for r in runs[c].values())["mean"] for c in grid}
+    rows, cols = levels[factors[0]], levels[factors[1]]
+
+    def mean(a, b):
+        xs = stats.finite(cell_means[c] for c in grid if c[:2] == (a, b))
+        return float(xs.mean()) if xs.size else math.nan
+
+    return {"rows": factors[0], "cols": factors[1], "row_levels": rows, "col_levels": cols,
+            "mean_val_r2": [[mean(a, b) for b in cols] for a in rows]}
+
+
+# ---------------------------------------------------------------- the summary
+
+def build_summary(sweep_dir, thresholds=None, histories: bool = False, diagnosis_split: str = "val",
+                  effect: Optional[float] = None) -> tuple[dict, dict]:
+    """Read every job of `sweep_dir` and return (summary dict, histories by cell label;
+    empty unless `histories`). Writes nothing. Raises SweepDirError naming the path."""
     sweep_dir = Path(sweep_dir)
     th = Thresholds(**thresholds) if isinstance(thresholds, dict) else thresholds or Thresholds()
     if not sweep_dir.is_dir():
         raise SweepDirError(f"{sweep_dir}: no such directory")
     dirs = job_dirs(sweep_dir)
     if not dirs:
-        raise SweepDirError(f"{sweep_dir}: holds no job directories (numeric subdirectories)")
+        raise SweepDirError(f"{sweep_dir}: holds no job directories")
 
-    jobs = [read_job(d, histories=plots) for d in dirs]
+    jobs = [read_job(d, histories=histories) for d in dirs]
+    planned = planned_jobs(read_manifest(sweep_dir))
     info = sweep_info(jobs)
-    declared = [str(k) for k in info.get("factors") or []]
-    factors, notes = find_factors(jobs, declared)
     placed = [j for j in jobs if j.settings is not None]
-
-    # levels, the full grid of cells (Hydra sweeps are cartesian), the seeds (replicates)
-    levels = {f: sorted({j.settings.get(f) for j in placed}, key=_level_key) for f in factors}
-    seeds = sorted({j.seed for j in placed}, key=_level_key)
-    observed = {tuple(j.settings.get(f) for f in factors) for j in placed}
-    n_combinations = math.prod(len(levels[f]) for f in factors)
-    full_grid = 2 * len(observed) >= n_combinations     # Hydra's basic sweeper runs the whole product
-    if full_grid:
-        grid = list(itertools.product(*(levels[f] for f in factors)))
-    else:   # e.g. an optimising sweeper: no grid to infer missing jobs from
-        grid = sorted(observed, key=lambda c: tuple(map(_level_key, c)))
-        notes.append(f"the cells are {len(observed)} of {n_combinations} factor combinations, not a grid: "
-                     "missing jobs are not inferred from it")
+    notes = unify_numeric_levels([j.settings for j in placed] + [s for _, s, _, _ in planned or []])
+    declared = [str(k) for k in info.get("factors") or []]
+    factors, factor_notes = find_factors(jobs, declared)
+    notes += factor_notes
+    levels, grid, planned_seeds, absent, numbered, plan_notes = _plan(jobs, placed, planned, factors, sweep_dir)
+    notes += plan_notes
     by_cell: dict[tuple, list[Job]] = {c: [] for c in grid}
     for job in placed:
-        by_cell[tuple(job.settings.get(f) for f in factors)].append(job)
+        by_cell.setdefault(_cell_of(job.settings, factors), []).append(job)
 
-    # jobs that never got a directory: gaps in the numbering, and the grid's tail
-    nums = {j.num for j in jobs}
-    absent = [n for n in range(max(max(nums) + 1, len(grid) * len(seeds) if full_grid else 0)) if n not in nums]
-    numbered = [(j.num, p) for j in jobs for p in j.problems]
-    numbered += [(n, f"{sweep_dir / str(n)}: missing (no job directory)") for n in absent]
-    problems = [f"job {n}: {p}" for n, p in sorted(numbered, key=lambda item: item[0])]
+    numbered += [(j.num if j.num is not None else math.inf,
+                  f"job {j.num if j.num is not None else j.path.name}: {p}") for j in jobs for p in j.problems]
+    problems = [p for _, p in sorted(numbered, key=lambda item: item[0])]
     problems += [f"cell {_label(factors, cell)}: no jobs at all" for cell in grid if not by_cell[cell]]
 
     # per-run best metrics of the result runs, by seed (for pairing)
     runs: dict[tuple, dict] = {}
     for cell, cell_jobs in by_cell.items():
         runs[cell] = {}
-        for job in sorted(cell_jobs, key=lambda j: j.num):
+        for job in sorted(cell_jobs, key=lambda j: (j.num is None, j.num or 0)):
             if job.best is None:
                 continue
             if job.seed in runs[cell]:
@@ -346,47 +350,61 @@ def summarize(sweep_dir, thresholds=None, plots: bool = True) -> dict:
     baseline, baseline_source, baseline_notes = _choose_baseline(grid, factors, info.get("baseline") or [])
     notes += baseline_notes
     cells = [{"label": _label(factors, cell), "settings": dict(zip(factors, cell)), "baseline": cell == baseline,
-              **_cell_summary(by_cell[cell], runs[cell], runs.get(baseline, {}), seeds, th)} for cell in grid]
-    warnings = _variance_up_r2_down(cells)
-    ranked = sorted(cells, key=lambda c: -c["metrics"]["val.r2"]["mean"]
-                    if math.isfinite(c["metrics"]["val.r2"]["mean"]) else math.inf)
+              **_cell_summary(by_cell[cell], runs[cell], runs.get(baseline, {}), planned_seeds.get(cell, set()), th,
+                              diagnosis_split, effect)} for cell in grid]
+    warnings, tentative = _holm_and_warnings(cells)
+    ranked = sorted(cells, key=lambda c: (c["incomplete"], -c["metrics"]["val.r2"]["mean"]
+                                          if math.isfinite(c["metrics"]["val.r2"]["mean"]) else math.inf))
     for rank, c in enumerate(ranked, 1):
-        c["rank"] = rank
+        c["rank"] = None if c["incomplete"] else rank
+    main, anova, explained, effect_notes = _effects(factors, levels, grid, runs)
+    notes += effect_notes + tentative
 
-    all_runs = [(cell, r) for cell in grid for r in runs[cell].values()]
-    cells_eta = {k: eta_squared([[r[k] for r in runs[c].values()] for c in grid]) for k in EFFECT_KEYS}
-    heatmap = None
-    if len(factors) >= 2:
-        rows, cols = levels[factors[0]], levels[factors[1]]
-        heatmap = {"rows": factors[0], "cols": factors[1], "row_levels": rows, "col_levels": cols,
-                   "mean_val_r2": [[describe(r["val.r2"] for cell, r in all_runs if cell[:2] == (a, b))["mean"]
-                                    for b in cols] for a in rows]}
     by_status = dict.fromkeys(STATES, 0)
     for job in jobs:
         by_status[job.status] += 1
     by_status["missing"] += len(absent)
-
     summary = {
-        "schema": 1, "sweep_dir": str(sweep_dir), "sweep_name": info.get("name"),
+        "schema": SCHEMA, "sweep_dir": str(sweep_dir), "sweep_name": info.get("name"),
         "thresholds": {"r2": list(th.r2), "ratio": list(th.ratio), "collapse": th.collapse, "levels": list(LEVELS)},
-        "jobs": {"total": len(jobs) + len(absent), "by_status": by_status, "absent": absent},
+        "jobs": {"total": len(jobs) + len(absent), "by_status": by_status, "absent": absent,
+                 "planned": len(planned) if planned is not None else None, "manifest": planned is not None},
         "factors": [{"key": f, "levels": levels[f], "declared": f in declared} for f in factors],
-        "seeds": seeds,
+        "seeds": sorted({s for seeds in planned_seeds.values() for s in seeds}, key=level_key),
         "baseline": {"label": _label(factors, baseline), "settings": dict(zip(factors, baseline)),
                      "source": baseline_source},
-        "cells": ranked, "main_effects": _main_effects(factors, levels, all_runs),
-        "variance_explained": {"cells": cells_eta, "within_cells": {k: 1 - v for k, v in cells_eta.items()}},
-        "heatmap": heatmap, "notes": notes, "problems": problems, "warnings": warnings, "files": [],
+        "diagnosis_split": diagnosis_split, "effect": effect,
+        "cells": ranked, "main_effects": main, "anova": anova, "variance_explained": explained,
+        "heatmap": _two_way_means(factors, levels, grid, runs),
+        "notes": notes, "problems": problems, "warnings": warnings, "files": [],
     }
+    cell_histories = {_label(factors, cell): [r["_job"].record.get("history") or [] for r in runs[cell].values()]
+                      for cell in grid} if histories else {}
+    return summary, cell_histories
+
+
+def write_summary(summary: dict, histories: dict, out_dir, plots: bool = True) -> list[str]:
+    """Write the plots (when `plots`) and summary.{csv,md,json} into `out_dir`; raises
+    OSError when it cannot. Returns the file names."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary["files"] = []
     if plots:
         from collapse.plots import write_plots
 
-        histories = {_label(factors, cell): [r["_job"].record.get("history") or [] for r in runs[cell].values()]
-                     for cell in grid}
-        written, plot_notes = write_plots(summary, histories, sweep_dir)
+        written, plot_notes = write_plots(summary, histories, out_dir)
         summary["files"] += [p.name for p in written]
-        notes += plot_notes
-    write_outputs(summary, sweep_dir)
+        summary["notes"] += plot_notes
+    write_outputs(summary, out_dir)
+    return summary["files"]
+
+
+def summarize(sweep_dir, thresholds=None, plots: bool = True, out=None, diagnosis_split: str = "val",
+              effect: Optional[float] = None) -> dict:
+    """build_summary, then write its files into `out` (default: the sweep directory).
+    `thresholds`: a Thresholds, a dict of its fields, or None for the Phase-1 defaults."""
+    summary, histories = build_summary(sweep_dir, thresholds, plots, diagnosis_split, effect)
+    write_summary(summary, histories, out if out is not None else sweep_dir, plots)
     return summary
 
 
@@ -394,33 +412,54 @@ def summarize(sweep_dir, thresholds=None, plots: bool = True) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="collapse-summary", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory (job dirs 0, 1, ...)")
+    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory")
+    parser.add_argument("--out", type=Path, default=None, help="write the files here (default: the sweep dir)")
     parser.add_argument("--thresholds", nargs="+", action="extend", default=[], metavar="KEY=VALUES",
                         help="r2=0,0.3,0.5  ratio=0.4,0.7,0.85  collapse=0.1 (the defaults)")
+    parser.add_argument("--diagnosis-split", choices=("val", "test"), default="val",
+                        help="count the diagnoses of this split (default val)")
+    parser.add_argument("--effect", type=float, default=None, metavar="DELTA_R2",
+                        help="also say how many seeds a paired test needs to detect this ΔR² (80%% power)")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
     args = parser.parse_args(argv)
     try:
         thresholds = Thresholds.parse(args.thresholds)
     except ValueError as e:
         parser.error(str(e))
+    if args.effect is not None and not (math.isfinite(args.effect) and args.effect > 0):
+        parser.error(f"--effect {args.effect} is invalid: must be a positive ΔR²")
     try:
-        summary = summarize(args.sweep_dir, thresholds, plots=not args.no_plots)
+        summary, histories = build_summary(args.sweep_dir, thresholds, not args.no_plots, args.diagnosis_split,
+                                           args.effect)
     except SweepDirError as e:
         print(f"collapse: error: {e}", file=sys.stderr)
         return 2
-    try:
+    code = 0
+    try:        # the tables first: a sweep dir nobody can write to still gets them
         for problem in summary["problems"]:
             print(f"problem: {problem}", file=sys.stderr)
         print(render_text(summary), end="")
-        print(f"wrote {', '.join(summary['files'])} in {args.sweep_dir}")
         sys.stdout.flush()      # a closed pipe must show here, not in the flush at exit
     except BrokenPipeError:
-        # the reader left early (`| head`); the files are written. Send what is still
-        # buffered to devnull so the flush at exit does not raise again (Python docs,
-        # "Note on SIGPIPE"), and exit 1 as they do.
+        # the reader left early (`| head`). Send what is still buffered to devnull so the
+        # flush at exit does not raise again (Python docs, "Note on SIGPIPE"), write the
+        # files all the same, and exit 1 as they do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-    return 0
+        code = 1
+    out_dir = args.out if args.out is not None else args.sweep_dir
+    try:
+        files = write_summary(summary, histories, out_dir, plots=not args.no_plots)
+        message = f"wrote {', '.join(files)} in {out_dir}"
+    except OSError as e:
+        message = f"note: could not write the summary files in {out_dir} ({type(e).__name__}: {e.strerror or e})"
+    if code == 0:
+        try:
+            print(message)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            code = 1
+    return code
 
 
 if __name__ == "__main__":

@@ -1,28 +1,91 @@
-"""Render a sweep summary (the dict collapse.summary.summarize builds): the ranked
-text table, summary.md, summary.csv, and the writer of summary.{csv,md,json}.
+"""Render a sweep summary (the dict collapse.summary.build_summary returns): the text
+tables, summary.md, summary.csv, and the atomic writer of summary.{csv,md,json}.
+
+Undefined numbers (NaN: one run has no interval, one seed per cell no within-cell
+variance) print as "—", never as 0.
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
+import os
+import tempfile
 from pathlib import Path
 
-from collapse import records
 from collapse.sweep_jobs import DIAGNOSES, EFFECT_KEYS, PAIRED_KEYS, STAT_KEYS, STATES
 
-
-def _fmt(x, digits: int = 3) -> str:
-    return f"{x:.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "—"
+NAMES = {"val.r2": "val R²", "val.variance_ratio": "val var ratio", "test.r2": "test R²"}
 
 
-def _mean_ci(stats: dict, sign: str = "") -> str:
-    """`mean ± half-width of the 95% CI` (the mean alone when n < 2)."""
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; /proc says it without a race
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_read_umask()      # what open() would give: 0644 under umask 022
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically (temp file, fsync, os.replace) with the mode the
+    umask allows; mkstemp's private 0600 is changed before the file gets its name."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), FILE_MODE)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _finite_or_none(obj):
+    # strict JSON has no NaN/inf: undefined numbers are stored as null
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def _fmt(x, digits: int = 3, sign: str = "") -> str:
+    return f"{x:{sign}.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "—"
+
+
+def _p(x) -> str:
+    if not (isinstance(x, (int, float)) and math.isfinite(x)):
+        return "—"
+    return "<0.001" if x < 0.001 else f"{x:.3f}"
+
+
+def _mean_ci(stats: dict, sign: str = "", n_of: int = None) -> str:
+    """`mean ± half-width of the 95% CI` (the mean alone when there is no interval),
+    with `(n K)` when the metric has fewer values than `n_of`."""
     if not math.isfinite(stats["mean"]):
         return "—"
     half = (stats["ci_high"] - stats["ci_low"]) / 2
-    mean = f"{stats['mean']:{sign}.3f}"
-    return f"{mean} ± {half:.3f}" if math.isfinite(half) else mean
+    mean = stats["mean"] if round(stats["mean"], 3) != 0 else 0.0      # no "-0.000"
+    text = f"{mean:{sign}.3f}" + (f" ± {half:.3f}" if math.isfinite(half) else "")
+    n = stats.get("n", stats.get("n_pairs"))
+    return text + (f" (n {n})" if n_of is not None and n is not None and n < n_of else "")
 
 
 def _cell_flags(c: dict) -> str:
@@ -30,22 +93,37 @@ def _cell_flags(c: dict) -> str:
     flags += [f"{n} {s}" for s, n in c["counts"].items() if n and s not in ("completed", "stopped_collapse")]
     if c["warning"]:
         flags.append("WARN var up, R² down")
+    elif c.get("warning_tentative"):
+        flags.append("var up, R² down? (tentative)")
     return ", ".join(flags)
 
 
-def _ranked_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+def _diagnoses(c: dict) -> str:
+    return ", ".join(f"{n} {d}" for d, n in c["diagnosis"].items() if n) or "—"
+
+
+def _recalibration(c: dict) -> str:
+    r = c["recalibration"]
+    return f"{r['raised_test_r2']}/{r['known']}" if r["known"] else "—"
+
+
+def _cell_rows(summary: dict, incomplete: bool) -> tuple[list[str], list[list[str]]]:
     factors = [f["key"] for f in summary["factors"]]
-    headers = ["rank", *factors, "results", "val R² (95% CI)", "test R²", "val var ratio (95% CI)",
-               "collapse", "healthy/collapsed/no_signal", "verdict", "ΔR² vs base (paired)", "flags"]
+    split = summary.get("diagnosis_split", "val")
+    headers = ["rank", *factors, "results/planned", "val R² (95% CI)", "test R²", "val var ratio (95% CI)",
+               "failure", "collapse", f"diagnoses ({split})", "recal held", "verdict", "ΔR² vs base (paired)",
+               "flags"]
     rows = []
     for c in summary["cells"]:
-        m, d = c["metrics"], c["vs_baseline"]["val.r2"]
-        expected = sum(c["counts"].values())      # the cell's jobs, missing ones included
+        if c["incomplete"] != incomplete:
+            continue
+        m, d, n = c["metrics"], c["vs_baseline"]["val.r2"], c["n_results"]
         delta = "" if c["baseline"] else (_mean_ci(d, "+") + f" (n {d['n_pairs']})" if d["n_pairs"] else "—")
-        rows.append([str(c["rank"]), *(str(c["settings"][f]) for f in factors), f"{c['n_results']}/{expected}",
-                     _mean_ci(m["val.r2"]), _fmt(m["test.r2"]["mean"]), _mean_ci(m["val.variance_ratio"]),
-                     _fmt(c["collapse_rate"], 2), "/".join(str(c["diagnosis"][k]) for k in DIAGNOSES),
-                     c["verdict"], delta, _cell_flags(c)])
+        rows.append(["—" if c["rank"] is None else str(c["rank"]), *(str(c["settings"][f]) for f in factors),
+                     f"{n}/{c['n_planned']}", _mean_ci(m["val.r2"], n_of=n), _fmt(m["test.r2"]["mean"]),
+                     _mean_ci(m["val.variance_ratio"], n_of=n), _fmt(c["failure_rate"], 2),
+                     _fmt(c["collapse_rate"], 2), _diagnoses(c), _recalibration(c), c["verdict"], delta,
+                     _cell_flags(c)])
     return headers, rows
 
 
@@ -60,21 +138,58 @@ def _md_table(headers, rows) -> list[str]:
 
 
 def _effect_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
-    headers = ["factor", "level", "n", "val R² (95% CI)", "val var ratio (95% CI)", "eta² R²", "eta² var ratio"]
+    headers = ["factor", "level", "n", "val R² EMM (95% CI)", "Δ vs first level", "val var ratio EMM (95% CI)",
+               "Δ vs first level"]
     rows = []
     for e in summary["main_effects"]:
         for i, lvl in enumerate(e["levels"]):
-            eta = [_fmt(e["eta_squared"][k], 2) if i == 0 else "" for k in EFFECT_KEYS]
-            rows.append([e["factor"] if i == 0 else "", str(lvl["value"]), str(lvl["val.r2"]["n"]),
-                         _mean_ci(lvl["val.r2"]), _mean_ci(lvl["val.variance_ratio"]), *eta])
+            r2, ratio = lvl["val.r2"], lvl["val.variance_ratio"]
+            rows.append([e["factor"] if i == 0 else "", str(lvl["value"]), str(r2["n"]),
+                         _mean_ci(r2), _mean_ci(r2["vs_first"], "+") if i else "",
+                         _mean_ci(ratio), _mean_ci(ratio["vs_first"], "+") if i else ""])
+    return headers, rows
+
+
+def _anova_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    headers = ["term", "df"]
+    for key in EFFECT_KEYS:
+        headers += [f"F ({NAMES[key]})", "p", "η²", "partial η²"]
+    by_term: dict[str, list] = {}
+    for key in EFFECT_KEYS:
+        for t in summary["anova"].get(key, {}).get("terms", []):
+            by_term.setdefault(t["term"], [t["term"], str(t["df"])])
+    for name, row in by_term.items():
+        for key in EFFECT_KEYS:
+            t = next((t for t in summary["anova"][key]["terms"] if t["term"] == name), None)
+            row += [_fmt(t["f"], 2), _p(t["p"]), _fmt(t["eta_sq"], 3), _fmt(t["partial_eta_sq"], 3)] if t else ["—"] * 4
+    errors = [summary["anova"][k]["error"] for k in EFFECT_KEYS if k in summary["anova"]]
+    rows = list(by_term.values())
+    if errors:
+        rows.append([f"error ({errors[0]['source']})", str(errors[0]["df"]),
+                     *(x for e in errors for x in (f"MS {_fmt(e['ms'], 4)}", "", "", ""))])
     return headers, rows
 
 
 def _paired_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
-    headers = ["cell", "pairs", "Δ val R² (95% CI)", "Δ val var ratio (95% CI)", "Δ test R² (95% CI)"]
-    rows = [[c["label"], str(c["vs_baseline"]["val.r2"]["n_pairs"]),
-             *(_mean_ci(c["vs_baseline"][k], "+") for k in PAIRED_KEYS)]
-            for c in summary["cells"] if not c["baseline"]]
+    headers = []
+    for key in PAIRED_KEYS:
+        headers += [f"Δ {NAMES[key]} (95% CI)", "n", "p Holm"]
+    headers = ["cell", *headers, "detectable ΔR² (80%)"]
+    effect = summary.get("effect")
+    if effect:
+        headers.append(f"seeds for ΔR² {effect:g}")
+    rows = []
+    for c in summary["cells"]:
+        if c["baseline"]:
+            continue
+        d = c["vs_baseline"]
+        row = [c["label"]]
+        for key in PAIRED_KEYS:
+            row += [_mean_ci(d[key], "+"), str(d[key]["n_pairs"]), _p(d[key]["p_holm"])]
+        row.append(_fmt(d["val.r2"]["detectable"]))
+        if effect:
+            row.append("—" if d["val.r2"]["seeds_needed"] is None else str(d["val.r2"]["seeds_needed"]))
+        rows.append(row)
     return headers, rows
 
 
@@ -83,24 +198,35 @@ def _header_lines(summary: dict) -> list[str]:
     statuses = ", ".join(f"{n} {s}" for s, n in j["by_status"].items() if n)
     factors = "; ".join(f"{f['key']} ({', '.join(map(str, f['levels']))})" for f in summary["factors"]) or "none"
     ve = summary["variance_explained"]
-    return [f"sweep {summary['sweep_dir']}: {j['total']} jobs ({statuses}); {len(summary['cells'])} cells "
-            f"x {len(summary['seeds'])} seeds",
-            f"factors: {factors}",
-            f"baseline: {summary['baseline']['label']} ({summary['baseline']['source']})",
-            f"verdict on mean val R² > {'/'.join(map(str, th['r2']))} and val variance ratio > "
-            f"{'/'.join(map(str, th['ratio']))} (minimum/good/excellent); collapse: val variance ratio "
-            f"< {th['collapse']:g} or diagnosis collapsed",
-            f"share of run-to-run variance of val R² explained by the cells: {_fmt(ve['cells']['val.r2'], 2)}, "
-            f"within cells (seeds): {_fmt(ve['within_cells']['val.r2'], 2)}"]
+    planned = "planned by manifest.json" if j.get("manifest") else "no manifest: planned = the seeds seen"
+    lines = [f"sweep {summary['sweep_dir']}: {j['total']} jobs ({statuses}); {len(summary['cells'])} cells "
+             f"x {len(summary['seeds'])} seeds ({planned})",
+             f"factors: {factors}",
+             f"baseline: {summary['baseline']['label']} ({summary['baseline']['source']})",
+             f"verdict on mean val R² > {'/'.join(map(str, th['r2']))} and val variance ratio > "
+             f"{'/'.join(map(str, th['ratio']))} (minimum/good/excellent); collapse: val variance ratio "
+             f"< {th['collapse']:g} or val diagnosis collapsed; incomplete: results for fewer than half "
+             "the planned seeds (no verdict, not ranked)",
+             f"share of the variance of val R² between cells: {_fmt(ve['cells']['val.r2'], 2)}, "
+             f"within cells (seeds): {_fmt(ve['within_cells']['val.r2'], 2)}"]
+    return lines
 
 
 def render_text(summary: dict) -> str:
     lines = _header_lines(summary) + [f"note: {n}" for n in summary["notes"]] + [""]
-    lines += _text_table(*_ranked_rows(summary))
+    lines += _text_table(*_cell_rows(summary, incomplete=False))
+    headers, rows = _cell_rows(summary, incomplete=True)
+    if rows:
+        lines += ["", "incomplete cells (results for fewer than half the planned seeds; no verdict, not ranked):",
+                  *_text_table(headers, rows)]
     if summary["main_effects"]:
-        lines += ["", "main effects (marginal means over result runs):", *_text_table(*_effect_rows(summary))]
+        lines += ["", "main effects: estimated marginal means (unweighted over the other factors' cells), "
+                      "95% CIs from the pooled within-cell error:", *_text_table(*_effect_rows(summary)),
+                  "", "type II ANOVA (F against the error row; η² = SS/SS_total, partial η² = SS/(SS + SS_error)):",
+                  *_text_table(*_anova_rows(summary))]
     if len(summary["cells"]) > 1:
-        lines += ["", "paired differences vs baseline (same seed, cell - baseline):",
+        lines += ["", "paired differences vs baseline (same seed, cell - baseline; p of the paired t test, "
+                      "Holm-adjusted over the cells; detectable: smallest ΔR² found with 80% power at α 0.05):",
                   *_text_table(*_paired_rows(summary))]
     lines += [""] + [f"warning: {w}" for w in summary["warnings"]]
     return "\n".join(lines).rstrip() + "\n"
@@ -112,9 +238,13 @@ def render_markdown(summary: dict) -> str:
                          ("Problems", summary["problems"])):
         if items:
             lines += [f"## {title}", "", *(f"- {x}" for x in items), ""]
-    lines += ["## Cells, ranked by mean val R²", "", *_md_table(*_ranked_rows(summary)), ""]
+    lines += ["## Cells, ranked by mean val R²", "", *_md_table(*_cell_rows(summary, False)), ""]
+    headers, rows = _cell_rows(summary, True)
+    if rows:
+        lines += ["## Incomplete cells (not ranked)", "", *_md_table(headers, rows), ""]
     if summary["main_effects"]:
-        lines += ["## Main effects", "", *_md_table(*_effect_rows(summary)), ""]
+        lines += ["## Main effects (estimated marginal means)", "", *_md_table(*_effect_rows(summary)), "",
+                  "## Type II ANOVA", "", *_md_table(*_anova_rows(summary)), ""]
     if len(summary["cells"]) > 1:
         lines += ["## Paired differences vs baseline", "", *_md_table(*_paired_rows(summary)), ""]
     pngs = [f for f in summary["files"] if f.endswith(".png")]
@@ -124,35 +254,36 @@ def render_markdown(summary: dict) -> str:
 
 
 def render_csv(summary: dict) -> str:
-    """One row per cell, ranked; floats unrounded, NaN as empty."""
+    """One row per cell, ranked (incomplete cells last, rank empty); floats unrounded, NaN as empty."""
     factors = [f["key"] for f in summary["factors"]]
-    stat_fields, pair_fields = ("mean", "std", "ci_low", "ci_high"), ("mean", "ci_low", "ci_high", "n_pairs")
-    header = ["rank", "cell", *factors, "baseline", "n_results", *STATES,
+    stat_fields = ("n", "mean", "std", "ci_low", "ci_high")
+    pair_fields = ("mean", "ci_low", "ci_high", "n_pairs", "p", "p_holm", "detectable")
+    header = ["rank", "cell", *factors, "baseline", "n_results", "n_planned", "incomplete", *STATES,
               *(f"{k.replace('.', '_')}_{s}" for k in STAT_KEYS for s in stat_fields),
-              "collapse_rate", *DIAGNOSES, "verdict",
+              "failure_rate", "collapse_rate", *DIAGNOSES, "verdict",
               *(f"delta_{k.replace('.', '_')}_{s}" for k in PAIRED_KEYS for s in pair_fields), "warning"]
 
     def num(x):
-        return "" if isinstance(x, float) and not math.isfinite(x) else x
+        return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
 
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     for c in summary["cells"]:
-        writer.writerow([c["rank"], c["label"], *(c["settings"][f] for f in factors), c["baseline"], c["n_results"],
-                         *(c["counts"][s] for s in STATES),
+        writer.writerow([num(c["rank"]), c["label"], *(c["settings"][f] for f in factors), c["baseline"],
+                         c["n_results"], c["n_planned"], c["incomplete"], *(c["counts"][s] for s in STATES),
                          *(num(c["metrics"][k][s]) for k in STAT_KEYS for s in stat_fields),
-                         num(c["collapse_rate"]), *(c["diagnosis"][d] for d in DIAGNOSES), c["verdict"],
-                         *(num(c["vs_baseline"][k][s]) for k in PAIRED_KEYS for s in pair_fields), c["warning"]])
+                         num(c["failure_rate"]), num(c["collapse_rate"]), *(c["diagnosis"][d] for d in DIAGNOSES),
+                         c["verdict"], *(num(c["vs_baseline"][k][s]) for k in PAIRED_KEYS for s in pair_fields),
+                         c["warning"]])
     return out.getvalue()
 
 
-def _write_text(path: Path, text: str) -> None:
-    records._atomic_write_bytes(path, lambda f: f.write(text.encode()))   # temp file + os.replace
-
-
-def write_outputs(summary: dict, sweep_dir: Path) -> None:
+def write_outputs(summary: dict, out_dir: Path) -> None:
+    """summary.csv, summary.md and summary.json into out_dir, each atomically."""
+    out_dir = Path(out_dir)
     summary["files"] = ["summary.csv", "summary.md", "summary.json"] + summary["files"]
-    _write_text(sweep_dir / "summary.csv", render_csv(summary))
-    _write_text(sweep_dir / "summary.md", render_markdown(summary))
-    records.write_json(sweep_dir / "summary.json", summary)
+    write_file(out_dir / "summary.csv", render_csv(summary).encode())
+    write_file(out_dir / "summary.md", render_markdown(summary).encode())
+    data = json.dumps(_finite_or_none(summary), indent=1, allow_nan=False)   # NaN as null
+    write_file(out_dir / "summary.json", data.encode())

@@ -1,9 +1,11 @@
-"""Read a sweep directory: one `Job` per job directory (numeric subdirectory).
+"""Read a sweep directory: one `Job` per job directory, and the sweep's manifest.
 
-For each job: `.hydra/overrides.yaml`, `.hydra/hydra.yaml` (`job.num`,
-`runtime.choices`) and `metrics.json` - never `multirun.yaml`, which holds the sweep
-unexpanded (shared/STYLE.md). A job that failed, is missing, still running, corrupt or
-of an unknown schema gets a status and a line in `job.problems`, not an exception.
+A job's factors come from its own record: the `overrides` and group `choices` that
+metrics.json stores. `.hydra/overrides.yaml` and `.hydra/hydra.yaml` are read only for
+a job that has no usable record (it failed before writing one, or the file is corrupt),
+to say which cell it belonged to; `multirun.yaml` never (it holds the sweep unexpanded).
+A job that failed, is missing, still running, corrupt or of an unknown schema gets a
+status and a line in `job.problems`, not an exception.
 Also the vocabulary the statistics (collapse.summary) and the tables
 (collapse.summary_report) share: job states, metric keys, diagnosis labels.
 """
@@ -20,22 +22,30 @@ import yaml
 
 from collapse import records
 
+from collapse.sweep_dir import job_dirs, read_manifest
+
 METRICS = ("r2", "variance_ratio", "pred_std", "rmse", "mae")
 SPLITS = ("val", "test")
 STAT_KEYS = tuple(f"{split}.{m}" for split in SPLITS for m in METRICS)
-EFFECT_KEYS = ("val.r2", "val.variance_ratio")              # main effects, eta^2
+EFFECT_KEYS = ("val.r2", "val.variance_ratio")              # main effects, ANOVA
 PAIRED_KEYS = ("val.r2", "val.variance_ratio", "test.r2")   # differences vs baseline
 STATISTICS_STATUSES = ("completed", "stopped_collapse")   # runs whose best-epoch metrics count
+FAILURE_STATUSES = ("diverged", "failed", "interrupted")  # runs that ended without a result
 STATES = ("completed", "diverged", "stopped_collapse", "failed", "running", "interrupted",
           "unreadable", "missing")
-DIAGNOSES = ("healthy", "collapsed", "no_signal")
+DIAGNOSES = ("healthy", "collapsed", "no_signal", "inflated", "inconclusive")
 NOT_FACTORS = ("seed", "resume")    # seed is the replicate axis; resume is bookkeeping
+# metrics.json schemas this summary reads: 1 (one val diagnosis) and 2 (status
+# interrupted, a diagnosis per split, recalibrated.raised_test_r2)
+READABLE_SCHEMAS = tuple(getattr(records, "READABLE_SCHEMAS", (1, 2)))
+READABLE_STATUSES = tuple(dict.fromkeys((*records.STATUSES, "interrupted")))
+_NUMBER = re.compile(r"[0-9]+")     # ASCII digits only: str.isdigit() accepts '²', int() does not
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass
 class Job:
-    num: int
+    num: Optional[int]                      # Hydra's job.num (None when nothing says it)
     path: Path
     status: str = "missing"                 # one of STATES
     settings: Optional[dict] = None         # key -> value (overrides + group choices); None: unknown
@@ -52,6 +62,21 @@ class Job:
         if self.status in STATISTICS_STATUSES and self.record:
             return self.record.get("best") or None
         return None
+
+    def diagnosis(self, split: str = "val") -> Optional[str]:
+        """The diagnosis label of a split. Schema 1 records hold one dict (the val split's);
+        schema 2 one per split."""
+        d = (self.record or {}).get("diagnosis")
+        if not isinstance(d, dict):
+            return None
+        if "label" in d:
+            return d.get("label") if split == "val" else None
+        return (d.get(split) or {}).get("label") if isinstance(d.get(split), dict) else None
+
+    def recalibration_held(self) -> Optional[bool]:
+        """recalibrated.raised_test_r2 (schema 2): did the affine refit on val raise test R²?"""
+        value = ((self.record or {}).get("recalibrated") or {}).get("raised_test_r2")
+        return value if isinstance(value, bool) else None
 
 
 # YAML construction is slow in Python even with libyaml (all of a job's ~4 kB hydra.yaml
@@ -96,18 +121,39 @@ def _hydra_job_info(path: Path) -> tuple[Optional[int], dict]:
 _HISTORIES = re.compile(r'"(history|ssl_history)": \[[^\]]*\]')
 
 
+def _check_record(path: Path, record) -> dict:
+    """The record if its schema and status are ones this summary reads, else RecordError
+    worded as collapse.records words it."""
+    if not isinstance(record, dict):
+        raise records.RecordError(f"{path}: expected a JSON object")
+    if record.get("schema") not in READABLE_SCHEMAS:
+        raise records.RecordError(f"{path}: unknown schema version {record.get('schema')!r} "
+                                  f"(this reads {', '.join(map(str, READABLE_SCHEMAS))})")
+    if record.get("status") not in READABLE_STATUSES:
+        raise records.RecordError(f"{path}: unknown status {record.get('status')!r}")
+    return record
+
+
 def read_metrics(path: Path, histories: bool = True) -> dict:
-    """records.read_record, faster when `histories` is False (they come back as None)."""
-    if histories:
-        return records.read_record(path)
+    """A metrics.json of a readable schema (histories None unless `histories`); raises
+    FileNotFoundError, or records.RecordError naming the file."""
+    path = Path(path)
     try:
-        record = json.loads(_HISTORIES.sub(r'"\1": null', path.read_text()))
-    except (OSError, ValueError):
-        record = None
-    if isinstance(record, dict) and record.get("schema") in records.READABLE_SCHEMAS \
-            and record.get("status") in records.STATUSES:
-        return record
-    return records.read_record(path)
+        text = path.read_text()
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError) as e:
+        raise records.RecordError(f"{path}: not valid JSON ({e})") from None
+    if not histories:
+        try:
+            return _check_record(path, json.loads(_HISTORIES.sub(r'"\1": null', text)))
+        except ValueError:
+            pass        # anything unusual: parse it whole, which words the error
+    try:
+        record = json.loads(text)
+    except ValueError as e:
+        raise records.RecordError(f"{path}: not valid JSON ({e})") from None
+    return _check_record(path, record)
 
 
 def _is_hydra_key(key: str) -> bool:
@@ -130,23 +176,30 @@ def _settings(overrides: Sequence[str], choices: dict) -> tuple[dict, set, Optio
     return settings, keys, seed
 
 
-def read_job(job_dir: Path, histories: bool = True) -> Job:
-    """Everything the summary needs from one job directory; problems go in job.problems."""
-    job = Job(num=int(job_dir.name), path=job_dir)
+def _hydra_settings(job_dir: Path) -> tuple[Optional[list], Optional[dict], Optional[int], Optional[str]]:
+    """(overrides, choices, job.num, problem) from a job's .hydra/ files."""
     hydra_dir = job_dir / ".hydra"
-    overrides = choices = hydra_problem = None
     try:
         overrides = _load_overrides(hydra_dir / "overrides.yaml")
         if not isinstance(overrides, list):
             raise ValueError("overrides.yaml is not a list")
         num, choices = _hydra_job_info(hydra_dir / "hydra.yaml")
-        job.num = num if num is not None else job.num
+        return overrides, choices, num, None
     except FileNotFoundError as e:
-        hydra_problem = f"{e.filename if hydra_dir.is_dir() else hydra_dir}: missing"
+        return None, None, None, f"{e.filename if hydra_dir.is_dir() else hydra_dir}: missing"
     except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError) as e:
-        overrides = choices = None
-        hydra_problem = f"{hydra_dir}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})"
+        return None, None, None, f"{hydra_dir}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})"
 
+
+def _num(value) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def read_job(job_dir: Path, histories: bool = True) -> Job:
+    """Everything the summary needs from one job directory; problems go in job.problems.
+    Factors from the record's overrides and choices; from .hydra/ only without a record."""
+    job_dir = Path(job_dir)
+    job = Job(num=int(job_dir.name) if _NUMBER.fullmatch(job_dir.name) else None, path=job_dir)
     metrics = job_dir / records.METRICS_FILE
     try:
         job.record = read_metrics(metrics, histories)
@@ -158,15 +211,18 @@ def read_job(job_dir: Path, histories: bool = True) -> Job:
         job.problems.append(str(e))
 
     record = job.record or {}
-    if hydra_problem and overrides is None:
-        overrides = record.get("overrides")
-        job.problems.append(hydra_problem + (": factors taken from metrics.json" if overrides is not None
-                                             else "; no usable metrics.json either: left out"))
-    elif hydra_problem:
-        job.problems.append(hydra_problem + ": group choices taken from metrics.json")
+    overrides, choices = record.get("overrides"), record.get("choices")
+    num = _num((record.get("job") or {}).get("num"))
+    if not isinstance(overrides, list):         # no usable record: which cell was it?
+        overrides, choices, hydra_num, problem = _hydra_settings(job_dir)
+        num = num if num is not None else hydra_num
+        if overrides is None:
+            job.problems.append(f"{problem}; no usable metrics.json either: left out")
+    elif not (job_dir / ".hydra").is_dir():     # not needed, but a sign of a damaged job dir
+        job.problems.append(f"{job_dir / '.hydra'}: missing: factors taken from metrics.json")
+    job.num = num if num is not None else job.num
     if overrides is not None:
-        choices = choices if choices is not None else record.get("choices") or {}
-        job.settings, job.override_keys, job.seed = _settings(overrides, choices)
+        job.settings, job.override_keys, job.seed = _settings(overrides, choices if isinstance(choices, dict) else {})
         if job.seed is None and record.get("seed") is not None:
             job.seed = str(record["seed"])
 
@@ -178,6 +234,8 @@ def read_job(job_dir: Path, histories: bool = True) -> Job:
             job.problems.append(f"{metrics}: status running but pid {pid} on {host} is gone: interrupted")
         else:
             job.problems.append(f"{metrics}: still running (pid {pid} on {host})")
+    elif job.status == "interrupted":
+        job.problems.append(f"{metrics}: interrupted at epoch {record.get('epochs_run')} (not a result)")
     elif job.status == "failed":
         error = str(record.get("error") or record.get("stop_reason") or "no error recorded")
         job.problems.append(f"{metrics}: failed: {error.splitlines()[0][:200]}")
@@ -186,10 +244,15 @@ def read_job(job_dir: Path, histories: bool = True) -> Job:
     return job
 
 
-def job_dirs(sweep_dir: Path) -> list[Path]:
-    """The job directories of a sweep (numeric subdirectories), in job order."""
-    return sorted((p for p in Path(sweep_dir).iterdir() if p.name.isdigit() and p.is_dir()),
-                  key=lambda p: int(p.name))
+def planned_jobs(manifest: Optional[dict]) -> Optional[list[tuple[int, dict, set, Optional[str]]]]:
+    """The manifest's jobs as (num, settings, override keys, seed); None without a manifest."""
+    if manifest is None:
+        return None
+    out = []
+    for item in manifest["jobs"]:
+        if isinstance(item, dict) and _num(item.get("num")) is not None and isinstance(item.get("overrides"), list):
+            out.append((item["num"], *_settings(item["overrides"], {})))
+    return out
 
 
 def sweep_info(jobs: Sequence[Job]) -> dict:
@@ -205,3 +268,90 @@ def sweep_info(jobs: Sequence[Job]) -> dict:
             continue
         return (config or {}).get("sweep") or {}
     return {}
+
+
+# ---------------------------------------------------------------- factors and levels
+
+def level_key(value: Optional[str]):
+    """Numbers in numeric order, before strings; a missing value first."""
+    if value is None:
+        return (0, 0.0, "")
+    try:
+        return (1, float(value), value)
+    except ValueError:
+        return (2, 0.0, value)
+
+
+def same_level(a: Optional[str], b: Optional[str]) -> bool:
+    """Equal as written or as numbers ("0" and "0.0")."""
+    try:
+        return a == b or float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
+def find_factors(jobs: Sequence[Job], declared: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Keys whose values vary across the jobs -> (factors, notes).
+
+    Order: `declared` (sweep.factors) first, then varying override keys, then varying
+    group choices. A group choice that no override names and whose value follows from
+    the factors already kept (one an `experiment=` option sets, say) adds no cells and
+    is left out."""
+    known = [j for j in jobs if j.settings is not None]
+    keys = sorted(set().union(*(j.settings for j in known))) if known else []
+    values = {k: [j.settings.get(k) for j in known] for k in keys}
+    varying = {k for k in keys if len(set(values[k])) > 1}
+    overridden = set().union(*(j.override_keys for j in known)) if known else set()
+    notes = [f"sweep.factors names {k}, which does not vary across the jobs: not a factor"
+             for k in declared if k not in varying]
+    candidates = [k for k in declared if k in varying]
+    rest = varying - set(candidates)
+    candidates += sorted(rest & overridden) + sorted(rest - overridden)
+    factors: list[str] = []
+    for key in candidates:
+        seen: dict[tuple, Optional[str]] = {}
+        follows = bool(factors) and key not in overridden and key not in declared and all(
+            seen.setdefault(tuple(values[f][i] for f in factors), values[key][i]) == values[key][i]
+            for i in range(len(known)))
+        if follows:
+            notes.append(f"{key} varies but follows from {', '.join(factors)}: not a separate factor")
+            continue
+        if declared and key not in declared:
+            notes.append(f"{key} varies but is not in sweep.factors: treated as a factor")
+        factors.append(key)
+    return factors, notes
+
+
+def _number(value) -> Optional[float]:
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if x == x else None        # NaN is no number to compare
+
+
+def unify_numeric_levels(settings_lists: Sequence[dict]) -> list[str]:
+    """Make values that are the same number one level ("0" and "0.0", "1e-3" and
+    "0.001"), in place: each key's spellings of a number become its most common one.
+    Returns a note per key changed."""
+    spellings: dict[str, dict[float, dict[str, int]]] = {}
+    for settings in settings_lists:
+        for key, value in settings.items():
+            x = _number(value)
+            if x is not None:
+                counts = spellings.setdefault(key, {}).setdefault(x, {})
+                counts[value] = counts.get(value, 0) + 1
+    canon = {}
+    notes = []
+    for key, by_number in spellings.items():
+        for counts in by_number.values():
+            if len(counts) > 1:
+                best = sorted(counts, key=lambda v: (-counts[v], len(v), v))[0]
+                canon.setdefault(key, {}).update({v: best for v in counts})
+                notes.append(f"{key}: {', '.join(sorted(counts))} are the same number: one level {best}")
+    for settings in settings_lists:
+        for key, mapping in canon.items():
+            if settings.get(key) in mapping:
+                settings[key] = mapping[settings[key]]
+    return notes
+

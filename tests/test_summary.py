@@ -19,8 +19,9 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from collapse import records, summary as summary_mod, sweep_jobs
+from collapse import records, stats, summary as summary_mod, sweep_jobs
 from collapse.summary import Thresholds, describe, eta_squared, summarize, t975
+from collapse.summary_report import render_text
 
 FRAMES, LAMBDAS, SEEDS = (1, 7), (0.0, 0.5), (0, 1, 2)
 # (temporal_frames, variance_lambda) -> per-seed val R², val variance ratio, diagnosis labels
@@ -55,7 +56,7 @@ def write_job(sweep_dir: Path, num: int, overrides: list, choices: dict, status=
                      "rmse": 1.1 - val_r2, "mae": 0.5}}
     history = [{"epoch": e, "val_r2": val_r2 * e / 3, "val_variance_ratio": val_ratio, "val_loss": 0.1}
                for e in (1, 2, 3)]
-    record = {"schema": 1, "status": status, "seed": seed, "overrides": overrides, "choices": choices,
+    record = {"schema": record_extra.pop("schema", 1), "status": status, "seed": seed, "overrides": overrides, "choices": choices,
               "job": {"num": num}, "config": {"seed": seed, "sweep": sweep or {"name": "adhoc"}},
               "best_epoch": 3, "best": best, "history": history, "diagnosis": {"label": label},
               "provenance": {"hostname": socket.gethostname(), "pid": 1}, "error": None, **record_extra}
@@ -144,7 +145,7 @@ def test_factors_baseline_and_cell_statistics(grid_summary):
     assert base["metrics"]["test.r2"]["mean"] == pytest.approx(0.35)
     assert base["metrics"]["val.variance_ratio"]["mean"] == pytest.approx(0.6)
     assert base["metrics"]["val.rmse"]["mean"] == pytest.approx(0.6)
-    assert base["diagnosis"] == {"healthy": 1, "collapsed": 1, "no_signal": 1}
+    assert base["diagnosis"] == {"healthy": 1, "collapsed": 1, "no_signal": 1, "inflated": 0, "inconclusive": 0}
     assert base["collapse_rate"] == pytest.approx(1 / 3)             # the "collapsed" label
     assert cell(s, 1, 0.5)["collapse_rate"] == pytest.approx(1 / 3)  # ratio 0.05 < 0.1
     assert cell(s, 1, 0.0)["collapse_rate"] == 0.0
@@ -279,7 +280,7 @@ def test_every_problem_is_reported_and_the_rest_summarised(tmp_path):
     assert cell(s, 1, 0.0)["metrics"]["val.r2"]["mean"] == pytest.approx(0.70)
     c = cell(s, 1, 0.5)
     assert (c["counts"]["running"], c["counts"]["interrupted"], c["counts"]["missing"], c["n_results"]) == (1, 1, 1, 0)
-    assert c["verdict"] == "n/a"
+    assert c["verdict"] == "incomplete" and c["incomplete"] and c["rank"] is None   # no results: no verdict
     base = cell(s, 7, 0.0)                      # job 6 failed, 7 absent, 8 diverged: counted, no statistics
     assert (base["counts"]["failed"], base["counts"]["missing"], base["counts"]["diverged"]) == (1, 1, 1)
     assert base["n_results"] == 0 and math.isnan(base["metrics"]["val.r2"]["mean"])
@@ -292,6 +293,7 @@ def test_every_problem_is_reported_and_the_rest_summarised(tmp_path):
 
 def test_hydra_files_in_another_layout_are_parsed_whole(tmp_path):
     job = write_job(tmp_path / "sweep", 0, ["model=gru", "seed=0"], {"model": "gru"})
+    (job / "metrics.json").unlink()       # .hydra/ is read only for a job without a record
     (job / ".hydra" / "hydra.yaml").write_text("{hydra: {job: {num: 0}, runtime: {choices: {model: gru, ssl: 'off'}}}}\n")
     (job / ".hydra" / "overrides.yaml").write_text("- model=gru\n- 'seed=0'  # quoted, commented\n")
     parsed = summary_mod.read_job(job)
@@ -358,7 +360,8 @@ def test_cli_into_a_closed_pipe_exits_without_a_traceback(tmp_path):
 def test_tables_only_import_no_heavy_modules(tmp_path):
     sweep = make_grid(tmp_path / "sweep")
     code = ("import sys; from collapse.summary import summarize; summarize(sys.argv[1], plots=False); "
-            "print(sorted(m for m in ('matplotlib', 'scipy', 'sklearn', 'torch', 'hydra') if m in sys.modules))")
+            "print(sorted(m for m in ('matplotlib', 'scipy.stats', 'statsmodels', 'pandas', 'sklearn', 'torch', "
+            "'hydra') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code, str(sweep)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
@@ -367,7 +370,7 @@ def test_tables_only_import_no_heavy_modules(tmp_path):
 def test_plots_are_pngs(tmp_path):
     sweep = make_grid(tmp_path / "sweep")
     s = summarize(sweep, plots=True)
-    pngs = ["summary_heatmap.png", "summary_main_effects.png", "summary_curves.png"]
+    pngs = ["summary_heatmap.png", "summary_interaction.png", "summary_main_effects.png", "summary_curves.png"]
     assert [f for f in s["files"] if f.endswith(".png")] == pngs
     for name in pngs:
         assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -382,3 +385,288 @@ def test_plots_are_pngs(tmp_path):
     s = summarize(one, plots=True)
     assert "heatmap skipped: it needs at least 2 factors" in s["notes"]
     assert (one / "summary_main_effects.png").is_file() and not (one / "summary_heatmap.png").exists()
+
+
+# ---------------------------------------------------------------- the issue's defects, one test each
+
+def write_manifest(sweep_dir: Path, jobs: list) -> None:
+    """<sweep_dir>/manifest.json as collapse.sweep_dir writes it: job number = position."""
+    records.write_json(sweep_dir / "manifest.json", {"schema": 1, "config_name": "fab", "task_overrides": [],
+                                                     "jobs": [{"num": n, "overrides": o} for n, o in enumerate(jobs)]})
+
+
+def make_study_sweep(sweep_dir: Path, manifest: bool = True) -> Path:
+    """study=a,b x data.temporal_frames=1,7 x seed=0..5 where `study` is a label that changes
+    nothing; cells (b, 1 frame) and (a, 7 frames) keep only seed 0 (the rest diverged or
+    never started). R² = 0.8 with 1 frame, 0.3 with 7, plus seed noise."""
+    rng = np.random.default_rng(1)
+    plan, num = [], 0
+    for study in ("a", "b"):
+        for frames in (1, 7):
+            for seed in range(6):
+                overrides = [f"study={study}", f"data.temporal_frames={frames}", f"seed={seed}"]
+                plan.append(overrides)
+                lost = (study, frames) in (("b", 1), ("a", 7)) and seed > 0
+                r2 = (0.8 if frames == 1 else 0.3) + rng.normal(0, 0.03)
+                if not lost:
+                    write_job(sweep_dir, num, overrides, {}, val_r2=r2, val_ratio=0.7 + rng.normal(0, 0.03), seed=seed)
+                elif seed % 2:
+                    write_job(sweep_dir, num, overrides, {}, status="diverged", best=None, seed=seed)
+                num += 1
+    if manifest:
+        write_manifest(sweep_dir, plan)
+    return sweep_dir
+
+
+def test_defect1_a_label_that_changes_nothing_has_no_effect_in_an_unbalanced_sweep(tmp_path):
+    s = summarize(make_study_sweep(tmp_path / "sweep"), plots=False)
+    study = next(e for e in s["main_effects"] if e["factor"] == "study")
+    a, b = study["levels"]
+    assert abs(a["val.r2"]["mean"] - b["val.r2"]["mean"]) < 0.05     # old: pooled means 0.63 vs 0.37
+    assert study["eta_squared"]["val.r2"] <= 0.05                     # old: 0.69
+    diff = b["val.r2"]["vs_first"]
+    assert abs(diff["mean"]) < 0.05 and diff["ci_low"] < 0 < diff["ci_high"]   # old: a 0.34, b -0.06
+    assert study["eta_squared"]["val.r2"] <= 0.05 and study["p"]["val.r2"] > 0.05
+    frames = next(e for e in s["main_effects"] if e["factor"] == "data.temporal_frames")
+    assert frames["levels"][1]["val.r2"]["vs_first"]["mean"] == pytest.approx(-0.5, abs=0.05)
+    shares = [t["eta_sq"] for t in s["anova"]["val.r2"]["terms"]]
+    assert sum(shares) <= 1 + 1e-9
+
+
+def test_defect1_effects_match_statsmodels_on_the_unbalanced_study_sweep(tmp_path):
+    pd = pytest.importorskip("pandas")
+    smf = pytest.importorskip("statsmodels.formula.api")
+    anova_lm = pytest.importorskip("statsmodels.stats.anova").anova_lm
+    sweep = make_study_sweep(tmp_path / "sweep")
+    s = summarize(sweep, plots=False)
+    rows = [(r["overrides"][0].split("=")[1], r["overrides"][1].split("=")[1], r["best"]["val"]["r2"])
+            for r in (json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")) if r["status"] == "completed"]
+    data = pd.DataFrame(rows, columns=["study", "frames", "y"])
+    table = anova_lm(smf.ols("y ~ C(study, Sum) * C(frames, Sum)", data).fit(), typ=2)
+    got = {frozenset(t["factors"]): t for t in s["anova"]["val.r2"]["terms"]}
+    for term, row in (({"study"}, "C(study, Sum)"), ({"data.temporal_frames"}, "C(frames, Sum)"),
+                      ({"study", "data.temporal_frames"}, "C(study, Sum):C(frames, Sum)")):
+        term = frozenset(term)
+        assert got[term]["ss"] == pytest.approx(table.loc[row, "sum_sq"], rel=1e-9, abs=1e-15)
+        assert got[term]["f"] == pytest.approx(table.loc[row, "F"], rel=1e-9)
+        assert got[term]["p"] == pytest.approx(table.loc[row, "PR(>F)"], rel=1e-7)
+
+
+def test_defect2_main_effect_intervals_come_from_the_pooled_within_cell_error(grid_summary):
+    x = np.array([[GRID[(f, l)][0] for l in LAMBDAS] for f in FRAMES])      # [frames, lambda, seed]
+    ms_within = ((x - x.mean(axis=2, keepdims=True)) ** 2).sum() / (12 - 4)
+    half = summary_mod.t975(8) * math.sqrt(ms_within * (1 / 3 + 1 / 3) / 4)   # mean of 2 cell means of 3
+    frames = grid_summary["main_effects"][0]
+    for level in frames["levels"]:
+        assert level["val.r2"]["ci_high"] - level["val.r2"]["mean"] == pytest.approx(half)
+    assert grid_summary["anova"]["val.r2"]["error"] == pytest.approx(
+        {"source": "within cells", "df": 8, "ss": ms_within * 8, "ms": ms_within})
+
+
+def test_defect3_survivors_only_cells_are_incomplete_and_ranked_apart(tmp_path):
+    sweep = tmp_path / "sweep"
+    num = 0
+    for lam in (0.0, 0.5):
+        for seed in range(3):
+            survivor_cell = lam == 0.5
+            status = "diverged" if survivor_cell and seed > 0 else "completed"
+            write_job(sweep, num, [f"loss.variance_lambda={lam}", f"seed={seed}"], {}, status=status,
+                      val_r2=0.95 if survivor_cell else 0.5 + 0.01 * seed, val_ratio=0.9, seed=seed,
+                      **({"best": None} if status == "diverged" else {}))
+            num += 1
+    s = summarize(sweep, plots=False)
+    survivor = next(c for c in s["cells"] if c["settings"]["loss.variance_lambda"] == "0.5")
+    assert survivor["verdict"] == "incomplete" and s["cells"][0] is not survivor     # old: #1, "excellent"
+    assert survivor["incomplete"] and survivor["verdict"] == "incomplete" and survivor["rank"] is None
+    assert survivor["failure_rate"] == pytest.approx(2 / 3) and survivor["collapse_rate"] == 0.0
+    assert s["cells"][0]["settings"]["loss.variance_lambda"] == "0.0" and s["cells"][0]["rank"] == 1
+    text = render_text(s)
+    assert text.index("incomplete cells") < text.index("0.950")    # listed apart, after the ranked table
+
+
+def test_defect3_one_result_of_six_planned_seeds_gets_no_verdict(tmp_path):
+    s = summarize(make_study_sweep(tmp_path / "sweep"), plots=False)
+    thin = [c for c in s["cells"] if c["n_results"] == 1]
+    assert len(thin) == 2 and all(c["verdict"] == "incomplete" for c in thin)       # old: a verdict
+    assert all(c["n_planned"] == 6 for c in thin)
+    assert all(c["rank"] is None for c in thin) and [c["rank"] for c in s["cells"][:2]] == [1, 2]
+
+
+def test_defect4_one_seed_per_cell_leaves_the_within_cell_share_undefined(tmp_path):
+    sweep = tmp_path / "sweep"
+    for num, (frames, r2) in enumerate(((1, 0.8), (3, 0.6), (7, 0.3))):
+        write_job(sweep, num, [f"data.temporal_frames={frames}", "seed=0"], {}, val_r2=r2)
+    s = summarize(sweep, plots=False)
+    assert math.isnan(s["variance_explained"]["within_cells"]["val.r2"])
+    assert "within cells (seeds): —" in render_text(s)
+
+
+def test_defect5_the_variance_warning_needs_paired_intervals_that_support_it(tmp_path):
+    sweep = tmp_path / "sweep"
+    num = 0
+    # lambda 0.5 raises the ratio and lowers R² on average, but R²'s interval holds 0;
+    # lambda 1.0 does the same with one shared seed only
+    values = {"0.0": ([0.50, 0.60, 0.55], [0.5, 0.5, 0.5]), "0.5": ([0.40, 0.65, 0.50], [0.7, 0.8, 0.75]),
+              "1.0": ([0.40, None, None], [0.9, None, None])}
+    for lam, (r2s, ratios) in values.items():
+        for seed, (r2, ratio) in enumerate(zip(r2s, ratios)):
+            if r2 is not None:
+                write_job(sweep, num, [f"loss.variance_lambda={lam}", f"seed={seed}"], {}, val_r2=r2,
+                          val_ratio=ratio, seed=seed)
+            num += 1
+    s = summarize(sweep, plots=False)
+    assert s["warnings"] == [] and not any(c["warning"] for c in s["cells"])
+    tentative = [n for n in s["notes"] if n.startswith("tentative:")]
+    assert len(tentative) == 2 and any("n 1" in n for n in tentative) and any("n 3" in n for n in tentative)
+
+
+def test_defect6_every_figure_says_how_many_values_it_rests_on(tmp_path):
+    sweep = make_grid(tmp_path / "sweep", job9={"best": {"epoch": 3, "val": {"r2": None, "variance_ratio": 0.9},
+                                                         "test": {"r2": 0.1, "variance_ratio": 0.9}}})
+    s = summarize(sweep, plots=False)
+    c = cell(s, 7, 0.5)
+    assert c["n_results"] == 3 and c["metrics"]["val.r2"]["n"] == 2 and c["metrics"]["test.r2"]["n"] == 3
+    assert c["vs_baseline"]["val.r2"]["n_pairs"] == 2 and c["vs_baseline"]["test.r2"]["n_pairs"] == 3
+    text = render_text(s)
+    assert "(n 2)" in text.split("data.temporal_frames=7")[0] or "(n 2)" in text
+    headers = [line for line in text.splitlines() if line.startswith("cell ")][0]
+    assert headers.count("  n  ") == 3          # a pairs count per metric
+
+
+def test_defect7_floating_point_noise_is_not_a_share_of_variance():
+    assert math.isnan(eta_squared([[0.1 + 0.2] * 6, [0.3] * 6]))    # old: 1.0
+
+
+def test_defect8_levels_that_are_numbers_compare_as_numbers(tmp_path):
+    sweep = tmp_path / "sweep"
+    for num, (lam, seed) in enumerate([("0", 0), ("0.0", 1), ("0.5", 0), ("0.5", 1)]):
+        write_job(sweep, num, [f"loss.variance_lambda={lam}", f"seed={seed}"], {}, seed=seed)
+    s = summarize(sweep, plots=False)
+    assert s["factors"][0]["levels"] == ["0", "0.5"] or s["factors"][0]["levels"] == ["0.0", "0.5"]
+    assert len(s["cells"]) == 2 and s["jobs"]["total"] == 4 and s["jobs"]["by_status"]["missing"] == 0
+    assert all(c["n_results"] == 2 for c in s["cells"]) and s["problems"] == []
+
+
+# ---------------------------------------------------------------- the plan, the record, the output
+
+def test_manifest_names_the_jobs_that_never_started(tmp_path):
+    sweep = make_study_sweep(tmp_path / "sweep")
+    s = summarize(sweep, plots=False)
+    never = [n for n in range(24) if not (sweep / str(n)).exists()]
+    assert s["problems"][0] == f"{len(never)} of 24 planned jobs never started: {', '.join(map(str, never))}"
+    assert s["jobs"]["planned"] == 24 and s["jobs"]["total"] == 24
+    thin = next(c for c in s["cells"] if c["settings"] == {"study": "b", "data.temporal_frames": "1"})
+    assert thin["counts"]["missing"] == 2 and thin["counts"]["diverged"] == 3      # seeds 2, 4; 1, 3, 5
+
+
+def test_power_figures_for_the_next_sweep(tmp_path):
+    sweep = make_grid(tmp_path / "sweep")
+    s = summarize(sweep, plots=False, effect=0.05)
+    d = cell(s, 7, 0.5)["vs_baseline"]["val.r2"]
+    sd = math.sqrt((0.02**2 + 0.03**2 + 0.01**2) / 2)
+    assert d["std"] == pytest.approx(sd)
+    assert d["detectable"] == pytest.approx(stats.detectable_difference(sd, 3))
+    assert d["seeds_needed"] == stats.seeds_needed(0.05, sd)
+    # Holm over the three cells of each metric
+    ps = [c["vs_baseline"]["val.r2"]["p"] for c in s["cells"] if not c["baseline"]]
+    assert [c["vs_baseline"]["val.r2"]["p_holm"] for c in s["cells"] if not c["baseline"]] == \
+        pytest.approx(stats.holm(ps))
+
+
+def test_schema2_records_interrupted_runs_and_test_diagnoses(tmp_path):
+    sweep = tmp_path / "sweep"
+    for num, (lam, status, val_label, test_label, held) in enumerate([
+            ("0.0", "completed", "collapsed", "healthy", True), ("0.0", "completed", "collapsed", "collapsed", False),
+            ("0.0", "interrupted", None, None, None), ("0.5", "completed", "healthy", "inflated", None)]):
+        write_job(sweep, num, [f"loss.variance_lambda={lam}", f"seed={num}"], {}, status=status, seed=num,
+                  schema=2, diagnosis={"val": {"label": val_label}, "test": {"label": test_label}},
+                  recalibrated={"raised_test_r2": held} if held is not None else None)
+    s = summarize(sweep, plots=False)
+    first = next(c for c in s["cells"] if c["settings"]["loss.variance_lambda"] == "0.0")
+    assert first["counts"]["interrupted"] == 1 and first["failure_rate"] == pytest.approx(1 / 3)
+    assert first["diagnosis"]["collapsed"] == 2 and first["recalibration"] == \
+        {"collapsed_on_val": 2, "known": 2, "raised_test_r2": 1}
+    by_test = summarize(sweep, plots=False, diagnosis_split="test")
+    first = next(c for c in by_test["cells"] if c["settings"]["loss.variance_lambda"] == "0.0")
+    assert (first["diagnosis"]["healthy"], first["diagnosis"]["collapsed"]) == (1, 1)
+    assert any("interrupted" in p for p in s["problems"])
+
+
+def test_factors_come_from_the_record_and_job_dirs_need_not_be_numbers(tmp_path):
+    sweep = tmp_path / "sweep"
+    for i, lam in enumerate(("0.0", "0.5")):
+        job = write_job(sweep, i, [f"loss.variance_lambda={lam}", "seed=0"], {"model": "gru"})
+        (job / ".hydra" / "overrides.yaml").write_text("- something=else\n")      # ignored: the record rules
+        job.rename(sweep / f"loss.variance_lambda={lam}")
+    s = summarize(sweep, plots=False)
+    assert [f["key"] for f in s["factors"]] == ["loss.variance_lambda"] and s["problems"] == []
+    assert sorted(c["jobs"][0] for c in s["cells"]) == [0, 1]
+
+
+def test_out_dir_modes_and_tables_printed_before_the_files(tmp_path):
+    sweep = make_grid(tmp_path / "sweep")
+    out = tmp_path / "report"
+    proc = subprocess.run(["sh", "-c", f"umask 022 && {sys.executable} -m collapse.summary {sweep} --out {out} "
+                           "--no-plots"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("summary.csv", "summary.md", "summary.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644 and not (sweep / name).exists()
+    assert json.loads((out / "summary.json").read_text())["schema"] == 2
+    assert proc.stdout.rstrip().splitlines()[-1] == f"wrote summary.csv, summary.md, summary.json in {out}"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_sweep_dir_still_prints_its_summary(tmp_path):
+    sweep = make_grid(tmp_path / "sweep")
+    sweep.chmod(0o555)
+    try:
+        proc = _cli(sweep, "--no-plots", cwd=tmp_path)
+    finally:
+        sweep.chmod(0o755)
+    assert proc.returncode == 0 and "rank" in proc.stdout
+    assert proc.stdout.rstrip().splitlines()[-1].startswith(f"note: could not write the summary files in {sweep}")
+
+
+def test_unwritable_out_dir_still_prints_its_summary(tmp_path):
+    sweep = make_grid(tmp_path / "sweep")
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = _cli(sweep, "--no-plots", "--out", blocker / "sub", cwd=tmp_path)
+    assert proc.returncode == 0 and "rank" in proc.stdout
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("note: could not write the summary files in")
+
+
+def test_three_factors_with_an_empty_cell(tmp_path):
+    sweep, num = tmp_path / "sweep", 0
+    for a in (1, 2):
+        for b in ("x", "y"):
+            for c in (0.1, 0.3):
+                for seed in range(2):
+                    if (a, b, c) != (2, "y", 0.3):
+                        write_job(sweep, num, [f"a={a}", f"b={b}", f"c={c}", f"seed={seed}"], {}, seed=seed,
+                                  val_r2=0.1 * a + (0.02 if b == "x" else 0) + 0.01 * seed + 0.03 * c * seed)
+                    num += 1
+    s = summarize(sweep, plots=True)
+    assert [len(e["levels"]) for e in s["main_effects"]] == [2, 2, 2]
+    assert s["anova"]["val.r2"]["emm_model"] == "main effects + two-factor interactions"
+    assert s["main_effects"][0]["levels"][1]["val.r2"]["vs_first"]["mean"] == pytest.approx(0.1)
+    empty = next(c for c in s["cells"] if c["n_results"] == 0)
+    assert empty["verdict"] == "incomplete" and empty["counts"]["missing"] == 2
+
+
+def test_a_level_without_results_leaves_the_other_emms_defined(tmp_path):
+    sweep, num = tmp_path / "sweep", 0
+    for frames in (1, 3, 7):
+        for lam in (0.0, 0.5):
+            for seed in range(2):
+                failed = frames == 7
+                write_job(sweep, num, [f"data.temporal_frames={frames}", f"loss.variance_lambda={lam}",
+                                       f"seed={seed}"], {}, seed=seed, status="failed" if failed else "completed",
+                          val_r2=0.5 + 0.1 * lam + 0.01 * seed, **({"best": None} if failed else {}))
+                num += 1
+    s = summarize(sweep, plots=False)
+    frames, lam = s["main_effects"]
+    assert math.isnan(frames["levels"][2]["val.r2"]["mean"]) and frames["levels"][2]["val.r2"]["n"] == 0
+    assert frames["levels"][0]["val.r2"]["mean"] == pytest.approx(0.53)
+    assert lam["levels"][1]["val.r2"]["vs_first"]["mean"] == pytest.approx(0.05)
+    assert any("data.temporal_frames=7 has no values" in n for n in s["notes"])
