@@ -8,8 +8,13 @@ Aggregators:
     temporal_conv  Conv1d over time, then the last step: learns frame weights
     gru            a GRU whose last hidden state reads out: can weight frames freely
 
-The output layer's weight init std is the study's `init_std` knob. Its bias starts
-at the train-target mean (`output_bias`), the same rule for every configuration, so
+The model predicts *standardised* targets (collapse.data: train-split mean and std);
+its buffers `target_mean` / `target_std` hold that scaler, so they travel with the
+weights in model.pt and `predict_original(x)` answers in the file's units.
+
+The output layer's weight init std is the study's `init_std` knob, in standardised
+target units. Its bias starts at the standardised train-target mean (`output_bias`,
+0 with standardisation on), the same rule for every configuration, so
 the initial prediction *spread* is set by init_std alone. The initial prediction
 *mean* is not the target mean: ReLU features are positive, so w . E[h] adds an
 offset that grows with init_std (measured ~0.9 target std at 0.1, ~4.6 at 0.5).
@@ -44,7 +49,8 @@ class FrameEncoder(nn.Module):
 class SequenceRegressor(nn.Module):
     def __init__(self, n_features: int, name: str = "mean_pool", hidden_dim: int = 64,
                  n_layers: int = 2, dropout: float = 0.0, kernel_size: int = 3,
-                 init_std: float = 0.5, output_bias: float = 0.0):
+                 init_std: float = 0.5, output_bias: float = 0.0,
+                 target_mean: float = 0.0, target_std: float = 1.0):
         super().__init__()
         if name not in AGGREGATORS:
             raise ValueError(f"model name={name!r} is invalid: must be one of {', '.join(AGGREGATORS)}")
@@ -59,6 +65,10 @@ class SequenceRegressor(nn.Module):
         self.head = nn.Linear(hidden_dim, 1)
         nn.init.normal_(self.head.weight, mean=0.0, std=init_std)
         nn.init.constant_(self.head.bias, output_bias)
+        # persistent: saved in the state_dict (model.pt), float64 so an offset like 5e4
+        # does not eat the digits of the prediction
+        self.register_buffer("target_mean", torch.tensor(float(target_mean), dtype=torch.float64))
+        self.register_buffer("target_std", torch.tensor(float(target_std), dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:   # x: (B, T, C)
         h = self.encoder(x)                                # (B, T, H)
@@ -72,3 +82,11 @@ class SequenceRegressor(nn.Module):
             pooled = last[0]
         return self.head(pooled).squeeze(-1)               # (B,)
 
+    @torch.no_grad()
+    def predict_original(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval-mode predictions (B,) in the targets' original units, float64."""
+        was_training = self.training
+        self.eval()
+        out = self(x).double() * self.target_std + self.target_mean
+        self.train(was_training)
+        return out

@@ -21,7 +21,7 @@ import numpy as np
 from collapse import data as data_lib
 from collapse import records
 from collapse.config import Config, ConfigError
-from collapse.metrics import diagnose, fit_affine, regression_report
+from collapse.metrics import diagnose, fit_affine, regression_report, to_original_units
 
 log = logging.getLogger("collapse")
 
@@ -40,7 +40,9 @@ def load_data(cfg: Config) -> data_lib.PreparedData:
     return data_lib.prepare(X, y, split, d.temporal_frames, source=source,
                             overweight_factor=d.overweight_factor, rare_quantile=d.rare_quantile,
                             weighting=d.weighting, bins=d.weighting_bins, sigma=d.weighting_sigma,
-                            dense_alpha=d.dense_alpha, unlabeled=cfg.ssl.enabled)
+                            dense_alpha=d.dense_alpha, unlabeled=cfg.ssl.enabled,
+                            standardize_target=d.standardize_target, label_fraction=d.label_fraction,
+                            seed=cfg.seed)
 
 
 def resolve_device(name: str) -> str:
@@ -95,46 +97,63 @@ def run_experiment(cfg: Config, data: data_lib.PreparedData, run_dir: Optional[P
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(device)    # shares memory on CPU: data is held once
 
-    X_train, y_train, w_train = tensor(data.X_train), tensor(data.y_train), tensor(data.w_train)
-    X_val, y_val, X_test = tensor(data.X_val), tensor(data.y_val), tensor(data.X_test)
+    # [units] loss, model and trainer see standardised targets (z = (y - mean) / std, the
+    # labelled train split's scaler; identity when data.standardize_target=false), so
+    # the loss, bmc_sigma and huber_delta are in train-std units; metrics in original units.
+    X_train, y_train, w_train = tensor(data.X_train), tensor(data.z_train), tensor(data.w_train)
+    X_val, y_val, X_test = tensor(data.X_val), tensor(data.z_val), tensor(data.X_test)
     weighted = bool(np.any(data.w_train != 1.0))
+    record["target_scaler"] = data.scaler
 
-    model = SequenceRegressor(data.n_features, output_bias=float(data.y_train.mean()),
+    model = SequenceRegressor(data.n_features, output_bias=float(data.z_train.mean()),
+                              target_mean=data.target_mean, target_std=data.target_std,
                               **asdict(cfg.model)).to(device)
     if cfg.ssl.enabled:
         s = cfg.ssl
         record["ssl_history"] = pretrain_encoder(
             model.encoder, tensor(data.X_unlabeled), epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
             mask_ratio=s.mask_ratio, corruption_std=s.corruption_std, seed=cfg.seed, log_fn=log.info)
-    loss_fn = RegressionLoss(train_target_var=float(data.y_train.var()), **asdict(cfg.loss))
+    loss_fn = RegressionLoss(train_target_var=float(data.z_train.var()), **asdict(cfg.loss))
     trainer = Trainer(epochs=t.epochs, batch_size=t.batch_size, optimizer=t.optimizer, lr=t.lr,
                       weight_decay=t.weight_decay, monitor=t.monitor, patience=t.patience,
                       min_delta=t.min_delta, guard=t.guard, guard_threshold=t.guard_threshold,
                       guard_warmup=t.guard_warmup, guard_patience=t.guard_patience, seed=cfg.seed)
     result = trainer.fit(model, loss_fn, X_train, y_train, w_train if weighted else None, X_val, y_val)
 
+    # [units] the history's pred_std/rmse/... back in original units (losses stay standardised)
+    history = [to_original_units(h, data.target_std, data.target_mean, "val_") for h in result.history]
     record.update({"status": result.status, "stop_reason": result.stop_reason,
                    "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                   "history": result.history, "error": None})
-    last = result.history[-1] if result.history else {}
+                   "history": history, "error": None})
+    last = history[-1] if history else {}
     record["final"] = {"epoch": last.get("epoch"),
                        "val": {k[4:]: v for k, v in last.items() if k.startswith("val_")}}
     if result.best_epoch is not None:
         # the model now holds the best epoch's weights
-        pred_val = predict(model, X_val).double().cpu().numpy()
-        pred_test = predict(model, X_test).double().cpu().numpy()
+        pred_val = data.unscale(predict(model, X_val).double().cpu().numpy())      # [units] original
+        pred_test = data.unscale(predict(model, X_test).double().cpu().numpy())
         best = {"epoch": result.best_epoch, "val": regression_report(data.y_val, pred_val),
                 "test": regression_report(data.y_test, pred_test)}
         record["best"] = best
         # the trainer's score is "higher is better": r2 itself, or -val_loss
         record["monitor_value"] = result.best_score if t.monitor == "r2" else -result.best_score
-        record["diagnosis"] = diagnose(best["val"], cfg.diagnosis.min_r, cfg.diagnosis.collapse_ratio_of_r)
+        # [diagnosis] val chose the best of len(history) epochs (its r is optimistic: its
+        # intervals are Bonferroni-widened for that); test is untouched
+        dg = cfg.diagnosis
+        thresholds = dict(min_r=dg.min_r, collapse_ratio_of_r=dg.collapse_ratio_of_r,
+                          inflate_ratio_of_r=dg.inflate_ratio_of_r, confidence=dg.confidence)
+        record["diagnosis"] = {
+            "val": diagnose(data.y_val, pred_val, split="val", **thresholds,
+                            candidates=len(result.history) if dg.correct_selection else 1),
+            "test": diagnose(data.y_test, pred_test, split="test", **thresholds)}
         if cfg.recalibrate:
             # affine refit on val only, applied to test: what a squeeze costs, undone post hoc
             a, b = fit_affine(data.y_val, pred_val)
+            recal_test = regression_report(data.y_test, a + b * pred_test)
             record["recalibrated"] = {"intercept": a, "slope": b,
                                       "val": regression_report(data.y_val, a + b * pred_val),
-                                      "test": regression_report(data.y_test, a + b * pred_test)}
+                                      "test": recal_test,
+                                      "raised_test_r2": bool(recal_test["r2"] > best["test"]["r2"])}
         if run_dir is not None and cfg.save_weights:
             records.save_weights(Path(run_dir) / records.WEIGHTS_FILE, trainer.best_state_)
     else:

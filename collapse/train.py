@@ -56,6 +56,12 @@ def _base_record(cfg: DictConfig, overrides: Sequence[str], choices: dict, job: 
             "choices": choices, "job": job, "seed": resolved.get("seed")}
 
 
+def _labels(record: dict) -> str:
+    """'val healthy, test inconclusive' from record["diagnosis"] (one entry per split)."""
+    diagnosis = record.get("diagnosis") or {}
+    return ", ".join(f"{split} {d.get('label')}" for split, d in diagnosis.items()) or "none"
+
+
 def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: dict,
              job: dict, multirun: bool, launcher: Optional[DictConfig]) -> float:
     from collapse.runner import load_data, resolve_device, run_experiment
@@ -109,7 +115,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
     val = best.get("val") or {}
     log.info(f"{record['status']} ({record['stop_reason']}) | best epoch {record['best_epoch']} | "
              f"val R² {val.get('r2', math.nan):.3f} | var ratio {val.get('variance_ratio', math.nan):.3f} "
-             f"| diagnosis {(record.get('diagnosis') or {}).get('label')} | {metrics_path}")
+             f"| diagnosis {_labels(record)} | {metrics_path}")
     if record["status"] == "diverged":
         log.warning("the loss became non-finite: recorded as diverged (try a lower trainer.lr)")
     return float(record["monitor_value"])

@@ -46,7 +46,7 @@ def val(rec: dict, key: str) -> float:
 
 
 def label(rec: dict) -> str:
-    return (rec.get("diagnosis") or {}).get("label") or rec.get("status", "?")
+    return ((rec.get("diagnosis") or {}).get("val") or {}).get("label") or rec.get("status", "?")
 
 
 def checks(results: dict[str, list[dict]], seeds: list[int]) -> list[tuple[bool, str]]:

@@ -42,7 +42,8 @@ def test_constant_predictions_collapse_signature():
     assert report["variance_ratio"] == 0.0
     assert report["r2"] <= 0.0
     assert math.isnan(report["pearson_r"]) and math.isnan(report["calibration_slope"])
-    assert metrics.diagnose(report)["label"] == "collapsed"
+    # nothing tells a squeeze from no signal when the predictions do not move
+    assert metrics.diagnose(Y_TRUE, const)["label"] == "inconclusive"
 
 
 def test_fit_affine_recovers_squeeze():
@@ -54,3 +55,11 @@ def test_fit_affine_recovers_squeeze():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in length"):
         metrics.r2([1.0, 2.0], [1.0])
+
+
+def test_to_original_units_maps_only_unit_bearing_entries():
+    report = {"r2": 0.5, "pred_std": 0.5, "pred_mean": 0.1, "rmse": 2.0, "pearson_r": 0.7}
+    out = metrics.to_original_units(report, target_std=10.0, target_mean=100.0)
+    assert out == {"r2": 0.5, "pred_std": 5.0, "pred_mean": 101.0, "rmse": 20.0, "pearson_r": 0.7}
+    flat = metrics.to_original_units({"val_mae": 1.0, "train_loss": 1.0}, 3.0, prefix="val_")
+    assert flat == {"val_mae": 3.0, "train_loss": 1.0}

@@ -29,3 +29,16 @@ def test_mean_pool_ignores_frame_order_but_gru_does_not():
     gru = SequenceRegressor(3, "gru", hidden_dim=8)
     assert torch.allclose(pool(x), pool(reversed_x), atol=1e-6)
     assert not torch.allclose(gru(x), gru(reversed_x), atol=1e-6)
+
+
+def test_the_target_scaler_travels_with_the_weights(tmp_path):
+    torch.manual_seed(0)
+    model = SequenceRegressor(3, hidden_dim=8, target_mean=5e4, target_std=250.0)
+    x = torch.randn(6, 2, 3)
+    expected = model(x).double() * 250.0 + 5e4
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert state["target_mean"].item() == 5e4 and state["target_std"].item() == 250.0
+    loaded = SequenceRegressor(3, hidden_dim=8)                  # built from the config alone
+    loaded.load_state_dict(state)
+    torch.testing.assert_close(loaded.predict_original(x), expected)

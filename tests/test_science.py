@@ -160,12 +160,12 @@ Y = 0.72 + 0.1 * RNG.normal(size=2000)
 NOISE = RNG.normal(size=2000)
 
 
-def _label(pred):
-    return diagnose(regression_report(Y, pred))
+def _label(pred, y=Y, **kw):
+    return diagnose(y, pred, **kw)
 
 
-def test_diagnose_no_signal_healthy_and_collapsed():
-    # predictions unrelated to the target: |r| ~ 0 -> no_signal, whatever their spread
+def test_diagnose_no_signal_healthy_collapsed_and_inflated():
+    # predictions unrelated to the target: |r| ~ 0, CI +- 0.044 at n 2000 -> no_signal, whatever their spread
     assert _label(0.72 + 0.1 * NOISE)["label"] == "no_signal"
     assert _label(0.72 + 0.001 * NOISE)["label"] == "no_signal"
     # calibrated shrinkage: p = E[y | signal], r = 0.8, variance ratio ~ 0.8 -> healthy
@@ -175,18 +175,86 @@ def test_diagnose_no_signal_healthy_and_collapsed():
     d = _label(calibrated)
     assert d["label"] == "healthy" and d["pearson_r"] == pytest.approx(0.8, abs=0.03)
     assert d["variance_ratio"] == pytest.approx(0.8, abs=0.03)
+    assert d["r_ci"][0] < d["pearson_r"] < d["r_ci"][1] and d["split"] is None
     # the same, squeezed 5x: ratio ~ 0.16 < 0.5 r = 0.4 -> collapsed (slope ~ 5)
     d = _label(0.72 + 0.2 * (calibrated - 0.72))
     assert d["label"] == "collapsed" and d["calibration_slope"] == pytest.approx(5.0, rel=0.05)
     # mirror image at full spread: r ~ -0.8 is not healthy
     assert _label(0.72 - 0.1 * 0.8 * partial)["label"] == "collapsed"
+    # weak signal forced to full spread (the issue's r 0.29, ratio 0.92, R² -0.31): slope
+    # 0.29 / 0.92 ~ 0.32 < 1 / 2 -> inflated, and R² = rho (2 r - rho) < 0
+    weak = 0.3 * signal + math.sqrt(1 - 0.09) * NOISE
+    d = _label(0.72 + 0.1 * 0.92 * weak)
+    assert d["label"] == "inflated" and d["r2"] < 0 < d["r2_recalibrated"]
 
 
 def test_diagnose_thresholds_are_parameters():
-    report = {"pearson_r": 0.3, "variance_ratio": 0.1, "calibration_slope": 3.0}
-    assert diagnose(report)["label"] == "collapsed"                      # 0.1 < 0.5 * 0.3
-    assert diagnose(report, collapse_ratio_of_r=0.3)["label"] == "healthy"  # 0.1 >= 0.09
-    assert diagnose(report, min_r=0.4)["label"] == "no_signal"           # |r| < 0.4
+    # r 0.8, ratio 0.3 (slope ~ 2.7): collapsed at the default 0.5 r, healthy at 0.3 r
+    signal = (Y - 0.72) / 0.1
+    partial = 0.8 * signal + 0.6 * NOISE
+    pred = 0.72 + 0.1 * 0.3 * partial / partial.std()
+    assert _label(pred)["label"] == "collapsed"
+    assert _label(pred, collapse_ratio_of_r=0.3)["label"] == "healthy"
+    # r CI ~ [0.78, 0.82] lies inside +-0.9: no_signal by that threshold
+    assert _label(pred, min_r=0.9)["label"] == "no_signal" and _label(pred, min_r=0.9)["r_ci"][1] < 0.9
+
+
+def test_fisher_interval_and_slope_interval_by_hand():
+    from collapse.metrics import r_interval, slope_interval
+
+    # r 0.5, n 28: atanh 0.5 = 0.5493, se 1 / sqrt(25) = 0.2, 95%: +- 1.95996 * 0.2
+    lo, hi = r_interval(0.5, 28)
+    assert lo == pytest.approx(math.tanh(0.5493061 - 0.3919928), abs=1e-6)
+    assert hi == pytest.approx(math.tanh(0.5493061 + 0.3919928), abs=1e-6)
+    # slope interval = statsmodels' OLS conf_int of y ~ 1 + p
+    import statsmodels.api as sm
+    y, p = Y[:30], (0.5 * Y + 0.05 * NOISE)[:30]
+    fit = sm.OLS(y, sm.add_constant(p)).fit()
+    np.testing.assert_allclose(slope_interval(y, p), fit.conf_int(0.05)[1], rtol=1e-9)
+
+
+def test_t_quantile_matches_scipy():
+    from scipy import stats
+
+    from collapse.metrics import t_quantile
+    for df in (1, 3, 13, 200):
+        for p in (0.6, 0.975, 0.99995):
+            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9)
+
+
+def test_small_samples_say_inconclusive_and_selection_widens():
+    # a real r 0.8 seen on 15 samples: r CI ~ [0.48, 0.93] -> healthy is allowed at 95%...
+    rng = np.random.default_rng(5)
+    y = rng.normal(size=15)
+    p = 0.8 * y + 0.6 * rng.normal(size=15)
+    plain = diagnose(y, p)
+    # ...but the split that picked the best of 60 epochs gets a 1 - 0.05 / 60 interval
+    chosen = diagnose(y, p, candidates=60)
+    assert chosen["confidence"] == pytest.approx(1 - 0.05 / 60)
+    assert chosen["r_ci"][0] < plain["r_ci"][0] and chosen["slope_ci"][1] > plain["slope_ci"][1]
+    assert diagnose(y[:3], p[:3])["label"] == "inconclusive"
+    assert diagnose(y, np.full(15, 0.3))["label"] == "inconclusive"      # constant predictions
+
+
+@pytest.mark.parametrize("candidates", [1, 60])
+def test_pure_noise_at_15_samples_is_never_healthy_or_collapsed(candidates):
+    """Realistic predictions of a model that learned nothing: targets are noise, the
+    predictions a fixed random function of unrelated inputs with a spread anywhere from
+    squeezed to inflated, and (candidates 60) the best of 60 such epochs by R², as
+    early stopping picks it. 200 seeds: the label is inconclusive or no_signal."""
+    labels = []
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        y = 50.0 + 7.0 * rng.normal(size=15)
+        best, best_r2 = None, -np.inf
+        for _ in range(candidates):
+            pred = 50.0 + 7.0 * rng.uniform(0.02, 1.5) * rng.normal(size=15)
+            score = 1 - np.sum((y - pred) ** 2) / np.sum((y - y.mean()) ** 2)
+            if score > best_r2:
+                best, best_r2 = pred, score
+        labels.append(diagnose(y, best, candidates=candidates)["label"])
+    assert not {"healthy", "collapsed"} & set(labels), labels
+    assert labels.count("inconclusive") >= 190
 
 
 # --- one real pathological collapse, and its cure ---------------------------------------
@@ -197,8 +265,10 @@ def test_overreg_collapses_and_the_variance_term_cures_it():
 
     sick = run(["experiment=overreg", "seed=0", "trainer.threads=1"])
     cured = run(["experiment=overreg_cured", "seed=0", "trainer.threads=1"])
-    assert sick["diagnosis"]["label"] == "collapsed" and sick["best"]["val"]["pearson_r"] > 0.5
-    assert cured["diagnosis"]["label"] == "healthy"
+    assert sick["diagnosis"]["val"]["label"] == "collapsed" and sick["best"]["val"]["pearson_r"] > 0.5
+    assert sick["diagnosis"]["test"]["label"] == "collapsed"
+    assert cured["diagnosis"]["val"]["label"] == "healthy"
+    assert sick["recalibrated"]["raised_test_r2"]
     assert cured["best"]["val"]["r2"] >= sick["best"]["val"]["r2"] + 0.2
     # recalibration undoes the squeeze post hoc, on test
     assert sick["recalibrated"]["test"]["r2"] >= sick["best"]["test"]["r2"] + 0.2
@@ -234,3 +304,38 @@ def test_cures_sweep_applies_each_cure_over_the_experiment(tmp_path):
     assert got[("run2", "ccc")][0] == "ccc" and got[("overreg", "bmc")][0] == "bmc"
     assert [got[("run2", w)][4] for w in ("lds_inverse", "lds_sqrt_inverse", "dense")] == \
         ["inverse", "sqrt_inverse", "dense"]
+
+
+# --- target units: any scale and offset give the same answers ------------------------------
+
+INVARIANT = ("r2", "variance_ratio", "pearson_r", "ccc", "calibration_slope")
+
+
+def _npz_run(tmp_path, name, X, y, split, *extra):
+    from collapse.train import run
+
+    path = tmp_path / f"{name}.npz"
+    np.savez(path, X=X, y=y, split=split)
+    return run(["data=npz", f"data.path={path}", "data.temporal_frames=3", "trainer.epochs=8",
+                "model.hidden_dim=16", "trainer.threads=1", "trainer.batch_size=64", *extra])
+
+
+@pytest.mark.parametrize("extra", [(), ("loss.variance_lambda=0.5",)])
+def test_scale_and_offset_of_the_targets_change_nothing(tmp_path, extra):
+    X, y = data.make_synthetic(n_samples=400, seed=0)
+    split = data.split_indices(400, 0.15, 0.15, seed=0)
+    base = _npz_run(tmp_path, "base", X, y, split, *extra)
+    # the file is float32 (what load_npz gives the model): an offset of k target stds
+    # leaves ~2^-24 k of relative resolution, so offsets stay within ~500 stds here
+    for scale, offset in ((1e-3, -2e-3), (1e3, 5e4), (1e6, -3e6)):
+        rec = _npz_run(tmp_path, f"s{scale:g}", X, (y.astype(np.float64) * scale + offset).astype(np.float32),
+                       split, *extra)
+        assert rec["best_epoch"] == base["best_epoch"], (scale, offset)
+        assert rec["target_scaler"]["std"] == pytest.approx(base["target_scaler"]["std"] * scale, rel=1e-5)
+        for part in ("val", "test"):
+            for key in INVARIANT:
+                assert rec["best"][part][key] == pytest.approx(base["best"][part][key], rel=1e-4, abs=1e-5), \
+                    (scale, offset, part, key)
+            assert rec["best"][part]["rmse"] == pytest.approx(base["best"][part]["rmse"] * scale, rel=1e-4)
+            assert rec["diagnosis"][part]["label"] == base["diagnosis"][part]["label"]
+        assert rec["recalibrated"]["test"]["r2"] == pytest.approx(base["recalibrated"]["test"]["r2"], rel=1e-4, abs=1e-5)
