@@ -1,0 +1,29 @@
+"""collapse.budget: the training budget in optimizer steps for small splits."""
+import pytest
+
+from collapse.budget import effective_batch_size, effective_epochs, plan
+
+
+@pytest.mark.parametrize("n_train, batch, expected", [
+    (7000, 256, 256),    # the synthetic benchmark: 28 steps an epoch already, unchanged
+    (2048, 256, 256),    # exactly 8 steps an epoch: unchanged
+    (310, 256, 39),      # diabetes: ceil(310 / 8) = 39 -> 8 steps an epoch
+    (130, 256, 17),      # the issue's 130 samples: 1 step an epoch becomes 8
+    (50, 256, 16),       # floor: batches below 16 are noise, not more steps
+    (10, 256, 10),       # never above the split itself
+    (310, 32, 32),       # a small batch asked for is kept
+])
+def test_effective_batch_size(n_train, batch, expected):
+    assert effective_batch_size(n_train, batch) == expected
+
+
+def test_effective_epochs_reaches_the_minimum_steps_and_never_lowers():
+    assert effective_epochs(7000, 256, 60) == 60              # 28 * 60 = 1680 steps >= 1000
+    assert effective_epochs(310, 39, 60) == 125               # 8 steps an epoch: ceil(1000 / 8)
+    assert effective_epochs(130, 256, 60, min_steps=500) == 500
+    assert plan(130, 256, 60) == {"batch_size": 17, "epochs": 125, "steps_per_epoch": 8, "max_steps": 1000}
+
+
+def test_bad_sizes_name_the_argument():
+    with pytest.raises(ValueError, match="n_train=0"):
+        effective_batch_size(0, 256)
