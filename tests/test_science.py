@@ -339,3 +339,27 @@ def test_scale_and_offset_of_the_targets_change_nothing(tmp_path, extra):
             assert rec["best"][part]["rmse"] == pytest.approx(base["best"][part]["rmse"] * scale, rel=1e-4)
             assert rec["diagnosis"][part]["label"] == base["diagnosis"][part]["label"]
         assert rec["recalibrated"]["test"]["r2"] == pytest.approx(base["recalibrated"]["test"]["r2"], rel=1e-4, abs=1e-5)
+
+
+# --- SSL keeps the feature scale the head was initialised for ---------------------------
+
+def test_pretraining_keeps_the_encoders_output_scale():
+    from collapse.models import SequenceRegressor
+    from collapse.ssl import feature_rms, pretrain_encoder
+
+    X, _ = data.make_synthetic(n_samples=600, seed=0)
+    frames = torch.from_numpy(((X - X.mean((0, 1))) / X.std((0, 1))).astype(np.float32))
+    torch.manual_seed(0)
+    grown, kept = SequenceRegressor(8, hidden_dim=32), SequenceRegressor(8, hidden_dim=32)
+    kept.load_state_dict(grown.state_dict())
+    flat = frames.reshape(-1, 8)
+    before = feature_rms(grown.encoder, flat)
+    pretrain_encoder(grown.encoder, frames, epochs=5, seed=0, match_scale=False)
+    history = pretrain_encoder(kept.encoder, frames, epochs=5, seed=0)
+    assert feature_rms(grown.encoder, flat) > 1.1 * before          # pretraining grows the scale (~5x at full size)
+    assert feature_rms(kept.encoder, flat) == pytest.approx(before, rel=1e-4)
+    assert history[-1]["rescaled_by"] == pytest.approx(before / history[-1]["feature_rms_after"])
+    # only the scale changed: the features are proportional
+    with torch.no_grad():
+        a, b = grown.encoder(flat), kept.encoder(flat)
+    torch.testing.assert_close(b, a * history[-1]["rescaled_by"], rtol=1e-4, atol=1e-6)
