@@ -298,9 +298,9 @@ def test_cures_sweep_applies_each_cure_over_the_experiment(tmp_path):
             r["config"]["loss"]["variance_target"], r["config"]["data"]["weighting"]) for r in runs}
     assert len(got) == 18 and {r["status"] for r in runs} == {"completed"}
     assert got[("overreg", "none")] == ("mse", 0.0, "squared", "batch", "none")
-    assert got[("overreg", "variance")] == ("mse", 0.02, "squared", "batch", "none")
+    assert got[("overreg", "variance")] == ("mse", 2.0, "squared", "batch", "none")
     assert got[("run2", "variance_study")] == ("mse", 0.5, "squared", "batch", "none")
-    assert got[("overreg", "hinge_train")] == ("mse", 0.02, "hinge", "train", "none")
+    assert got[("overreg", "hinge_train")] == ("mse", 2.0, "hinge", "train", "none")
     assert got[("run2", "ccc")][0] == "ccc" and got[("overreg", "bmc")][0] == "bmc"
     assert [got[("run2", w)][4] for w in ("lds_inverse", "lds_sqrt_inverse", "dense")] == \
         ["inverse", "sqrt_inverse", "dense"]
