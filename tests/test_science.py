@@ -365,3 +365,51 @@ def test_pretraining_keeps_the_encoders_output_scale():
     with torch.no_grad():
         a, b = grown.encoder(flat), kept.encoder(flat)
     torch.testing.assert_close(b, a * history[-1]["rescaled_by"], rtol=1e-4, atol=1e-6)
+
+
+# --- pure noise with 15 validation samples: never healthy or collapsed ---------------------
+
+def test_pure_noise_runs_with_15_val_samples_are_never_healthy_or_collapsed(tmp_path):
+    """Real runs on targets independent of the inputs (a fresh data set per seed, 70/15/15
+    samples, in odd units): the split that picked the best epoch and the untouched test
+    split must both say inconclusive or no_signal."""
+    from collapse.train import run
+
+    labels = []
+    for seed in range(10):
+        rng = np.random.default_rng(100 + seed)
+        path = tmp_path / f"noise{seed}.npz"
+        np.savez(path, X=rng.normal(size=(100, 1, 10)).astype(np.float32),
+                 y=(3e3 + 40 * rng.normal(size=100)).astype(np.float32), split=np.repeat([0, 1, 2], [70, 15, 15]))
+        rec = run(["data=npz", f"data.path={path}", "data.temporal_frames=1", f"seed={seed}", "trainer.epochs=30",
+                   "model.hidden_dim=32", "trainer.threads=1"])
+        labels += [rec["diagnosis"]["val"]["label"], rec["diagnosis"]["test"]["label"]]
+    assert not {"healthy", "collapsed"} & set(labels), labels
+
+
+# --- real data (scikit-learn's bundled diabetes, offline): scripts/real_data.py's core ------
+
+def _real_data_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "real_data.py"
+    spec = importlib.util.spec_from_file_location("real_data", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_diabetes_with_defaults_is_near_ridge_and_units_do_not_matter(tmp_path):
+    rd = _real_data_script()
+    X, y = rd.bundled("diabetes")                        # 442 samples, target std 77
+    split = rd.split_for(len(y))
+    ridge = rd.ridge_reference(X, y, split)["test_r2"]   # 0.407 on this split
+    raw = rd.write_npz(tmp_path / "raw.npz", X, y, split)
+    scaled = rd.write_npz(tmp_path / "scaled.npz", X, y * 1000 + 5e4, split)
+    default = rd.summary(rd.collapse_run(raw, 0))
+    assert default["r2"] >= ridge - 0.05, (default, ridge)
+    a = rd.summary(rd.collapse_run(raw, 0, "loss.variance_lambda=0.5"))
+    b = rd.summary(rd.collapse_run(scaled, 0, "loss.variance_lambda=0.5"))
+    assert a["epoch"] == b["epoch"] and a["label"] == b["label"]
+    assert b["r2"] == pytest.approx(a["r2"], abs=1e-3) and b["ratio"] == pytest.approx(a["ratio"], abs=1e-3)
