@@ -115,9 +115,9 @@ class TrainerConfig:
 
 @dataclass
 class DiagnosisConfig:
-    # Val-split diagnosis (collapse.metrics.diagnose): |r| below `min_r` is no_signal
-    # (honest shrinkage); a variance ratio below `collapse_ratio_of_r` * |r| is collapsed
-    # (squeezed harder than calibrated shrinkage would, hence fixable); else healthy.
+    # Diagnosis of the val and the test split (collapse.metrics.diagnose): |r| below
+    # `min_r` is no_signal (honest shrinkage); a variance ratio below `collapse_ratio_of_r`
+    # * |r| is collapsed (squeezed harder than calibrated shrinkage would: fixable).
     # Each label must hold across `confidence` intervals for r (Fisher z) and for the
     # calibration slope r / ratio (OLS t), else `inconclusive`; a ratio above
     # `inflate_ratio_of_r` * |r| is inflated (spread the signal cannot support: R² < 0).
