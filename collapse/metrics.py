@@ -11,7 +11,10 @@ variance ratio (pred_std / target_std) of a few percent. Pearson r separates the
 two kinds of collapse: under MSE with calibrated predictions the variance ratio is
 about r, so a ratio far *below* r (calibration slope >> 1) is a squeeze that a
 variance term or recalibration can undo, whereas r ~ 0 means there is no signal
-to recover.
+to recover. `diagnose` turns that into a label only where the sample size allows:
+every test is on an interval (Fisher z for r, OLS t for the slope), so 15 samples
+say `inconclusive` rather than a guess. Everything here is invariant to an affine
+change of units of y_true and y_pred together, except pred_std, rmse, mae, ranges.
 """
 from __future__ import annotations
 
