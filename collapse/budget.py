@@ -44,3 +44,10 @@ def plan(n_train: int, batch_size: int, epochs: int, **kw) -> dict:
     n_epochs = effective_epochs(n_train, batch, epochs, **{k: v for k, v in kw.items() if k == "min_steps"})
     steps = math.ceil(n_train / batch)
     return {"batch_size": batch, "epochs": n_epochs, "steps_per_epoch": steps, "max_steps": steps * n_epochs}
+
+
+def budget_exhausted(best_epoch, epochs_run: int, stop_reason: str) -> bool:
+    """True when the run ended at its epoch limit on its best epoch: it was still
+    improving, so its metrics describe an under-trained model (raw-unit diabetes with
+    the defaults: best epoch = 60 of 60 on every train size measured)."""
+    return stop_reason == "max_epochs" and best_epoch is not None and best_epoch == epochs_run

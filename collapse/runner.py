@@ -20,6 +20,7 @@ import numpy as np
 
 from collapse import data as data_lib
 from collapse import records
+from collapse.budget import budget_exhausted
 from collapse.config import Config, ConfigError
 from collapse.metrics import diagnose, fit_affine, regression_report, to_original_units
 
@@ -125,6 +126,8 @@ def run_experiment(cfg: Config, data: data_lib.PreparedData, run_dir: Optional[P
     record.update({"status": result.status, "stop_reason": result.stop_reason,
                    "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                    "history": history, "error": None})
+    # [budget] the best epoch was the last one allowed: still improving, under-trained
+    record["budget_exhausted"] = budget_exhausted(result.best_epoch, len(result.history), result.stop_reason)
     last = history[-1] if history else {}
     record["final"] = {"epoch": last.get("epoch"),
                        "val": {k[4:]: v for k, v in last.items() if k.startswith("val_")}}

@@ -27,3 +27,12 @@ def test_effective_epochs_reaches_the_minimum_steps_and_never_lowers():
 def test_bad_sizes_name_the_argument():
     with pytest.raises(ValueError, match="n_train=0"):
         effective_batch_size(0, 256)
+
+
+def test_budget_exhausted_only_when_the_last_epoch_was_the_best_at_the_limit():
+    from collapse.budget import budget_exhausted
+
+    assert budget_exhausted(60, 60, "max_epochs")
+    assert not budget_exhausted(45, 60, "max_epochs")          # plateaued before the limit
+    assert not budget_exhausted(20, 20, "early_stopping")      # cannot happen, but is not the limit
+    assert not budget_exhausted(None, 0, "max_epochs")
