@@ -213,10 +213,11 @@ def diagnose(y_true, y_pred, min_r: float = 0.2, collapse_ratio_of_r: float = 0.
       interval (ratio squeezed below collapse_ratio_of_r * r: fixable by a variance term,
       CCC, recalibration); or r <= -min_r over its interval (a mirror image, which an
       affine refit with a negative slope undoes).
-    - inflated: r > 0 over its interval and b < 1 / inflate_ratio_of_r over its interval:
-      a spread above inflate_ratio_of_r * r. With ratio rho and matched means R² = rho (2r - rho),
-      which is < 0 exactly when rho > 2r: the default threshold 2 is where the spread
-      costs more than the signal gives (an over-weighted variance term does this).
+    - inflated: r's sign is established (its interval excludes 0) and |b| < 1 /
+      inflate_ratio_of_r over its interval: a spread above inflate_ratio_of_r * |r|.
+      With ratio rho and matched means R² = rho (2r - rho), which is < 0 exactly when
+      rho > 2r: the default threshold 2 is where the spread costs more than the signal
+      gives (an over-weighted variance term does this, with either sign).
     - healthy: r >= min_r and 1 / inflate_ratio_of_r <= b <= 1 / collapse_ratio_of_r, over
       both intervals.
     - inconclusive: anything else: too few samples (n = 15 gives r -+ 0.5), constant
@@ -252,9 +253,9 @@ def diagnose(y_true, y_pred, min_r: float = 0.2, collapse_ratio_of_r: float = 0.
             why += f"; the spread (ratio {ratio:.2f}) is noise and costs R²"
     elif r_hi <= -min_r:
         label, why = "collapsed", f"r {ci} [{r_lo:.2f}, {r_hi:.2f}] <= -{min_r:g}: mirror image, fixable by recalibration"
-    elif r_lo > 0 and b_hi < b_inflate:
+    elif (r_lo > 0 or r_hi < 0) and -b_inflate < b_lo and b_hi < b_inflate:
         label, why = "inflated", (f"slope {ci} [{b_lo:.2f}, {b_hi:.2f}] < {b_inflate:g}: ratio {ratio:.2f} > "
-                                  f"{inflate_ratio_of_r:g} r = {inflate_ratio_of_r * r:.2f}, spread the signal cannot "
+                                  f"{inflate_ratio_of_r:g} |r| = {inflate_ratio_of_r * abs(r):.2f}, spread the signal cannot "
                                   f"support (R² {used['r2']:.2f} vs {r * r:.2f} recalibrated)")
     elif r_lo < min_r:
         label, why = "inconclusive", (f"r {ci} [{r_lo:.2f}, {r_hi:.2f}] spans no signal (|r| < {min_r:g}) "

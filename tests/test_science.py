@@ -413,3 +413,12 @@ def test_diabetes_with_defaults_is_near_ridge_and_units_do_not_matter(tmp_path):
     b = rd.summary(rd.collapse_run(scaled, 0, "loss.variance_lambda=0.5"))
     assert a["epoch"] == b["epoch"] and a["label"] == b["label"]
     assert b["r2"] == pytest.approx(a["r2"], abs=1e-3) and b["ratio"] == pytest.approx(a["ratio"], abs=1e-3)
+
+
+def test_a_wrong_sign_weak_pattern_at_full_spread_is_inflated():
+    # a variance term that locked in r ~ -0.18 at ratio 0.85 (phase1, signal 0.3, lambda 20,
+    # seed 0: R² -1.0): r's sign is established, |slope| ~ 0.2 < 0.5 -> inflated
+    signal = (Y - 0.72) / 0.1
+    weak = -0.18 * signal + math.sqrt(1 - 0.18 ** 2) * NOISE
+    d = _label(0.72 + 0.1 * 0.85 * weak)
+    assert d["r_ci"][1] < 0 and d["label"] == "inflated" and d["r2"] < -0.5
