@@ -131,3 +131,16 @@ def test_constant_val_or_test_targets_are_a_data_error_naming_the_file(which, na
     y[split == which] = 3.0
     with pytest.raises(data.DataError, match=f"/my/file.npz: targets are constant on the {name} split"):
         data.prepare(X, y, split, temporal_frames=2, source="/my/file.npz")
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("data", "label_fraction", 0.0), ("data", "label_fraction", 1.5),
+    ("diagnosis", "confidence", 1.0), ("diagnosis", "inflate_ratio_of_r", 1.0),
+])
+def test_new_keys_are_range_checked_by_name(section, key, value):
+    from collapse.config import Config, ConfigError, validate
+
+    cfg = Config()
+    setattr(getattr(cfg, section), key, value)
+    with pytest.raises(ConfigError, match=f"{section}.{key}={value!r} is invalid"):
+        validate(cfg)

@@ -63,3 +63,18 @@ def test_to_original_units_maps_only_unit_bearing_entries():
     assert out == {"r2": 0.5, "pred_std": 5.0, "pred_mean": 101.0, "rmse": 20.0, "pearson_r": 0.7}
     flat = metrics.to_original_units({"val_mae": 1.0, "train_loss": 1.0}, 3.0, prefix="val_")
     assert flat == {"val_mae": 3.0, "train_loss": 1.0}
+
+
+@pytest.mark.parametrize("scale, offset", [(1e-3, -7.0), (1.0, 0.0), (77.0, 152.0), (1e6, 5e4), (-2.0, 3.0)])
+def test_every_dimensionless_metric_and_the_diagnosis_ignore_units(scale, offset):
+    """float64 in, any affine change of units of targets and predictions together
+    (a negative scale flips both, so r and the slope keep their sign)."""
+    base_report = metrics.regression_report(Y_TRUE, Y_PRED)
+    report = metrics.regression_report(scale * Y_TRUE + offset, scale * Y_PRED + offset)
+    for key in ("r2", "variance_ratio", "pearson_r", "ccc", "calibration_slope"):
+        assert report[key] == pytest.approx(base_report[key], rel=1e-9, abs=1e-12)
+    base = metrics.diagnose(Y_TRUE, Y_PRED, candidates=40)
+    got = metrics.diagnose(scale * Y_TRUE + offset, scale * Y_PRED + offset, candidates=40)
+    assert got["label"] == base["label"]
+    np.testing.assert_allclose(got["r_ci"] + got["slope_ci"] + got["variance_ratio_ci"],
+                               base["r_ci"] + base["slope_ci"] + base["variance_ratio_ci"], rtol=1e-9)
