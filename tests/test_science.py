@@ -422,3 +422,22 @@ def test_a_wrong_sign_weak_pattern_at_full_spread_is_inflated():
     weak = -0.18 * signal + math.sqrt(1 - 0.18 ** 2) * NOISE
     d = _label(0.72 + 0.1 * 0.85 * weak)
     assert d["r_ci"][1] < 0 and d["label"] == "inflated" and d["r2"] < -0.5
+
+
+def test_model_pt_and_its_config_predict_in_the_files_units(tmp_path):
+    from collapse.models import SequenceRegressor
+    from collapse.train import run
+
+    X, y = data.make_synthetic(n_samples=300, seed=1)
+    y = (5e4 + 1e3 * y).astype(np.float32)                           # odd units
+    split = data.split_indices(300, 0.15, 0.15, seed=0)
+    np.savez(tmp_path / "d.npz", X=X, y=y, split=split)
+    rec = run(["data=npz", f"data.path={tmp_path / 'd.npz'}", "trainer.epochs=5", "model.hidden_dim=16",
+               "trainer.threads=1"], run_dir=tmp_path / "run")
+    model = SequenceRegressor(X.shape[-1], **rec["config"]["model"])
+    model.load_state_dict(torch.load(tmp_path / "run" / "model.pt", weights_only=True))
+    prepared = data.prepare(X, y, split, temporal_frames=rec["config"]["data"]["temporal_frames"])
+    pred = model.predict_original(torch.from_numpy(prepared.X_test)).numpy()
+    assert rec["target_scaler"]["mean"] == pytest.approx(float(y[split == 0].astype(np.float64).mean()))
+    assert pred.mean() == pytest.approx(rec["best"]["test"]["pred_mean"], rel=1e-6)
+    assert pred.std() == pytest.approx(rec["best"]["test"]["pred_std"], rel=1e-4)
