@@ -1,5 +1,6 @@
 """Datasets as in-memory arrays: the synthetic benchmark, user .npz files, splits,
-frame selection, feature standardisation and sample weights for rare targets.
+frame selection, feature and target standardisation (train statistics only), label
+subsets for SSL studies (`label_fraction`) and sample weights for rare targets.
 
 Everything here is numpy and plain numbers (no torch, no Hydra); `prepare` returns
 float32 arrays that the entry point hands to torch once, so the training loop only
