@@ -42,7 +42,9 @@ def _model(prepared, device: str):
     from collapse.models import SequenceRegressor
 
     torch.manual_seed(0)
-    return SequenceRegressor(prepared.n_features, output_bias=float(prepared.y_train.mean())).to(device)
+    from collapse.config import ModelConfig
+
+    return SequenceRegressor(ModelConfig(), prepared.n_features, output_bias=float(prepared.y_train.mean())).to(device)
 
 
 def _sync(device: str) -> None:

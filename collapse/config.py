@@ -81,6 +81,14 @@ class DataConfig:
     weighting_bins: int = 50
     weighting_sigma: float = 2.0  # LDS Gaussian kernel width, in bins
     dense_alpha: float = 1.0      # DenseWeight's alpha (weighting=dense)
+    # Targets are standardised with the labelled train split's mean and std (float64)
+    # before the loss and the model see them; metrics, predictions and recalibration
+    # stay in the file's units. Off: raw units (MSE then scales with the target variance
+    # while the variance term does not, so lambda means something else per data set).
+    standardize_target: bool = True
+    # Share of the train split that keeps its targets (a seeded choice); SSL still sees
+    # every train frame, val and test are untouched. 1 = all labelled.
+    label_fraction: float = 1.0
 
 
 @dataclass
@@ -113,6 +121,9 @@ class SSLConfig:
 class TrainerConfig:
     epochs: int = 60
     batch_size: int = 256
+    # The budget for small data: the batch is capped so an epoch has at least this many
+    # optimizer steps (collapse.budget); 0 = use batch_size as it is.
+    min_batches_per_epoch: int = 8
     optimizer: OptimizerName = OptimizerName.adam   # adam: coupled L2 decay; adamw: decoupled
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -132,11 +143,19 @@ class TrainerConfig:
 
 @dataclass
 class DiagnosisConfig:
-    # Val-split diagnosis (collapse.metrics.diagnose): |r| below `min_r` is no_signal
-    # (honest shrinkage); a variance ratio below `collapse_ratio_of_r` * |r| is collapsed
-    # (squeezed harder than calibrated shrinkage would, hence fixable); else healthy.
+    # Diagnosis of the val and the test split (collapse.metrics.diagnose): |r| below
+    # `min_r` is no_signal (honest shrinkage); a variance ratio below `collapse_ratio_of_r`
+    # * |r| is collapsed (squeezed harder than calibrated shrinkage would: fixable).
+    # Each label must hold across `confidence` intervals for r (Fisher z) and for the
+    # calibration slope r / ratio (OLS t), else `inconclusive`; a ratio above
+    # `inflate_ratio_of_r` * |r| is inflated (spread the signal cannot support: R² < 0).
+    # `correct_selection`: the val split chose the best of E epochs, so its intervals
+    # are Bonferroni-widened by E (test's are not).
     min_r: float = 0.2
     collapse_ratio_of_r: float = 0.5
+    inflate_ratio_of_r: float = 2.0
+    confidence: float = 0.95
+    correct_selection: bool = True
 
 
 @dataclass
@@ -210,6 +229,7 @@ def validate(cfg: Config) -> Config:
     _check(d.weighting_bins >= 2, "data.weighting_bins", d.weighting_bins, ">= 2")
     non_negative("data.weighting_sigma", d.weighting_sigma)
     non_negative("data.dense_alpha", d.dense_alpha)
+    _check(0 < d.label_fraction <= 1, "data.label_fraction", d.label_fraction, "in (0, 1]")
 
     positive("loss.huber_delta", lo.huber_delta)
     positive("loss.bmc_sigma", lo.bmc_sigma)
@@ -225,6 +245,7 @@ def validate(cfg: Config) -> Config:
 
     positive("trainer.epochs", t.epochs)
     positive("trainer.batch_size", t.batch_size)
+    non_negative("trainer.min_batches_per_epoch", t.min_batches_per_epoch)
     positive("trainer.lr", t.lr)
     non_negative("trainer.weight_decay", t.weight_decay)
     non_negative("trainer.patience", t.patience)
@@ -238,6 +259,9 @@ def validate(cfg: Config) -> Config:
     _check(0 < cfg.diagnosis.min_r < 1, "diagnosis.min_r", cfg.diagnosis.min_r, "in (0, 1)")
     _check(0 < cfg.diagnosis.collapse_ratio_of_r <= 1, "diagnosis.collapse_ratio_of_r",
            cfg.diagnosis.collapse_ratio_of_r, "in (0, 1]")
+    _check(math.isfinite(cfg.diagnosis.inflate_ratio_of_r) and cfg.diagnosis.inflate_ratio_of_r > 1,
+           "diagnosis.inflate_ratio_of_r", cfg.diagnosis.inflate_ratio_of_r, "> 1")
+    _check(0.5 <= cfg.diagnosis.confidence < 1, "diagnosis.confidence", cfg.diagnosis.confidence, "in [0.5, 1)")
     return cfg
 
 

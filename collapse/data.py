@@ -1,5 +1,6 @@
 """Datasets as in-memory arrays: the synthetic benchmark, user .npz files, splits,
-frame selection, feature standardisation and sample weights for rare targets.
+frame selection, feature and target standardisation (train statistics only), label
+subsets for SSL studies (`label_fraction`) and sample weights for rare targets.
 
 Everything here is numpy and plain numbers (no torch, no Hydra); `prepare` returns
 float32 arrays that the entry point hands to torch once, so the training loop only
@@ -201,7 +202,14 @@ def sample_weights(y: np.ndarray, overweight_factor: float = 1.0, rare_quantile:
 
 @dataclass
 class PreparedData:
-    """Standardised, frame-selected splits. X_*: (N, k, C) float32, y_*: (N,) float32."""
+    """Standardised, frame-selected splits. X_*: (N, k, C) float32, y_*: (N,) float32.
+
+    y_* are in the file's (original) units: every metric, prediction and recalibration
+    speaks them. The loss and the model see `z_train` / `z_val`, the same targets
+    standardised with the labelled train split's mean and std (`target_mean`,
+    `target_std`; 0 and 1 when `data.standardize_target=false`), so that MSE and the
+    dimensionless variance term keep one meaning whatever the units.
+    """
     X_train: np.ndarray
     y_train: np.ndarray
     w_train: np.ndarray
@@ -209,19 +217,70 @@ class PreparedData:
     y_val: np.ndarray
     X_test: np.ndarray
     y_test: np.ndarray
-    X_unlabeled: Optional[np.ndarray]   # all T frames of the train split, (N, T, C), for SSL; None without
+    X_unlabeled: Optional[np.ndarray]   # all T frames of the whole train split, (N, T, C), for SSL; None without
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    n_train_all: int = 0                # train samples before label_fraction dropped targets (SSL sees these)
+
+    def scale(self, y: np.ndarray) -> np.ndarray:
+        """Original units -> standardised, float32 (what the loss sees)."""
+        return ((np.asarray(y, dtype=np.float64) - self.target_mean) / self.target_std).astype(np.float32)
+
+    def unscale(self, z) -> np.ndarray:
+        """Standardised model output -> original units, float64 (what metrics see)."""
+        return np.asarray(z, dtype=np.float64) * self.target_std + self.target_mean
+
+    @property
+    def z_train(self) -> np.ndarray:
+        return self.scale(self.y_train)
+
+    @property
+    def z_val(self) -> np.ndarray:
+        return self.scale(self.y_val)
+
+    @property
+    def scaler(self) -> dict:
+        return {"mean": self.target_mean, "std": self.target_std}
 
     @property
     def n_features(self) -> int:
         return self.X_train.shape[-1]
 
 
+def target_scaler(y_train: np.ndarray, standardize: bool = True) -> tuple[float, float]:
+    """(mean, std) of the train targets in float64 (population std); (0, 1) when off.
+
+    float64 matters: targets like 5e4 + 1e3 * y hold their signal in the low digits,
+    which a float32 mean/variance would lose."""
+    if not standardize:
+        return 0.0, 1.0
+    y = np.asarray(y_train, dtype=np.float64)
+    return float(y.mean()), float(y.std())
+
+
+def labelled_subset(n_train: int, label_fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of the train samples that keep their targets: a seeded choice of
+    round(label_fraction * n_train) of them (at least 2, so a variance exists)."""
+    if not 0 < label_fraction <= 1:
+        raise ValueError(f"label_fraction={label_fraction!r} is invalid: must be in (0, 1]")
+    if label_fraction == 1:
+        return np.arange(n_train)
+    n_keep = min(n_train, max(2, round(label_fraction * n_train)))
+    # its own stream (seed + a constant) so the choice does not shift the split's
+    return np.sort(np.random.default_rng([seed, 1]).choice(n_train, size=n_keep, replace=False))
+
+
 def prepare(X: np.ndarray, y: np.ndarray, split: np.ndarray, temporal_frames: int,
             source: str = "data", min_split_size: int = 2, unlabeled: bool = True,
+            standardize_target: bool = True, label_fraction: float = 1.0, seed: int = 0,
             **weight_kwargs) -> PreparedData:
     """Split, keep the last `temporal_frames` frames, standardise features with train
     statistics only (no leakage), and compute train sample weights. `unlabeled` keeps
-    all frames of the train split for SSL (a copy 2x the train split: skip it without SSL)."""
+    all frames of the train split for SSL (a copy 2x the train split: skip it without SSL).
+
+    `label_fraction` < 1 keeps the targets of only that (seeded) share of the train
+    split: the supervised step sees those samples, SSL all train frames; val and test
+    are untouched. The target scaler comes from the labelled train targets only."""
     n_frames = X.shape[1]
     if not 1 <= temporal_frames <= n_frames:
         raise DataError(f"data.temporal_frames={temporal_frames} is invalid: must be in 1..{n_frames} "
@@ -230,22 +289,26 @@ def prepare(X: np.ndarray, y: np.ndarray, split: np.ndarray, temporal_frames: in
         count = int(np.sum(split == code))
         if count < min_split_size:
             raise DataError(f"{source}: the {name} split has {count} samples; need at least {min_split_size}")
-    train = split == 0
-    for code, name in enumerate(("train", "val", "test")):
-        part = y[split == code]
-        if np.ptp(part) == 0:       # not std == 0: a float32 std of equal values is ~1e-7
+    train, val, test = split == 0, split == 1, split == 2
+    labelled = labelled_subset(int(train.sum()), label_fraction, seed)
+    y_train = y[train][labelled]
+    for name, part in (("labelled train", y_train), ("val", y[val]), ("test", y[test])):
+        # not std == 0: a float32 std of equal values is ~1e-7
+        if np.ptp(part) == 0:
             raise DataError(f"{source}: targets are constant on the {name} split (y = {part[0]:g}); "
-                            "R² and the variance ratio are undefined there")
+                            "R², r and the variance ratio are undefined there")
     mean = X[train].mean(axis=(0, 1), keepdims=True)                  # (1, 1, C)
     std = X[train].std(axis=(0, 1), keepdims=True)
     std = np.where(std > 0, std, 1.0)
     X = ((X - mean) / std).astype(np.float32)
     X_seen = X[:, n_frames - temporal_frames:, :]                      # (N, k, C) view
-    val, test = split == 1, split == 2
+    t_mean, t_std = target_scaler(y_train, standardize_target)
     return PreparedData(
-        X_train=np.ascontiguousarray(X_seen[train]), y_train=y[train].astype(np.float32),
-        w_train=sample_weights(y[train], **weight_kwargs),
+        X_train=np.ascontiguousarray(X_seen[train][labelled]), y_train=y_train.astype(np.float32),
+        w_train=sample_weights(y_train, **weight_kwargs),
         X_val=np.ascontiguousarray(X_seen[val]), y_val=y[val].astype(np.float32),
         X_test=np.ascontiguousarray(X_seen[test]), y_test=y[test].astype(np.float32),
         X_unlabeled=X[train] if unlabeled else None,
+        target_mean=t_mean, target_std=t_std,
+        n_train_all=int(train.sum()),
     )

@@ -11,13 +11,20 @@ variance ratio (pred_std / target_std) of a few percent. Pearson r separates the
 two kinds of collapse: under MSE with calibrated predictions the variance ratio is
 about r, so a ratio far *below* r (calibration slope >> 1) is a squeeze that a
 variance term or recalibration can undo, whereas r ~ 0 means there is no signal
-to recover.
+to recover. `diagnose` turns that into a label only where the sample size allows:
+every test is on an interval (Fisher z for r, OLS t for the slope), so 15 samples
+say `inconclusive` rather than a guess. Everything here is invariant to an affine
+change of units of y_true and y_pred together, except pred_std, rmse, mae, ranges.
 """
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
+from typing import Optional
 
 import numpy as np
+
+from collapse.config import DiagnosisConfig
 
 
 def _pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
@@ -108,36 +115,171 @@ def fit_affine(y_true, y_pred) -> tuple[float, float]:
     return float(y_true.mean() - b * y_pred.mean()), b
 
 
-def diagnose(report: dict[str, float], min_r: float = 0.2,
-             collapse_ratio_of_r: float = 0.5) -> dict:
-    """Tell a fixable collapse from an honest lack of signal, from val metrics.
+LABELS = ("healthy", "collapsed", "no_signal", "inflated", "inconclusive")
 
-    - no_signal: |r| < min_r. The inputs, as the model sees them, carry (almost) no
-      information; MSE then rightly shrinks toward the mean and a variance term
-      can only make R² worse (rescaling to full variance gives at best 2r - 1).
-      The calibration slope is meaningless here and is not used.
-    - collapsed: the variance ratio is below collapse_ratio_of_r * |r|. Calibrated
-      shrinkage would give ratio ~ |r|; being squeezed this far below it (slope >> 1)
-      is pathological and fixable (variance term, CCC, recalibration).
-    - collapsed, too: r <= -min_r. The predictions mirror the target (a run locked
-      into the wrong sign, e.g. by a variance term that is blind to it); an affine
-      refit (negative slope) undoes it, so it is fixable, and it is not healthy.
-    - healthy: otherwise.
+
+def normal_quantile(p: float) -> float:
+    return NormalDist().inv_cdf(p)
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b) by Lentz's continued fraction
+    (Numerical Recipes 6.4); scipy stays off the run path (its import costs)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1) / (a + b + 2):                      # the fraction converges fast below this
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return math.exp(log_front) * h / a
+
+
+def t_cdf(t: float, df: float) -> float:
+    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Student t quantile (p > 0.5) by bisection on the exact CDF."""
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def r_interval(r: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Fisher-z interval for Pearson r from n pairs: tanh(atanh r -+ q / sqrt(n - 3))."""
+    if not math.isfinite(r) or n < 4:
+        return -1.0, 1.0
+    z, half = math.atanh(max(min(r, 1 - 1e-15), -1 + 1e-15)), normal_quantile(0.5 + confidence / 2) / math.sqrt(n - 3)
+    return math.tanh(z - half), math.tanh(z + half)
+
+
+def slope_interval(y_true, y_pred, confidence: float = 0.95) -> tuple[float, float]:
+    """OLS interval for the calibration slope b of y_true ~ a + b y_pred:
+    b -+ t_{n-2} * (sd_y / sd_p) * sqrt((1 - r^2) / (n - 2)). Exact for normal residuals."""
+    y_true, y_pred = _pair(y_true, y_pred)
+    n, b, r = y_true.size, calibration_slope(y_true, y_pred), pearson_r(y_true, y_pred)
+    if n < 4 or not (math.isfinite(b) and math.isfinite(r)):
+        return -math.inf, math.inf
+    se = float(y_true.std() / y_pred.std()) * math.sqrt(max(1 - r * r, 0.0) / (n - 2))
+    half = t_quantile(0.5 + confidence / 2, n - 2) * se
+    return b - half, b + half
+
+
+def ratio_interval(ratio: float, r: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Interval for the variance ratio sd_p / sd_y of *paired* samples (large-sample,
+    bivariate normal): var(log(s_p / s_y)) = (1 - r^2) / (n - 1). An F interval would
+    assume independent samples, and predictions and targets are anything but."""
+    if not (math.isfinite(ratio) and math.isfinite(r)) or ratio <= 0 or n < 3:
+        return 0.0, math.inf
+    half = normal_quantile(0.5 + confidence / 2) * math.sqrt(max(1 - r * r, 0.0) / (n - 1))
+    return ratio * math.exp(-half), ratio * math.exp(half)
+
+
+def diagnose(y_true, y_pred, cfg: DiagnosisConfig, candidates: int = 1, split: Optional[str] = None) -> dict:
+    """Tell a fixable collapse from an honest lack of signal and from inflated spread,
+    with intervals that know the sample size. y_true, y_pred: (n,) in any units
+    (every statistic used is invariant to an affine change of them).
+
+    MSE-calibrated predictions have variance ratio ~ r, i.e. calibration slope
+    b = r / ratio ~ 1. So the ratio-versus-r tests are tests on b, whose OLS interval is
+    exact for normal residuals; r gets a Fisher-z interval on n. Labels, each of which
+    must hold over the whole interval(s), else `inconclusive`:
+
+    - no_signal: the r interval lies inside (-min_r, min_r). MSE rightly shrinks to the
+      mean; forcing the spread up can only lower R² (at best 2r - 1 at full spread).
+    - collapsed: r >= min_r over its interval and b > 1 / collapse_ratio_of_r over its
+      interval (ratio squeezed below collapse_ratio_of_r * r: fixable by a variance term,
+      CCC, recalibration); or r <= -min_r over its interval (a mirror image, which an
+      affine refit with a negative slope undoes).
+    - inflated: r's sign is established (its interval excludes 0) and |b| < 1 /
+      inflate_ratio_of_r over its interval: a spread above inflate_ratio_of_r * |r|.
+      With ratio rho and matched means R² = rho (2r - rho), which is < 0 exactly when
+      rho > 2r: the default threshold 2 is where the spread costs more than the signal
+      gives (an over-weighted variance term does this, with either sign).
+    - healthy: r >= min_r and 1 / inflate_ratio_of_r <= b <= 1 / collapse_ratio_of_r, over
+      both intervals.
+    - inconclusive: anything else: too few samples (n = 15 gives r -+ 0.5), constant
+      predictions, or an interval that straddles a boundary.
+
+    `candidates`: how many candidates (epochs) this split selected its best from; the
+    intervals are Bonferroni-widened to confidence 1 - (1 - confidence) / candidates,
+    conservative because successive epochs are correlated. The split that chose the
+    best epoch has an optimistic r; an untouched split (test) passes 1.
     """
-    r, ratio = report.get("pearson_r", math.nan), report.get("variance_ratio", math.nan)
-    used = {"pearson_r": r, "variance_ratio": ratio,
-            "calibration_slope": report.get("calibration_slope", math.nan),
-            "min_r": min_r, "collapse_ratio_of_r": collapse_ratio_of_r}
-    if not math.isfinite(ratio) or ratio == 0.0:
-        # r is undefined for constant predictions: nothing tells signal from squeeze
-        label, why = "collapsed", "predictions are constant"
-    elif not math.isfinite(r) or abs(r) < min_r:
-        label, why = "no_signal", f"|r| < {min_r:g}: no signal to recover"
-    elif r < 0:
-        label, why = "collapsed", f"r = {r:.3f}: anti-correlated with the target, fixable by recalibration"
-    elif ratio < collapse_ratio_of_r * abs(r):
-        label, why = "collapsed", (f"variance ratio {ratio:.3f} < {collapse_ratio_of_r:g} * |r| "
-                                   f"= {collapse_ratio_of_r * abs(r):.3f}: squeezed, fixable")
+    min_r, collapse_ratio_of_r, inflate_ratio_of_r = cfg.min_r, cfg.collapse_ratio_of_r, cfg.inflate_ratio_of_r
+    y_true, y_pred = _pair(y_true, y_pred)
+    n = y_true.size
+    level = 1.0 - (1.0 - cfg.confidence) / max(int(candidates), 1)
+    r, ratio = pearson_r(y_true, y_pred), variance_ratio(y_true, y_pred)
+    slope = calibration_slope(y_true, y_pred)
+    r_lo, r_hi = r_interval(r, n, level)
+    b_lo, b_hi = slope_interval(y_true, y_pred, level)
+    q_lo, q_hi = ratio_interval(ratio, r, n, level)
+    b_collapse, b_inflate = 1.0 / collapse_ratio_of_r, 1.0 / inflate_ratio_of_r
+    used = {"split": split, "n": int(n), "confidence": level, "candidates": int(candidates),
+            "pearson_r": r, "r_ci": [r_lo, r_hi], "variance_ratio": ratio, "variance_ratio_ci": [q_lo, q_hi],
+            "calibration_slope": slope, "slope_ci": [b_lo, b_hi], "r2": r2(y_true, y_pred),
+            "r2_recalibrated": r * r if math.isfinite(r) else math.nan,
+            "min_r": min_r, "collapse_ratio_of_r": collapse_ratio_of_r, "inflate_ratio_of_r": inflate_ratio_of_r}
+    ci = f"{100 * level:.4g}% CI"
+    if n < 4:
+        label, why = "inconclusive", f"n = {n}: too few samples for any interval"
+    elif not math.isfinite(ratio) or ratio == 0.0 or not math.isfinite(r):
+        label, why = "inconclusive", "predictions are constant: nothing tells a squeeze from no signal"
+    elif -min_r < r_lo and r_hi < min_r:
+        label, why = "no_signal", f"r {ci} [{r_lo:.2f}, {r_hi:.2f}] inside ±{min_r:g}: no signal to recover"
+        if ratio > inflate_ratio_of_r * min_r:
+            why += f"; the spread (ratio {ratio:.2f}) is noise and costs R²"
+    elif r_hi <= -min_r:
+        label, why = "collapsed", f"r {ci} [{r_lo:.2f}, {r_hi:.2f}] <= -{min_r:g}: mirror image, fixable by recalibration"
+    elif (r_lo > 0 or r_hi < 0) and -b_inflate < b_lo and b_hi < b_inflate:
+        label, why = "inflated", (f"slope {ci} [{b_lo:.2f}, {b_hi:.2f}] < {b_inflate:g}: ratio {ratio:.2f} > "
+                                  f"{inflate_ratio_of_r:g} |r| = {inflate_ratio_of_r * abs(r):.2f}, spread the signal cannot "
+                                  f"support (R² {used['r2']:.2f} vs {r * r:.2f} recalibrated)")
+    elif r_lo < min_r:
+        label, why = "inconclusive", (f"r {ci} [{r_lo:.2f}, {r_hi:.2f}] spans no signal (|r| < {min_r:g}) "
+                                      f"and signal: n = {n} cannot tell")
+    elif b_lo > b_collapse:
+        label, why = "collapsed", (f"slope {ci} [{b_lo:.2f}, {b_hi:.2f}] > {b_collapse:g}: ratio {ratio:.2f} < "
+                                   f"{collapse_ratio_of_r:g} r = {collapse_ratio_of_r * r:.2f}, squeezed, fixable")
+    elif b_inflate <= b_lo and b_hi <= b_collapse:
+        label, why = "healthy", f"r {ci} [{r_lo:.2f}, {r_hi:.2f}], slope {ci} [{b_lo:.2f}, {b_hi:.2f}]: spread fits the signal"
     else:
-        label, why = "healthy", "variance ratio consistent with the signal"
+        label, why = "inconclusive", (f"slope {ci} [{b_lo:.2f}, {b_hi:.2f}] straddles {b_inflate:g} or "
+                                      f"{b_collapse:g}: n = {n} cannot tell squeezed, fitting or inflated apart")
     return {"label": label, "reason": why, **used}
+
+
+def to_original_units(report: dict, target_std: float, target_mean: float = 0.0, prefix: str = "") -> dict:
+    """A regression_report computed on standardised targets, with its unit-bearing
+    entries mapped back (std-like x target_std, pred_mean also + target_mean); R²,
+    ratio, r, CCC and slope are invariant and left alone. `prefix` (e.g. "val_")
+    selects keys in a flat history entry."""
+    out = dict(report)
+    for key in ("pred_std", "target_std", "pred_range", "rmse", "mae", "pred_mean"):
+        k = prefix + key
+        if k in out and out[k] is not None and math.isfinite(out[k]):
+            out[k] = out[k] * target_std + (target_mean if key == "pred_mean" else 0.0)
+    return out

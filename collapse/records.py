@@ -73,6 +73,8 @@ class RunRecord:
     recalibrated: Optional[dict] = None    # affine refit on val, applied to test
     diagnosis: Optional[dict] = None       # {"val": {...}, "test": {...}} (collapse.metrics.diagnose)
     target_scaler: Optional[dict] = None   # {"mean", "std"}: the loss saw (y - mean) / std
+    batch_size: Optional[int] = None       # as trained (trainer.batch_size, capped for small data)
+    budget_exhausted: Optional[bool] = None    # best epoch = last allowed: still improving
     history: list = field(default_factory=list)       # one dict per epoch
     ssl_history: Optional[list] = None
     config: dict = field(default_factory=dict)        # resolved

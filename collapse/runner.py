@@ -20,6 +20,7 @@ Both entry points (collapse.train's CLI task function and its notebook `run()`) 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -35,8 +36,10 @@ import numpy as np
 
 from collapse import data as data_lib
 from collapse import records
+from collapse.budget import budget_exhausted
 from collapse.config import Config, ConfigError
-from collapse.metrics import diagnose, fit_affine, regression_report
+from collapse.budget import budget_exhausted, effective_batch_size
+from collapse.metrics import diagnose, fit_affine, regression_report, to_original_units
 from collapse.records import RunRecord
 from collapse.sweep_dir import DirLock, DirLocked
 
@@ -72,7 +75,9 @@ def load_data(cfg: Config) -> data_lib.PreparedData:
     return data_lib.prepare(X, y, split, d.temporal_frames, source=source,
                             overweight_factor=d.overweight_factor, rare_quantile=d.rare_quantile,
                             weighting=d.weighting, bins=d.weighting_bins, sigma=d.weighting_sigma,
-                            dense_alpha=d.dense_alpha, unlabeled=cfg.ssl.enabled)
+                            dense_alpha=d.dense_alpha, unlabeled=cfg.ssl.enabled,
+                            standardize_target=d.standardize_target, label_fraction=d.label_fraction,
+                            seed=cfg.seed)
 
 
 def resolve_device(name: str) -> str:
@@ -281,28 +286,41 @@ def _train(cfg: Config, data: data_lib.PreparedData, device: str, record: RunRec
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(device)    # shares memory on CPU: data is held once
 
-    X_train, y_train, w_train = tensor(data.X_train), tensor(data.y_train), tensor(data.w_train)
-    X_val, y_val, X_test = tensor(data.X_val), tensor(data.y_val), tensor(data.X_test)
+    # Loss, model and trainer see standardised targets z = (y - mean) / std (the labelled
+    # train split's scaler; identity with data.standardize_target=false), so the loss,
+    # bmc_sigma and huber_delta are in train-std units. The model keeps the scaler as
+    # buffers; every metric is in the file's units.
+    X_train, y_train, w_train = tensor(data.X_train), tensor(data.z_train), tensor(data.w_train)
+    X_val, y_val, X_test = tensor(data.X_val), tensor(data.z_val), tensor(data.X_test)
     weighted = bool(np.any(data.w_train != 1.0))
-
-    model = SequenceRegressor(data.n_features, output_bias=float(data.y_train.mean()),
-                              **vars(cfg.model)).to(device)
+    record.target_scaler = data.scaler
+    model = SequenceRegressor(cfg.model, data.n_features, output_bias=float(data.z_train.mean()),
+                              target_mean=data.target_mean, target_std=data.target_std).to(device)
     if checkpoint is not None:
         # the checkpoint holds the weights after SSL and every finished epoch
         record.ssl_history, record.resumed_from_epoch = checkpoint.get("ssl_history"), checkpoint["progress"]["epoch"]
         log.info(f"continuing from {records.CHECKPOINT_FILE}: epoch {record.resumed_from_epoch} finished")
     elif cfg.ssl.enabled:
-        s = cfg.ssl
-        record.ssl_history = pretrain_encoder(
-            model.encoder, tensor(data.X_unlabeled), epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
-            mask_ratio=s.mask_ratio, corruption_std=s.corruption_std, seed=cfg.seed, log_fn=log.info)
-    loss_fn = RegressionLoss(cfg.loss, train_target_var=float(data.y_train.var()))
-    trainer = live["trainer"] = Trainer(t, seed=cfg.seed)
+        record.ssl_history = pretrain_encoder(model.encoder, tensor(data.X_unlabeled), cfg.ssl, cfg.seed, log.info)
+    loss_fn = RegressionLoss(cfg.loss, train_target_var=float(data.z_train.var()))
+    # the budget: a batch capped so that an epoch has >= trainer.min_batches_per_epoch steps
+    # (130 train samples at batch 256 were one step an epoch, 60 steps a run)
+    batch_size = effective_batch_size(len(data.z_train), t.batch_size, t.min_batches_per_epoch)
+    if batch_size != t.batch_size:
+        log.info(f"trainer.batch_size {t.batch_size} -> {batch_size}: {len(data.z_train)} labelled train "
+                 f"samples, >= {t.min_batches_per_epoch} steps an epoch (trainer.min_batches_per_epoch)")
+    record.batch_size = batch_size
+    trainer = live["trainer"] = Trainer(dataclasses.replace(t, batch_size=batch_size), seed=cfg.seed)
     last_write = time.monotonic()
+
+    def original_units(history: list) -> list:
+        # the trainer's val metrics are on z; pred_std, rmse, ... back in the file's units
+        return [to_original_units(h, data.target_std, data.target_mean, "val_") for h in history]
 
     def on_epoch_end(progress, make_checkpoint) -> None:
         nonlocal last_write
-        record.history, record.epochs_run, record.best_epoch = progress.history, progress.epoch, progress.best_epoch
+        record.history, record.epochs_run = original_units(progress.history), progress.epoch
+        record.best_epoch = progress.best_epoch
         if run_dir is not None and time.monotonic() - last_write >= cfg.checkpoint_every_s:
             # checkpoint first: a record never points past the checkpoint it continues from
             with live["interrupts"].deferred():
@@ -315,22 +333,27 @@ def _train(cfg: Config, data: data_lib.PreparedData, device: str, record: RunRec
                          resume=checkpoint, on_epoch_end=on_epoch_end)
 
     record.status, record.stop_reason = result.status, result.stop_reason
-    record.best_epoch, record.epochs_run, record.history = result.best_epoch, len(result.history), result.history
-    last = result.history[-1] if result.history else {}
+    record.best_epoch, record.epochs_run = result.best_epoch, len(result.history)
+    record.history = original_units(result.history)
+    # the best epoch was the last one allowed: still improving, under-trained
+    record.budget_exhausted = budget_exhausted(result.best_epoch, len(result.history), result.stop_reason)
+    last = record.history[-1] if record.history else {}
     record.final = {"epoch": last.get("epoch"), "val": {k[4:]: v for k, v in last.items() if k.startswith("val_")}}
     if result.best_epoch is None:
         record.best, record.monitor_value, record.diagnosis = None, math.nan, None
         return
-    # the model now holds the best epoch's weights
-    pred_val = predict(model, X_val).double().cpu().numpy()
-    pred_test = predict(model, X_test).double().cpu().numpy()
+    # the model now holds the best epoch's weights; predictions in original units
+    pred_val = data.unscale(predict(model, X_val).double().cpu().numpy())
+    pred_test = data.unscale(predict(model, X_test).double().cpu().numpy())
     record.best = {"epoch": result.best_epoch, "val": regression_report(data.y_val, pred_val),
                    "test": regression_report(data.y_test, pred_test)}
     # the trainer's score is "higher is better": r2 itself, or -val_loss
     record.monitor_value = result.best_score if t.monitor == "r2" else -result.best_score
-    record.diagnosis = {split: {"split": split, **diagnose(record.best[split], cfg.diagnosis.min_r,
-                                                           cfg.diagnosis.collapse_ratio_of_r)}
-                        for split in ("val", "test")}
+    # val chose the best of the epochs run (its r is optimistic: its intervals are
+    # Bonferroni-widened for that); test is untouched
+    candidates = len(result.history) if cfg.diagnosis.correct_selection else 1
+    record.diagnosis = {"val": diagnose(data.y_val, pred_val, cfg.diagnosis, candidates, split="val"),
+                        "test": diagnose(data.y_test, pred_test, cfg.diagnosis, 1, split="test")}
     if cfg.recalibrate:
         # affine refit on val only, applied to test: what a squeeze costs, undone post hoc
         a, b = fit_affine(data.y_val, pred_val)

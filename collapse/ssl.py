@@ -10,6 +10,16 @@ visible ones teaches the identity map, not structure):
 `corruption_std` > 0 adds Gaussian noise to the encoder's input: a deliberately
 degraded pretraining (the original study's run1), which pushes the encoder toward
 blurred, low-variance features. The decoder is discarded afterwards.
+
+Feature scale. Pretraining grows the encoder's output ~5x (RMS 0.07 -> 0.36 per unit
+on the benchmark, seeds 0-1), so the same output-layer init (`model.init_std`) started
+5-7x wider after SSL than without: 1.5-1.8 target stds of spread with a random sign
+(r -0.35 with the target at init). In raw target units (std 0.1, variance term 50x
+MSE) that spread was locked in: phase1 with ssl=on ended at val R² -1.97 / -1.19
+against 0.62 / 0.58 without. So after pretraining the encoder's last layer is scaled
+to give the RMS output of the encoder before it (`match_scale`): ReLU is positively
+homogeneous, so the learned directions are kept and `init_std` means the same with
+and without SSL.
 """
 from __future__ import annotations
 
@@ -18,15 +28,41 @@ import math
 import torch
 from torch import nn
 
+from collapse.config import SSLConfig
 
-def pretrain_encoder(encoder: nn.Module, frames: torch.Tensor, epochs: int = 20, lr: float = 1e-3,
-                     batch_size: int = 512, mask_ratio: float = 0.3, corruption_std: float = 0.0,
-                     seed: int = 0, log_fn=None) -> list[dict]:
-    """Pretrain `encoder` in place on `frames` (N, T, C) or (M, C); returns the loss history."""
+
+@torch.no_grad()
+def feature_rms(encoder: nn.Module, frames: torch.Tensor, n: int = 4096) -> float:
+    """RMS of the encoder's output over (the first n of) `frames` (M, C), eval mode."""
+    was_training = encoder.training
+    encoder.eval()
+    out = encoder(frames[:n])
+    encoder.train(was_training)
+    return float(out.pow(2).mean().sqrt())
+
+
+@torch.no_grad()
+def rescale_last_layer(encoder: nn.Module, factor: float) -> None:
+    """Multiply the encoder's last Linear layer (weight and bias) by `factor` > 0: with
+    ReLU after it, every output feature scales by `factor` and nothing else changes."""
+    last = [m for m in encoder.modules() if isinstance(m, nn.Linear)][-1]
+    last.weight.mul_(factor)
+    if last.bias is not None:
+        last.bias.mul_(factor)
+
+
+def pretrain_encoder(encoder: nn.Module, frames: torch.Tensor, cfg: SSLConfig, seed: int,
+                     log_fn=None, match_scale: bool = True) -> list[dict]:
+    """Pretrain `encoder` in place on `frames` (N, T, C) or (M, C) with the settings of
+    `cfg` (epochs, lr, batch_size, mask_ratio, corruption_std); returns the loss history.
+    `match_scale`: restore the encoder's pre-training output RMS afterwards (module
+    docstring); the last history entry then holds `feature_rms_before/after` and `rescaled_by`."""
+    epochs, batch_size, mask_ratio, corruption_std = cfg.epochs, cfg.batch_size, cfg.mask_ratio, cfg.corruption_std
     frames = frames.reshape(-1, frames.shape[-1])                      # (M, C): frames are samples here
+    rms_before = feature_rms(encoder, frames)
     n_frames, n_features = frames.shape
     decoder = nn.Linear(encoder.hidden_dim, n_features).to(frames.device)
-    opt = torch.optim.Adam(list(encoder.parameters()) + list(decoder.parameters()), lr=lr)
+    opt = torch.optim.Adam(list(encoder.parameters()) + list(decoder.parameters()), lr=cfg.lr)
     gen = torch.Generator().manual_seed(seed)
     history = []
     encoder.train()
@@ -49,4 +85,9 @@ def pretrain_encoder(encoder: nn.Module, frames: torch.Tensor, epochs: int = 20,
             log_fn(f"SSL epoch {epoch} | masked reconstruction loss: {total / count:.4f}")
         if not math.isfinite(total):
             break
+    rms_after = feature_rms(encoder, frames)
+    if match_scale and history and math.isfinite(rms_after) and rms_after > 0 and rms_before > 0:
+        rescale_last_layer(encoder, rms_before / rms_after)
+        history[-1].update({"feature_rms_before": rms_before, "feature_rms_after": rms_after,
+                            "rescaled_by": rms_before / rms_after})
     return history

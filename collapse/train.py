@@ -115,10 +115,10 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
         return math.nan
 
     val = (record.best or {}).get("val") or {}
-    label = ((record.diagnosis or {}).get("val") or {}).get("label")
+    labels = ", ".join(f"{split} {d.get('label')}" for split, d in (record.diagnosis or {}).items()) or "none"
     log.info(f"{record.status} ({record.stop_reason}) | best epoch {record.best_epoch} | "
              f"val R² {_num(val.get('r2'))} | var ratio {_num(val.get('variance_ratio'))} "
-             f"| diagnosis {label} | {metrics_path}")
+             f"| diagnosis {labels} | {metrics_path}")
     if record.status == "diverged":
         log.warning("the loss became non-finite: recorded as diverged (try a lower trainer.lr)")
     return _num_or_nan(record.monitor_value)

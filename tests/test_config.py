@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from collapse.config import ConfigError
+from collapse.config import ConfigError, ModelConfig
 from collapse.losses import RegressionLoss
 from collapse.models import SequenceRegressor
 from collapse.train import CONF_DIR, to_config
@@ -41,7 +41,7 @@ def test_every_option_composes_validates_and_builds(group, option, npz_file):
     if option == "npz":
         overrides.append(f"data.path={npz_file}")
     cfg = to_config(composed(overrides))
-    model = SequenceRegressor(n_features=3, **asdict(cfg.model))
+    model = SequenceRegressor(cfg.model, 3)
     pred = model(torch.randn(4, cfg.data.temporal_frames, 3))
     loss = RegressionLoss(cfg.loss, train_target_var=1.0)(pred, torch.randn(4))
     assert pred.shape == (4,) and torch.isfinite(loss)

@@ -82,3 +82,65 @@ def test_npz_bad_files_name_the_file(tmp_path, arrays, message):
     with pytest.raises(data.DataError, match=message) as err:
         data.load_npz(str(path))
     assert str(path) in str(err.value)
+
+
+def _toy(n=100, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4, 2)).astype(np.float32)
+    y = (5e4 + 1e3 * rng.normal(size=n)).astype(np.float32)
+    split = np.array([0] * (n - 30) + [1] * 15 + [2] * 15)
+    return X, y, split
+
+
+def test_target_scaler_is_the_train_split_mean_and_std_in_float64():
+    X, y, split = _toy()
+    prepared = data.prepare(X, y, split, temporal_frames=2)
+    train = y[split == 0].astype(np.float64)
+    assert prepared.target_mean == pytest.approx(train.mean(), rel=1e-12)
+    assert prepared.target_std == pytest.approx(train.std(), rel=1e-12)
+    # the loss sees standardised targets; y_* stay in the file's units
+    assert prepared.z_train.mean() == pytest.approx(0.0, abs=1e-6) and prepared.z_train.std() == pytest.approx(1.0, rel=1e-6)
+    np.testing.assert_array_equal(prepared.y_val, y[split == 1])
+    np.testing.assert_allclose(prepared.unscale(prepared.z_val), y[split == 1], rtol=1e-6)
+    assert prepared.scaler == {"mean": prepared.target_mean, "std": prepared.target_std}
+    off = data.prepare(X, y, split, temporal_frames=2, standardize_target=False)
+    assert (off.target_mean, off.target_std) == (0.0, 1.0)
+    np.testing.assert_array_equal(off.z_train, off.y_train)
+
+
+def test_label_fraction_keeps_a_seeded_share_of_train_targets_and_all_frames_for_ssl():
+    X, y, split = _toy(n=230)                                    # 200 train
+    part = data.prepare(X, y, split, temporal_frames=2, label_fraction=0.05, seed=3)
+    assert len(part.y_train) == 10 and len(part.X_train) == 10 and len(part.w_train) == 10
+    assert part.X_unlabeled.shape == (200, 4, 2) and part.n_train_all == 200
+    assert len(part.y_val) == 15 and len(part.y_test) == 15      # untouched
+    idx = data.labelled_subset(200, 0.05, seed=3)
+    np.testing.assert_array_equal(part.y_train, y[split == 0][idx])
+    np.testing.assert_array_equal(part.X_train, part.X_unlabeled[idx][:, 2:, :])
+    # the scaler comes from the labelled targets only
+    assert part.target_mean == pytest.approx(y[split == 0][idx].astype(np.float64).mean(), rel=1e-12)
+    other = data.labelled_subset(200, 0.05, seed=4)
+    assert not np.array_equal(idx, other)
+    np.testing.assert_array_equal(data.labelled_subset(200, 1.0, seed=0), np.arange(200))
+    assert len(data.labelled_subset(200, 0.001, seed=0)) == 2    # at least 2: a variance exists
+
+
+@pytest.mark.parametrize("which, name", [(1, "val"), (2, "test")])
+def test_constant_val_or_test_targets_are_a_data_error_naming_the_file(which, name):
+    X, y, split = _toy()
+    y[split == which] = 3.0
+    with pytest.raises(data.DataError, match=f"/my/file.npz: targets are constant on the {name} split"):
+        data.prepare(X, y, split, temporal_frames=2, source="/my/file.npz")
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("data", "label_fraction", 0.0), ("data", "label_fraction", 1.5),
+    ("diagnosis", "confidence", 1.0), ("diagnosis", "inflate_ratio_of_r", 1.0),
+])
+def test_new_keys_are_range_checked_by_name(section, key, value):
+    from collapse.config import Config, ConfigError, validate
+
+    cfg = Config()
+    setattr(getattr(cfg, section), key, value)
+    with pytest.raises(ConfigError, match=f"{section}.{key}={value!r} is invalid"):
+        validate(cfg)

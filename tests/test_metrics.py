@@ -6,6 +6,7 @@ import pytest
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 from collapse import metrics
+from collapse.config import DiagnosisConfig
 
 rng = np.random.default_rng(0)
 Y_TRUE = rng.normal(0.72, 0.1, size=200)
@@ -42,7 +43,8 @@ def test_constant_predictions_collapse_signature():
     assert report["variance_ratio"] == 0.0
     assert report["r2"] <= 0.0
     assert math.isnan(report["pearson_r"]) and math.isnan(report["calibration_slope"])
-    assert metrics.diagnose(report)["label"] == "collapsed"
+    # nothing tells a squeeze from no signal when the predictions do not move
+    assert metrics.diagnose(Y_TRUE, const, DiagnosisConfig())["label"] == "inconclusive"
 
 
 def test_fit_affine_recovers_squeeze():
@@ -54,3 +56,26 @@ def test_fit_affine_recovers_squeeze():
 def test_length_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in length"):
         metrics.r2([1.0, 2.0], [1.0])
+
+
+def test_to_original_units_maps_only_unit_bearing_entries():
+    report = {"r2": 0.5, "pred_std": 0.5, "pred_mean": 0.1, "rmse": 2.0, "pearson_r": 0.7}
+    out = metrics.to_original_units(report, target_std=10.0, target_mean=100.0)
+    assert out == {"r2": 0.5, "pred_std": 5.0, "pred_mean": 101.0, "rmse": 20.0, "pearson_r": 0.7}
+    flat = metrics.to_original_units({"val_mae": 1.0, "train_loss": 1.0}, 3.0, prefix="val_")
+    assert flat == {"val_mae": 3.0, "train_loss": 1.0}
+
+
+@pytest.mark.parametrize("scale, offset", [(1e-3, -7.0), (1.0, 0.0), (77.0, 152.0), (1e6, 5e4), (-2.0, 3.0)])
+def test_every_dimensionless_metric_and_the_diagnosis_ignore_units(scale, offset):
+    """float64 in, any affine change of units of targets and predictions together
+    (a negative scale flips both, so r and the slope keep their sign)."""
+    base_report = metrics.regression_report(Y_TRUE, Y_PRED)
+    report = metrics.regression_report(scale * Y_TRUE + offset, scale * Y_PRED + offset)
+    for key in ("r2", "variance_ratio", "pearson_r", "ccc", "calibration_slope"):
+        assert report[key] == pytest.approx(base_report[key], rel=1e-9, abs=1e-12)
+    base = metrics.diagnose(Y_TRUE, Y_PRED, DiagnosisConfig(), candidates=40)
+    got = metrics.diagnose(scale * Y_TRUE + offset, scale * Y_PRED + offset, DiagnosisConfig(), candidates=40)
+    assert got["label"] == base["label"]
+    np.testing.assert_allclose(got["r_ci"] + got["slope_ci"] + got["variance_ratio_ci"],
+                               base["r_ci"] + base["slope_ci"] + base["variance_ratio_ci"], rtol=1e-9)

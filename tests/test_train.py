@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from collapse import records
+from collapse.config import ModelConfig
 from collapse.models import SequenceRegressor
 from collapse.train import run
 from conftest import cli
@@ -29,7 +30,7 @@ def test_api_run_writes_a_complete_record_and_loadable_weights(tmp_path):
     assert on_disk["diagnosis"]["val"]["split"] == "val" and on_disk["diagnosis"]["test"]["split"] == "test"
     assert on_disk["provenance"]["versions"]["torch"] and on_disk["threads"] >= 1
     state = torch.load(tmp_path / records.WEIGHTS_FILE, weights_only=True)
-    model = SequenceRegressor(n_features=8, hidden_dim=16)
+    model = SequenceRegressor(ModelConfig(hidden_dim=16), 8)
     model.load_state_dict(state)
 
 

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from collapse.config import LossConfig, TrainerConfig
+from collapse.config import LossConfig, ModelConfig, TrainerConfig
 from collapse.losses import RegressionLoss
 from collapse.models import SequenceRegressor
 from collapse.trainer import Trainer
@@ -24,7 +24,7 @@ def _fit(trainer, model, X, y, Xv, yv, loss=None):
 def test_fits_a_learnable_problem():
     torch.manual_seed(0)
     X, y, Xv, yv = _problem()
-    model = SequenceRegressor(4, hidden_dim=16, init_std=0.1, output_bias=0.7)
+    model = SequenceRegressor(ModelConfig(hidden_dim=16, init_std=0.1), 4, output_bias=0.7)
     result = _fit(Trainer(TrainerConfig(epochs=30, batch_size=32, lr=3e-3, patience=0), seed=0, log_fn=lambda s: None),
                   model, X, y, Xv, yv)
     assert result.status == "completed" and result.stop_reason == "max_epochs"
@@ -35,7 +35,7 @@ def test_fits_a_learnable_problem():
 def test_early_stopping_on_the_monitor():
     torch.manual_seed(0)
     X, y, Xv, yv = _problem(signal=False)          # nothing to learn: val R² stops improving fast
-    model = SequenceRegressor(4, hidden_dim=16, init_std=0.5, output_bias=0.7)
+    model = SequenceRegressor(ModelConfig(hidden_dim=16, init_std=0.5), 4, output_bias=0.7)
     trainer = Trainer(TrainerConfig(epochs=100, batch_size=64, monitor="val_loss", patience=3, min_delta=0.0, guard=False), seed=0,
                       log_fn=lambda s: None)
     result = _fit(trainer, model, X, y, Xv, yv)
@@ -48,7 +48,7 @@ def test_early_stopping_on_the_monitor():
 def test_collapse_guard_fires_on_a_collapsing_model():
     torch.manual_seed(0)
     X, y, Xv, yv = _problem(signal=False)
-    model = SequenceRegressor(4, hidden_dim=16, init_std=0.0, output_bias=0.7)
+    model = SequenceRegressor(ModelConfig(hidden_dim=16, init_std=0.0), 4, output_bias=0.7)
     # lr tiny + zero head: predictions stay (nearly) constant -> val variance ratio ~ 0
     trainer = Trainer(TrainerConfig(epochs=50, lr=1e-6, patience=0, guard=True, guard_threshold=0.02, guard_warmup=2, guard_patience=3), seed=0, log_fn=lambda s: None)
     result = _fit(trainer, model, X, y, Xv, yv)
@@ -61,7 +61,7 @@ def test_nan_loss_is_recorded_as_diverged():
     X, y, Xv, yv = _problem()
     y = y.clone()
     y[5] = float("nan")
-    model = SequenceRegressor(4, hidden_dim=8)
+    model = SequenceRegressor(ModelConfig(hidden_dim=8), 4)
     result = _fit(Trainer(TrainerConfig(epochs=5), seed=0, log_fn=lambda s: None), model, X, y, Xv, yv)
     assert result.status == "diverged" and result.stop_reason == "non_finite_loss"
     assert result.best_epoch is None and math.isinf(result.best_score)
@@ -70,7 +70,7 @@ def test_nan_loss_is_recorded_as_diverged():
 def test_best_weights_are_restored():
     torch.manual_seed(0)
     X, y, Xv, yv = _problem()
-    model = SequenceRegressor(4, hidden_dim=16, init_std=0.1, output_bias=0.7)
+    model = SequenceRegressor(ModelConfig(hidden_dim=16, init_std=0.1), 4, output_bias=0.7)
     trainer = Trainer(TrainerConfig(epochs=8, batch_size=32, lr=3e-3, patience=0), seed=0, log_fn=lambda s: None)
     result = _fit(trainer, model, X, y, Xv, yv)
     for key, value in model.state_dict().items():
@@ -86,7 +86,7 @@ def test_a_fit_continued_from_a_checkpoint_equals_an_uninterrupted_fit():
 
     def fresh():
         torch.manual_seed(0)
-        return SequenceRegressor(4, hidden_dim=16, init_std=0.5, output_bias=0.7, dropout=0.2)
+        return SequenceRegressor(ModelConfig(hidden_dim=16, init_std=0.5, dropout=0.2), 4, output_bias=0.7)
 
     whole = _fit(Trainer(cfg, seed=0, log_fn=lambda s: None), fresh(), X, y, Xv, yv)
 

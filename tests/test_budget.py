@@ -1,0 +1,35 @@
+"""collapse.budget: the batch cap for small splits, and the under-training flag."""
+import pytest
+
+from collapse.budget import effective_batch_size
+
+
+@pytest.mark.parametrize("n_train, batch, expected", [
+    (7000, 256, 256),    # the synthetic benchmark: 28 steps an epoch already, unchanged
+    (2048, 256, 256),    # exactly 8 steps an epoch: unchanged
+    (310, 256, 39),      # diabetes: ceil(310 / 8) = 39 -> 8 steps an epoch
+    (130, 256, 17),      # the issue's 130 samples: 1 step an epoch becomes 8
+    (50, 256, 16),       # floor: batches below 16 are noise, not more steps
+    (10, 256, 10),       # never above the split itself
+    (310, 32, 32),       # a small batch asked for is kept
+])
+def test_effective_batch_size(n_train, batch, expected):
+    assert effective_batch_size(n_train, batch, 8) == expected
+
+
+def test_no_cap_when_turned_off():
+    assert effective_batch_size(130, 256, 0) == 130 and effective_batch_size(7000, 256, 0) == 256
+
+
+def test_bad_sizes_name_the_argument():
+    with pytest.raises(ValueError, match="n_train=0"):
+        effective_batch_size(0, 256, 8)
+
+
+def test_budget_exhausted_only_when_the_last_epoch_was_the_best_at_the_limit():
+    from collapse.budget import budget_exhausted
+
+    assert budget_exhausted(60, 60, "max_epochs")
+    assert not budget_exhausted(45, 60, "max_epochs")          # plateaued before the limit
+    assert not budget_exhausted(20, 20, "early_stopping")      # cannot happen, but is not the limit
+    assert not budget_exhausted(None, 0, "max_epochs")
