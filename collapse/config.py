@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 
 class ConfigError(ValueError):
@@ -34,8 +34,8 @@ def _choices(name: str, options: str) -> type[Choice]:
     return Choice(name, [(o, o) for o in options.split()], module=__name__, qualname=name)
 
 
-ModelName = _choices("ModelName", "mean_pool temporal_conv gru")
-DataName = _choices("DataName", "synthetic npz")
+ModelName = _choices("ModelName", "mean_pool temporal_conv gru custom")
+DataName = _choices("DataName", "synthetic npz custom")
 Weighting = _choices("Weighting", "none inverse sqrt_inverse dense")
 LossName = _choices("LossName", "mse huber l1 ccc bmc")
 VarianceMode = _choices("VarianceMode", "squared hinge")
@@ -43,6 +43,7 @@ VarianceTarget = _choices("VarianceTarget", "batch train")
 OptimizerName = _choices("OptimizerName", "adam adamw sgd")
 Monitor = _choices("Monitor", "r2 val_loss")
 Device = _choices("Device", "auto cpu cuda")
+LoggerName = _choices("LoggerName", "tensorboard mlflow")
 
 
 @dataclass
@@ -56,6 +57,12 @@ class ModelConfig:
     dropout: float = 0.0
     kernel_size: int = 3         # temporal_conv only
     init_std: float = 0.5        # std of the output layer's weight init (the study's knob)
+    # model=custom only (collapse.custom): your nn.Module, built with hydra.utils.instantiate
+    # as _target_(n_features=..., output_bias=..., **kwargs). Its own keyword arguments live
+    # in `kwargs` (a free-form dict), so every framework key above keeps its type and a
+    # misspelt one still fails at compose time. Refused with any other model option.
+    _target_: Optional[str] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -89,6 +96,11 @@ class DataConfig:
     # Share of the train split that keeps its targets (a seeded choice); SSL still sees
     # every train frame, val and test are untouched. 1 = all labelled.
     label_fraction: float = 1.0
+    # data=custom only (collapse.custom): a callable returning (X, y) or (X, y, split),
+    # called as _target_(**kwargs) (plus seed=..., when it takes a `seed`). Refused with
+    # any other data option.
+    _target_: Optional[str] = None
+    kwargs: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -159,6 +171,18 @@ class DiagnosisConfig:
 
 
 @dataclass
+class LoggerConfig:
+    # Experiment tracking (collapse.loggers), off by default: names lists the loggers on
+    # (logger=tensorboard | mlflow | both, or logger.names=[tensorboard,mlflow]). Not part
+    # of what a run computes: left out of the config hash (collapse.records).
+    names: List[LoggerName] = field(default_factory=list)
+    # mlflow only: a local SQLite store (relative paths are resolved against the cwd) or a
+    # tracking server (http://host:5000); the experiment the runs go into
+    tracking_uri: str = "sqlite:///outputs/mlflow.db"
+    experiment: str = "collapse"
+
+
+@dataclass
 class SweepInfo:
     # Declared by a named sweep (sweeps/*.yaml) for the summary: the config keys it
     # varies (seed is always the replicate axis) and its baseline cell as key=value.
@@ -184,12 +208,24 @@ class Config:
     checkpoint_every_s: float = 2.0
     recalibrate: bool = True        # report metrics after an affine refit on val (see metrics)
     diagnosis: DiagnosisConfig = field(default_factory=lambda: DiagnosisConfig())
+    logger: LoggerConfig = field(default_factory=lambda: LoggerConfig())
     sweep: SweepInfo = field(default_factory=lambda: SweepInfo())
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is invalid: must be {allowed}")
+
+
+def _check_custom(group: str, node: Any) -> None:
+    """`_target_` imports and calls code: read only with the `custom` option (and needed there)."""
+    if node.name == "custom":
+        _check(bool(node._target_), f"{group}._target_", node._target_,
+               f"a callable's import path (package.module.Name) when {group}=custom")
+    else:
+        for key in ("_target_", "kwargs"):
+            _check(not getattr(node, key), f"{group}.{key}", getattr(node, key),
+                   f"unset with {group}={node.name} (it is read with {group}=custom only)")
 
 
 def validate(cfg: Config) -> Config:
@@ -201,6 +237,10 @@ def validate(cfg: Config) -> Config:
         _check(math.isfinite(value) and value >= 0, key, value, ">= 0")
 
     m, d, lo, s, t = cfg.model, cfg.data, cfg.loss, cfg.ssl, cfg.trainer
+    _check_custom("model", m)
+    _check_custom("data", d)
+    _check(not (m.name == "custom" and s.enabled), "ssl.enabled", s.enabled,
+           "false with model=custom (SSL pretrains the built-in per-frame encoder)")
     positive("model.hidden_dim", m.hidden_dim)
     positive("model.n_layers", m.n_layers)
     positive("model.kernel_size", m.kernel_size)
@@ -270,11 +310,11 @@ def ineffective_keys(cfg: Config, keys: set[str]) -> list[str]:
     chosen path never reads, e.g. `ssl.epochs` with SSL off. One line each."""
     d, lo, m = cfg.data, cfg.loss, cfg.model
     unused: list[tuple[str, str]] = []        # (key prefix or key, why)
-    if d.name == "npz":
-        unused += [(f"data.{k}", "with data=npz (synthetic data only)")
+    if d.name != "synthetic":
+        unused += [(f"data.{k}", f"with data={d.name} (synthetic data only)")
                    for k in ("n_samples", "n_frames", "n_features", "signal", "noise_std", "period_jitter")]
-    else:
-        unused.append(("data.path", "with data=synthetic"))
+    if d.name != "npz":
+        unused.append(("data.path", f"with data={d.name}"))
     if d.overweight_factor == 1:
         unused.append(("data.rare_quantile", "with data.overweight_factor=1"))
     if d.weighting == "none":
@@ -294,6 +334,11 @@ def ineffective_keys(cfg: Config, keys: set[str]) -> list[str]:
                    for f in fields(SSLConfig) if f.name != "enabled"]
     if m.name != "temporal_conv":
         unused.append(("model.kernel_size", f"with model={m.name}"))
+    if m.name == "custom":
+        unused += [(f"model.{k}", "with model=custom (its own keys go in model.kwargs)")
+                   for k in ("hidden_dim", "n_layers", "dropout")]
+    if "mlflow" not in cfg.logger.names:
+        unused += [(f"logger.{k}", "without the mlflow logger") for k in ("tracking_uri", "experiment")]
     return [f"{key} has no effect {why}" for key, why in unused if key in keys]
 
 

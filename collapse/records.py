@@ -177,7 +177,7 @@ def read_record(path: Path) -> dict:
 
 
 # top-level keys that say how a run is kept, not what it computes
-BOOKKEEPING_KEYS = ("resume", "checkpoint_every_s")
+BOOKKEEPING_KEYS = ("resume", "checkpoint_every_s", "logger")   # logger: where results are also sent
 
 
 def config_hash(resolved_config: dict) -> str:

@@ -215,6 +215,12 @@ def execute(cfg: Config, record: RunRecord, run_dir: Optional[Path] = None, thre
             checkpoint = None
         data = load_data(cfg)
         device = resolve_device(cfg.trainer.device)       # cuda without CUDA is bad input
+        # --- tracking (collapse.loggers, imported only when chosen); a missing package is bad input
+        loggers = None
+        if cfg.logger.names:
+            from collapse.loggers import Loggers
+            loggers = Loggers.create(cfg.logger.names, dataclasses.asdict(cfg.logger), run_dir, record.warnings)
+        # --- end tracking
     except BAD_INPUT as e:
         if lock is not None:
             if record_bad_input and not isinstance(e, RunExists):
@@ -223,19 +229,26 @@ def execute(cfg: Config, record: RunRecord, run_dir: Optional[Path] = None, thre
             lock.release()
         raise
     try:
-        return _run_locked(cfg, data, device, record, run_dir, checkpoint, threads, write)
+        if loggers is not None:                            # --- tracking: never raises
+            loggers.start(record.to_dict())
+        return _run_locked(cfg, data, device, record, run_dir, checkpoint, threads, write, loggers)
     finally:
+        if loggers is not None:                            # --- tracking: after the last write
+            failures = len(record.warnings)
+            loggers.finish(record.to_dict())
+            if len(record.warnings) > failures:
+                write()                                    # the failure's warning into metrics.json
         if lock is not None:
             lock.release()
 
 
-def _run_locked(cfg, data, device, record, run_dir, checkpoint, threads, write) -> RunRecord:
+def _run_locked(cfg, data, device, record, run_dir, checkpoint, threads, write, loggers=None) -> RunRecord:
     import torch    # only now: bad input fails above without paying torch's import (~1.5 s)
 
     previous_threads = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)
-    live: dict = {}                    # the trainer (best weights at an interrupt), the interrupts
+    live: dict = {"loggers": loggers}  # the trainer (best weights at an interrupt), the interrupts, tracking
     started = time.time()
     record.status, record.error, record.traceback = "running", None, None
     record.device, record.threads, record.started_at = device, torch.get_num_threads(), started
@@ -321,6 +334,8 @@ def _train(cfg: Config, data: data_lib.PreparedData, device: str, record: RunRec
         nonlocal last_write
         record.history, record.epochs_run = original_units(progress.history), progress.epoch
         record.best_epoch = progress.best_epoch
+        if live.get("loggers") is not None:
+            live["loggers"].epoch(record.history)          # --- tracking: never raises
         if run_dir is not None and time.monotonic() - last_write >= cfg.checkpoint_every_s:
             # checkpoint first: a record never points past the checkpoint it continues from
             with live["interrupts"].deferred():

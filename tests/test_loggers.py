@@ -1,0 +1,104 @@
+"""Experiment tracking (collapse.loggers): what TensorBoard and MLflow readers find, a
+logger that fails does not cost the run, a missing package is refused before training,
+and nothing is imported unless a logger is chosen."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import cli
+
+TINY = ("data.n_samples=300", "trainer.epochs=3", "model.hidden_dim=16")
+HEAVY = ("mlflow", "tensorboard", "optuna", "pandas", "torch.utils.tensorboard")
+
+
+def _loaded_heavy(code: str) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sorted(m for m in sys.modules "
+                          f"if m.split('.')[0] in {HEAVY!r} or m.startswith('torch.utils.tensorboard'))))"],
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()
+
+
+def test_nothing_heavy_is_imported_without_a_logger():
+    assert _loaded_heavy("import collapse.train, collapse.summary") == []
+    code = ("from collapse.train import run\n"
+            f"r = run({list(TINY)!r})\nassert r.status == 'completed', r.status")
+    assert _loaded_heavy(code) == []
+
+
+def _client(cwd: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{cwd / 'outputs' / 'mlflow.db'}")
+
+
+@pytest.mark.slow
+def test_a_sweep_reads_back_in_mlflow_and_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = cli(["-m", *TINY, "logger=both", "hydra.sweep.dir=sw", "loss.variance_lambda=0,0.5"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = _client(tmp_path)
+    experiment = client.get_experiment_by_name("collapse")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2
+    sweep_dir = str((tmp_path / "sw").resolve())
+    for run in runs:
+        job = int(run.data.tags["job_num"])
+        record = json.loads((tmp_path / "sw" / str(job) / "metrics.json").read_text())
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["sweep_dir"] == sweep_dir            # one sweep, one tag value
+        assert run.data.tags["status"] == record["status"] == "completed"
+        assert run.data.tags["diagnosis.val"] == record["diagnosis"]["val"]["label"]
+        assert run.data.tags["diagnosis.test"] == record["diagnosis"]["test"]["label"]
+        assert float(run.data.params["loss.variance_lambda"]) == record["config"]["loss"]["variance_lambda"]
+        assert run.data.params["model.hidden_dim"] == "16"
+        history = client.get_metric_history(run.info.run_id, "val_r2")
+        assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == \
+            [(h["epoch"], pytest.approx(h["val_r2"])) for h in record["history"]]
+        assert run.data.metrics["best.test.r2"] == pytest.approx(record["best"]["test"]["r2"])
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"metrics.json", "model.pt"}
+
+        events = EventAccumulator(str(tmp_path / "sw" / str(job)))
+        events.Reload()
+        assert {"train/loss", "val/loss", "val/r2", "val/variance_ratio", "val/pred_std"} <= set(events.Tags()["scalars"])
+        assert [(e.step, e.value) for e in events.Scalars("val/r2")] == \
+            [(h["epoch"], pytest.approx(h["val_r2"], rel=1e-6)) for h in record["history"]]
+        assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
+
+
+def test_a_failing_logger_loses_nothing(tmp_path):
+    with socket.socket() as s:           # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = cli([*TINY, "logger=mlflow", f"logger.tracking_uri=http://127.0.0.1:{port}", "hydra.run.dir=run"],
+              tmp_path, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "completed" and record["best"]["val"]["r2"] is not None
+    [warning] = [w for w in record["warnings"] if "logger mlflow failed" in w]
+    assert (out.stdout + out.stderr).count("logger mlflow failed") == 1
+
+
+def test_a_missing_package_is_refused_before_training(tmp_path):
+    hide = ("import importlib.util as u, runpy, sys\n"
+            "find = u.find_spec\n"
+            "u.find_spec = lambda name, *a: None if name == 'mlflow' else find(name, *a)\n"
+            f"sys.argv = ['collapse.train', *{list(TINY)!r}, 'logger=mlflow', 'hydra.run.dir=run']\n"
+            "runpy.run_module('collapse.train', run_name='__main__')\n")
+    out = subprocess.run([sys.executable, "-c", hide], cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 2
+    [line] = out.stderr.strip().splitlines()
+    assert line.startswith("collapse: error: logger=mlflow needs the mlflow package") and "pip install" in line
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_logger_names_are_typed(tmp_path):
+    out = cli(["logger.names=[mlflow,wandb]", "--cfg", "job"], tmp_path)
+    assert out.returncode != 0 and "wandb" in out.stderr
