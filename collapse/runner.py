@@ -67,6 +67,11 @@ def load_data(cfg: Config) -> data_lib.PreparedData:
         X, y = data_lib.make_synthetic(d.n_samples, d.n_frames, d.n_features, d.signal,
                                        d.noise_std, d.period_jitter, seed=cfg.seed)
         split, source = None, "synthetic data"
+    elif d.name == "custom":                               # --- custom data (collapse.custom)
+        from collapse import custom
+
+        X, y, split = custom.load_data(d, cfg.seed)
+        source = f"data._target_={d._target_}"
     else:
         X, y, split = data_lib.load_npz(d.path)
         source = d.path
@@ -215,6 +220,12 @@ def execute(cfg: Config, record: RunRecord, run_dir: Optional[Path] = None, thre
             checkpoint = None
         data = load_data(cfg)
         device = resolve_device(cfg.trainer.device)       # cuda without CUDA is bad input
+        if cfg.model.name == "custom":                     # --- custom model: one batch, (B, T, C) -> (B,)
+            from collapse.custom import check_model
+
+            for warning in check_model(cfg.model, data.X_train):
+                record.warnings.append(warning)
+                log.warning(f"collapse: warning: {warning}")
         # --- tracking (collapse.loggers, imported only when chosen); a missing package is bad input
         loggers = None
         if cfg.logger.names:
@@ -288,7 +299,7 @@ def _train(cfg: Config, data: data_lib.PreparedData, device: str, record: RunRec
     import torch
 
     from collapse.losses import RegressionLoss
-    from collapse.models import SequenceRegressor
+    from collapse.custom import build_model
     from collapse.ssl import pretrain_encoder
     from collapse.trainer import Trainer, predict
 
@@ -307,8 +318,8 @@ def _train(cfg: Config, data: data_lib.PreparedData, device: str, record: RunRec
     X_val, y_val, X_test = tensor(data.X_val), tensor(data.z_val), tensor(data.X_test)
     weighted = bool(np.any(data.w_train != 1.0))
     record.target_scaler = data.scaler
-    model = SequenceRegressor(cfg.model, data.n_features, output_bias=float(data.z_train.mean()),
-                              target_mean=data.target_mean, target_std=data.target_std).to(device)
+    model = build_model(cfg.model, data.n_features, output_bias=float(data.z_train.mean()),
+                        target_mean=data.target_mean, target_std=data.target_std).to(device)
     if checkpoint is not None:
         # the checkpoint holds the weights after SSL and every finished epoch
         record.ssl_history, record.resumed_from_epoch = checkpoint.get("ssl_history"), checkpoint["progress"]["epoch"]

@@ -11,11 +11,15 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from collapse.config import ConfigError, ModelConfig
+from collapse.custom import build_model
 from collapse.losses import RegressionLoss
 from collapse.models import SequenceRegressor
 from collapse.train import CONF_DIR, to_config
 
-GROUPS = ("model", "data", "loss", "ssl", "trainer", "experiment")
+GROUPS = ("model", "data", "loss", "ssl", "trainer", "logger", "experiment")
+# model=custom / data=custom need a callable: the examples' (tests run from the repository root)
+CUSTOM = {"model": "model._target_=examples.nets.FrameAttention",
+          "data": "data._target_=examples.datasets.make_waves"}
 
 
 def options(group):
@@ -40,8 +44,10 @@ def test_every_option_composes_validates_and_builds(group, option, npz_file):
     overrides = [f"{group}={option}"]
     if option == "npz":
         overrides.append(f"data.path={npz_file}")
+    if option == "custom":
+        overrides.append(CUSTOM[group])
     cfg = to_config(composed(overrides))
-    model = SequenceRegressor(cfg.model, 3)
+    model = build_model(cfg.model, 3)
     pred = model(torch.randn(4, cfg.data.temporal_frames, 3))
     loss = RegressionLoss(cfg.loss, train_target_var=1.0)(pred, torch.randn(4))
     assert pred.shape == (4,) and torch.isfinite(loss)

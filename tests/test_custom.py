@@ -1,0 +1,114 @@
+"""model=custom and data=custom: a user's nn.Module and data callable, instantiated the
+Hydra way, checked at start, and run through the same path (frames, splits, scaler,
+init_std on the last nn.Linear) as the built-in options. The examples/ folder is run
+for real through the CLI."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from collapse.config import ConfigError
+from conftest import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+ENV = {"PYTHONPATH": f"{ROOT}:{TESTS}"}     # `examples` and this module, from any cwd
+MODEL = ("model=custom", "model._target_=examples.nets.FrameAttention", "+model.kwargs.width=16")
+DATA = ("data=custom", "data._target_=examples.datasets.make_waves", "+data.kwargs.n_samples=300")
+TINY = ("trainer.epochs=3",)
+
+
+class WrongShape(nn.Module):
+    """Forgets to squeeze: (B, T, C) -> (B, 1)."""
+
+    def __init__(self, n_features: int):
+        super().__init__()
+        self.head = nn.Linear(n_features, 1)
+
+    def forward(self, x):
+        return self.head(x[:, -1])
+
+
+def test_the_examples_run_through_the_cli(tmp_path):
+    out = cli([*MODEL, *DATA, *TINY, "data.temporal_frames=2", "hydra.run.dir=run"], tmp_path, env=ENV)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert record["status"] == "completed" and record["best"]["val"]["r2"] is not None
+    assert record["config"]["model"]["kwargs"] == {"width": 16}
+    assert record["target_scaler"]["mean"] == pytest.approx(10, abs=0.5)     # standardised on train
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert state["net.encoder.0.weight"].shape == (16, 4) and "target_std" in state
+
+
+def test_a_model_of_the_wrong_shape_is_refused_at_start(tmp_path):
+    out = cli(["model=custom", "model._target_=test_custom.WrongShape", *TINY, "data.n_samples=300",
+               "hydra.run.dir=run"], tmp_path, env=ENV)
+    assert out.returncode == 2
+    [line] = out.stderr.strip().splitlines()
+    assert "test_custom.WrongShape maps a batch of shape" in line and "must return shape (2,)" in line
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_init_std_and_the_output_bias_reach_the_last_linear():
+    from collapse.config import ModelConfig
+    from collapse.custom import build_model
+
+    cfg = ModelConfig(name="custom", _target_="examples.nets.FrameAttention", kwargs={"width": 8}, init_std=0.0)
+    model = build_model(cfg, n_features=3, output_bias=0.25, target_mean=5.0, target_std=2.0)
+    assert torch.all(model.net.head.weight == 0) and model.net.head.bias.item() == 0.25
+    assert model.net.score.weight.abs().sum() > 0              # only the last nn.Linear
+    assert model(torch.randn(4, 5, 3)).shape == (4,)
+    assert torch.allclose(model.predict_original(torch.randn(4, 5, 3)), torch.full((4,), 5.5, dtype=torch.float64))
+
+
+def test_a_model_without_a_linear_says_init_std_cannot_reach_it(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from collapse.train import run
+
+    record = run(["model=custom", "model._target_=examples.nets.LastFrameConv", *TINY, "data.n_samples=300"])
+    assert record.status == "completed"
+    assert any("model.init_std has no effect" in w and "LastFrameConv" in w for w in record.warnings)
+
+
+def test_custom_data_goes_through_prepare(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from collapse.runner import load_data
+    from collapse.train import run
+
+    record = run(["data=custom", "data._target_=examples.datasets.make_waves_split", "+data.kwargs.n_samples=400",
+                  "data.temporal_frames=3", "data.overweight_factor=2", *TINY])
+    assert record.status == "completed"
+    from collapse.config import Config, DataConfig
+
+    cfg = Config(data=DataConfig(name="custom", _target_="examples.datasets.make_waves_split",
+                                 kwargs={"n_samples": 400}, temporal_frames=3, overweight_factor=2.0))
+    data = load_data(cfg)
+    assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (280, 60, 60)   # its own split
+    assert data.X_train.shape[1:] == (3, 4) and data.w_train.max() > data.w_train.min()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model._target_=examples.nets.FrameAttention", "model._target_"),      # not with model=mean_pool
+    ("+model.kwargs.width=3", "model.kwargs"),
+    ("data._target_=examples.datasets.make_waves", "data._target_"),
+])
+def test_target_is_refused_outside_the_custom_options(override, key):
+    from hydra import compose, initialize_config_dir
+
+    from collapse.train import CONF_DIR, to_config
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[override])
+    with pytest.raises(ConfigError, match=f"^{key}="):
+        to_config(cfg)
+
+
+def test_custom_needs_a_target(tmp_path):
+    out = cli(["model=custom", "--cfg", "job"], tmp_path)        # composes: the value is checked at run time
+    assert out.returncode == 0
+    out = cli(["model=custom", *TINY], tmp_path)
+    assert out.returncode == 2 and "model._target_=None is invalid" in out.stderr
