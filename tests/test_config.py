@@ -13,7 +13,6 @@ from omegaconf.errors import OmegaConfBaseException
 from collapse.config import ConfigError, ModelConfig
 from collapse.custom import build_model
 from collapse.losses import RegressionLoss
-from collapse.models import SequenceRegressor
 from collapse.train import CONF_DIR, to_config
 
 GROUPS = ("model", "data", "loss", "ssl", "trainer", "logger", "experiment")
