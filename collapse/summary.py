@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from collapse import stats
+from collapse import stats, summary_search
 from collapse.stats import describe, eta_squared, t975  # noqa: F401  (collapse.summary's API before the split)
 from collapse.summary_report import render_text, write_outputs
 from collapse.sweep_jobs import (DIAGNOSES, EFFECT_KEYS, FAILURE_STATUSES, PAIRED_KEYS, STAT_KEYS, STATES, Job,
@@ -324,6 +324,9 @@ def build_summary(sweep_dir, thresholds=None, histories: bool = False, diagnosis
     declared = [str(k) for k in info.get("factors") or []]
     factors, factor_notes = find_factors(jobs, declared)
     notes += factor_notes
+    if summary_search.is_search(sweep_dir, jobs, factors, planned is not None):   # --- a search: no grid
+        problems = [f"job {j.num if j.num is not None else j.path.name}: {p}" for j in jobs for p in j.problems]
+        return summary_search.build(sweep_dir, jobs, factors, info, notes, problems), {}
     levels, grid, planned_seeds, absent, numbered, plan_notes = _plan(jobs, placed, planned, factors, sweep_dir)
     notes += plan_notes
     by_cell: dict[tuple, list[Job]] = {c: [] for c in grid}
@@ -386,6 +389,8 @@ def build_summary(sweep_dir, thresholds=None, histories: bool = False, diagnosis
 def write_summary(summary: dict, histories: dict, out_dir, plots: bool = True) -> list[str]:
     """Write the plots (when `plots`) and summary.{csv,md,json} into `out_dir`; raises
     OSError when it cannot. Returns the file names."""
+    if summary.get("kind") == "search":                  # --- a search (collapse.summary_search)
+        return summary_search.write(summary, out_dir, plots)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary["files"] = []
@@ -406,6 +411,46 @@ def summarize(sweep_dir, thresholds=None, plots: bool = True, out=None, diagnosi
     summary, histories = build_summary(sweep_dir, thresholds, plots, diagnosis_split, effect)
     write_summary(summary, histories, out if out is not None else sweep_dir, plots)
     return summary
+
+
+# ---------------------------------------------------------------- pandas
+
+def load_runs(sweep_dir):
+    """A pandas DataFrame of a sweep, one row per job directory: `job`, the factors (one
+    column each, numbers where every value is one), `seed`, `status`, the best epoch's
+    val and test metrics (`val_r2`, `test_variance_ratio`, ...; NaN unless the run is a
+    result), `diagnosis_val`, `diagnosis_test`, `monitor_value`, `epochs_run`, `path`.
+    pandas is imported here only (pip install "collapse[notebook]")."""
+    import pandas as pd
+
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise SweepDirError(f"{sweep_dir}: no such directory")
+    jobs = [read_job(d, histories=False) for d in job_dirs(sweep_dir)]
+    placed = [j for j in jobs if j.settings is not None]
+    unify_numeric_levels([j.settings for j in placed])
+    factors, _ = find_factors(jobs, [str(k) for k in sweep_info(jobs).get("factors") or []])
+    rows = []
+    for job in sorted(jobs, key=lambda j: (j.num is None, j.num or 0)):
+        record = job.record or {}
+        best = job.best or {}
+        row = {"job": job.num, **{f: (job.settings or {}).get(f) for f in factors},
+               "seed": int(job.seed) if job.seed is not None and str(job.seed).isdigit() else job.seed,
+               "status": job.status}
+        for key in STAT_KEYS:
+            row[key.replace(".", "_")] = _metric(best, key) if best else math.nan
+        row.update({"diagnosis_val": job.diagnosis("val"), "diagnosis_test": job.diagnosis("test"),
+                    "monitor_value": record.get("monitor_value") if job.best else math.nan,
+                    "epochs_run": record.get("epochs_run"), "path": str(job.path)})
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=["job", *factors, "seed", "status",
+                                        *(k.replace(".", "_") for k in STAT_KEYS), "diagnosis_val",
+                                        "diagnosis_test", "monitor_value", "epochs_run", "path"])
+    for f in factors:       # "0.5" -> 0.5 where the whole column is numbers
+        numeric = pd.to_numeric(frame[f], errors="coerce")
+        if numeric.notna().sum() == frame[f].notna().sum():
+            frame[f] = numeric
+    return frame
 
 
 # ---------------------------------------------------------------- command line
@@ -438,7 +483,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:        # the tables first: a sweep dir nobody can write to still gets them
         for problem in summary["problems"]:
             print(f"problem: {problem}", file=sys.stderr)
-        print(render_text(summary), end="")
+        print((summary_search.render_text if summary.get("kind") == "search" else render_text)(summary), end="")
         sys.stdout.flush()      # a closed pipe must show here, not in the flush at exit
     except BrokenPipeError:
         # the reader left early (`| head`). Send what is still buffered to devnull so the

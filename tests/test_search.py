@@ -1,0 +1,76 @@
+"""Optuna through hydra/sweeper=optuna (sweeps/tune.yaml), the search summary (ranked
+trials, best trial, importance, objective-vs-parameter plot) and collapse.summary.load_runs."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from collapse.summary import build_summary, load_runs, main as summary_main
+from conftest import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ("data.n_samples=300", "trainer.epochs=3", "model.hidden_dim=16")
+TUNE = ("--config-dir", str(ROOT / "sweeps"), "--config-name", "tune")
+
+
+def _trials(sweep: Path) -> list[dict]:
+    records = [json.loads(p.read_text()) for p in sorted(sweep.glob("[0-9]*/metrics.json"))]
+    return [{"lambda": r["config"]["loss"]["variance_lambda"],
+            {"init_std": r["config"]["model"]["init_std"], "lr": r["config"]["trainer"]["lr"]} for r in records]
+
+
+@pytest.mark.slow
+def test_a_seeded_optuna_search_and_its_summary(tmp_path, capsys):
+    out = cli([*TUNE, *TINY, "hydra.sweeper.n_trials=4", "hydra.sweep.dir=tune"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    sweep = tmp_path / "tune"
+    assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"]
+    assert not (sweep / "manifest.json").exists()        # trials are decided as the search goes
+    optuna_best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+
+    assert summary_main([str(sweep)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"search {sweep}: 4 trials (4 completed); objective val R²")
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert summary["kind"] == "search" and [t["rank"] for t in summary["trials"]] == [1, 2, 3, 4]
+    objectives = [t["objective"] for t in summary["trials"]]
+    assert objectives == sorted(objectives, reverse=True)
+    best = summary["best"]
+    assert best["objective"] == pytest.approx(optuna_best["best_value"])
+    assert best["params"] == pytest.approx(optuna_best["best_params"])
+    assert set(summary["importance"]) <= {"loss.variance_lambda", "model.init_std", "trainer.lr"}
+    assert (sweep / "summary_search.png").stat().st_size > 0
+
+    # seeded: the same first trials again
+    again = cli([*TUNE, *TINY, "hydra.sweeper.n_trials=2", "hydra.sweep.dir=again"], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _trials(tmp_path / "again") == _trials(sweep)[:2]
+
+    # without Optuna's file, continuous factors with one job per cell still read as a search
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    (copy / "optimization_results.yaml").unlink()
+    summary, _ = build_summary(copy)
+    assert summary["kind"] == "search" and summary["best"]["job"] == best["job"]
+
+
+@pytest.mark.slow
+def test_load_runs_on_a_grid(tmp_path):
+    out = cli(["-m", *TINY, "data.temporal_frames=1,3", "loss.variance_lambda=0,0.5", "seed=0,1",
+               "hydra.sweep.dir=grid"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    frame = load_runs(tmp_path / "grid")
+    assert len(frame) == 8 and list(frame["job"]) == list(range(8))
+    assert {"data.temporal_frames", "loss.variance_lambda", "seed", "status", "val_r2", "test_r2",
+            "val_variance_ratio", "diagnosis_val", "diagnosis_test"} <= set(frame.columns)
+    assert frame["data.temporal_frames"].dtype.kind in "if" and frame["val_r2"].dtype.kind == "f"
+    assert frame.groupby(["data.temporal_frames", "loss.variance_lambda"]).size().tolist() == [2, 2, 2, 2]
+    for row in frame.itertuples():
+        record = json.loads((Path(row.path) / "metrics.json").read_text())
+        assert row.diagnosis_test == record["diagnosis"]["test"]["label"]
+        assert row.val_r2 == pytest.approx(record["best"]["val"]["r2"])
+    assert build_summary(tmp_path / "grid")[0].get("kind") is None     # a grid keeps the factorial summary
