@@ -19,8 +19,8 @@ TUNE = ("--config-dir", str(ROOT / "sweeps"), "--config-name", "tune")
 
 def _trials(sweep: Path) -> list[dict]:
     records = [json.loads(p.read_text()) for p in sorted(sweep.glob("[0-9]*/metrics.json"))]
-    return [{"lambda": r["config"]["loss"]["variance_lambda"],
-            {"init_std": r["config"]["model"]["init_std"], "lr": r["config"]["trainer"]["lr"]} for r in records]
+    return [{"lambda": r["config"]["loss"]["variance_lambda"], "init_std": r["config"]["model"]["init_std"],
+             "lr": r["config"]["trainer"]["lr"]} for r in records]
 
 
 @pytest.mark.slow
