@@ -201,8 +201,9 @@ class MlflowLogger:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=self.uri)
         with _store_lock(self.uri):
+            # the client creates a new store's tables: inside the lock
+            self.client = MlflowClient(tracking_uri=self.uri)
             experiment = self.client.get_experiment_by_name(self.experiment)
             if experiment is None:
                 location = None
