@@ -183,6 +183,12 @@ BOOKKEEPING_KEYS = ("resume", "checkpoint_every_s", "logger")   # logger: where 
 def config_hash(resolved_config: dict) -> str:
     """Hash of the resolved config, minus bookkeeping keys that do not change results."""
     relevant = {k: v for k, v in resolved_config.items() if k not in BOOKKEEPING_KEYS}
+    for group in ("model", "data"):
+        # keys that only model=custom / data=custom set: unset, a config hashes as it did
+        # before they existed (so resume=true accepts runs recorded then)
+        node = relevant.get(group)
+        if isinstance(node, dict) and node.get("_target_") is None and not node.get("kwargs"):
+            relevant[group] = {k: v for k, v in node.items() if k not in ("_target_", "kwargs")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

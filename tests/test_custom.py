@@ -112,3 +112,15 @@ def test_custom_needs_a_target(tmp_path):
     assert out.returncode == 0
     out = cli(["model=custom", *TINY], tmp_path)
     assert out.returncode == 2 and "model._target_=None is invalid" in out.stderr
+
+
+def test_the_config_hash_ignores_the_logger_and_unset_custom_keys():
+    from collapse.records import config_hash
+
+    base = {"model": {"name": "mean_pool", "init_std": 0.5}, "data": {"name": "synthetic"}, "seed": 0}
+    unset = {"_target_": None, "kwargs": {}}
+    # a run recorded before these keys existed is the same config (resume=true accepts it)
+    assert config_hash({**base, "model": {**base["model"], **unset}, "data": {**base["data"], **unset},
+                        "logger": {"names": ["mlflow"]}}) == config_hash(base)
+    assert config_hash({**base, "model": {**base["model"], **unset, "_target_": "x.Y"}}) != config_hash(base)
+    assert config_hash({**base, "model": {**base["model"], **unset, "kwargs": {"width": 3}}}) != config_hash(base)
