@@ -157,7 +157,8 @@ def read_metrics(path: Path, histories: bool = True) -> dict:
 
 
 def _is_hydra_key(key: str) -> bool:
-    return key == "hydra" or key.startswith(("hydra.", "hydra/"))
+    # and the logger group: where results are also sent never makes a factor (collapse.loggers)
+    return key in ("hydra", "logger") or key.startswith(("hydra.", "hydra/", "logger."))
 
 
 def _settings(overrides: Sequence[str], choices: dict) -> tuple[dict, set, Optional[str]]:
