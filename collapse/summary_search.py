@@ -124,7 +124,9 @@ def build(sweep_dir: Path, jobs: Sequence[Job], factors: list, info: dict, notes
         trials.append({
             "job": job.num, "status": job.status, "seed": job.seed,
             "params": {f: _number(job.settings.get(f)) for f in factors},
-            "objective": _number(record.get("monitor_value")) if result else None,
+            # a record without monitor_value (older ones) monitored val R²
+            "objective": (_number(record.get("monitor_value")) if record.get("monitor_value") is not None
+                          or record.get("monitor") == "val_loss" else _metric(job, "val", "r2")) if result else None,
             "val_r2": _metric(job, "val", "r2"), "val_variance_ratio": _metric(job, "val", "variance_ratio"),
             "test_r2": _metric(job, "test", "r2"), "diagnosis": diagnosis})
     ranked = sorted(trials, key=lambda t: (t["objective"] is None, -(t["objective"] or 0.0)))

@@ -231,11 +231,19 @@ def test_group_choices_as_factors_and_choices_that_follow_another_factor(tmp_pat
 
 
 def test_sampled_settings_are_not_taken_for_a_grid(tmp_path):
+    settings = [(0.1, 0.0), (0.01, 0.1), (0.001, 0.2), (0.3, 0.3)]
     sweep = tmp_path / "sweep"                     # as an optimising sweeper would leave it
-    for num, (lr, wd) in enumerate([(0.1, 0.0), (0.01, 0.1), (0.001, 0.2), (0.3, 0.3)]):
+    for num, (lr, wd) in enumerate(settings):
         write_job(sweep, num, [f"trainer.lr={lr}", f"trainer.weight_decay={wd}", "seed=0"], {})
+    s = summarize(sweep, plots=False)              # one job per cell, numbers: a search (collapse.summary_search)
+    assert s["kind"] == "search" and len(s["trials"]) == 4 and s["problems"] == [] and s["jobs"]["total"] == 4
+    assert s["best"]["objective"] == 0.5 and [t["rank"] for t in s["trials"]] == [1, 2, 3, 4]
+
+    sweep = tmp_path / "replicated"                # the same settings, each with 2 seeds: cells, not a grid
+    for num, ((lr, wd), seed) in enumerate((x, seed) for x in settings for seed in (0, 1)):
+        write_job(sweep, num, [f"trainer.lr={lr}", f"trainer.weight_decay={wd}", f"seed={seed}"], {}, seed=seed)
     s = summarize(sweep, plots=False)
-    assert len(s["cells"]) == 4 and s["problems"] == [] and s["jobs"]["total"] == 4
+    assert len(s["cells"]) == 4 and s["problems"] == [] and s["jobs"]["total"] == 8
     assert any("4 of 16 factor combinations, not a grid" in n for n in s["notes"])
 
 
