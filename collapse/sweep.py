@@ -132,6 +132,11 @@ class SweepStatus(Callback):
         if jobs is not None:
             write_manifest(sweep_dir, config.hydra.job.config_name,
                            _task_overrides(config.hydra.overrides.task), jobs)
+        else:
+            # another sweeper (Optuna) writes no multirun.yaml, which the guard above and the
+            # summary read: write it as the BasicSweeper does
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            OmegaConf.save(config, previous)
 
     @staticmethod
     def _check_same_sweep(config: DictConfig, sweep_dir: Path, previous: Path,

@@ -124,3 +124,19 @@ def test_the_config_hash_ignores_the_logger_and_unset_custom_keys():
                         "logger": {"names": ["mlflow"]}}) == config_hash(base)
     assert config_hash({**base, "model": {**base["model"], **unset, "_target_": "x.Y"}}) != config_hash(base)
     assert config_hash({**base, "model": {**base["model"], **unset, "kwargs": {"width": 3}}}) != config_hash(base)
+
+
+@pytest.mark.parametrize("target, kwargs, message", [
+    ("numpy.zeros", {"shape": 3}, "returned a ndarray; expected (X, y) or (X, y, split)"),
+    ("examples.datasets.make_waves", {"n_samples": 0}, "the train split has 0 samples"),     # via prepare
+    ("examples.datasets.nope", {}, "cannot be imported"),
+])
+def test_bad_custom_data_is_one_line(target, kwargs, message, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from collapse.config import Config, DataConfig
+    from collapse.data import DataError
+    from collapse.runner import load_data
+
+    with pytest.raises((DataError, ConfigError)) as e:
+        load_data(Config(data=DataConfig(name="custom", _target_=target, kwargs=kwargs)))
+    assert message in str(e.value) and "\n" not in str(e.value)

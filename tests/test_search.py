@@ -30,6 +30,7 @@ def test_a_seeded_optuna_search_and_its_summary(tmp_path, capsys):
     sweep = tmp_path / "tune"
     assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"]
     assert not (sweep / "manifest.json").exists()        # trials are decided as the search goes
+    assert (sweep / "multirun.yaml").exists()            # written by collapse.sweep.SweepStatus
     optuna_best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
 
     assert summary_main([str(sweep)]) == 0
@@ -45,10 +46,17 @@ def test_a_seeded_optuna_search_and_its_summary(tmp_path, capsys):
     assert set(summary["importance"]) <= {"loss.variance_lambda", "model.init_std", "trainer.lr"}
     assert (sweep / "summary_search.png").stat().st_size > 0
 
-    # seeded: the same first trials again
+    # seeded: the same first trials again; the same directory only with resume=true, which
+    # replays the finished trials from their records and trains only the new ones
     again = cli([*TUNE, *TINY, "hydra.sweeper.n_trials=2", "hydra.sweep.dir=again"], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _trials(tmp_path / "again") == _trials(sweep)[:2]
+    refused = cli([*TUNE, *TINY, "hydra.sweeper.n_trials=4", "hydra.sweep.dir=again"], tmp_path)
+    assert refused.returncode == 2 and "already holds a sweep; pass resume=true" in refused.stderr
+    resumed = cli([*TUNE, *TINY, "hydra.sweeper.n_trials=4", "hydra.sweep.dir=again", "resume=true"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (resumed.stdout + resumed.stderr).count("already holds a completed run of this config; skipped") == 2
+    assert _trials(tmp_path / "again") == _trials(sweep)
 
     # without Optuna's file, continuous factors with one job per cell still read as a search
     copy = tmp_path / "copy"
