@@ -103,3 +103,19 @@ def test_a_missing_package_is_refused_before_training(tmp_path):
 def test_logger_names_are_typed(tmp_path):
     out = cli(["logger.names=[mlflow,wandb]", "--cfg", "job"], tmp_path)
     assert out.returncode != 0 and "wandb" in out.stderr
+
+
+def test_a_logger_that_raises_mid_run_is_dropped_with_one_warning(tmp_path, monkeypatch):
+    from collapse import loggers
+    from collapse.train import run
+
+    def boom(self, row):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(loggers.TensorBoardLogger, "epoch", boom)
+    record = run([*TINY, "logger=tensorboard"], run_dir=tmp_path / "run")
+    assert record.status == "completed"
+    [warning] = [w for w in record.warnings if w.startswith("logger tensorboard failed in epoch")]
+    assert "OSError: No space left on device" in warning
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk["status"] == "completed" and warning in on_disk["warnings"]
