@@ -119,3 +119,19 @@ def test_a_logger_that_raises_mid_run_is_dropped_with_one_warning(tmp_path, monk
     assert "OSError: No space left on device" in warning
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["status"] == "completed" and warning in on_disk["warnings"]
+
+
+@pytest.mark.parametrize("overrides, key, warned", [
+    (["logger.tracking_uri=http://127.0.0.1:5000"], "logger.tracking_uri", True),     # logger=none
+    (["logger=tensorboard", "logger.experiment=x"], "logger.experiment", True),
+    (["logger=mlflow", "logger.experiment=x"], "logger.experiment", False),
+])
+def test_mlflow_keys_without_mlflow_are_named(overrides, key, warned):
+    from hydra import compose, initialize_config_dir
+
+    from collapse.config import ineffective_keys
+    from collapse.train import CONF_DIR, to_config
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = to_config(compose(config_name="config", overrides=overrides))
+    assert ineffective_keys(cfg, {key}) == ([f"{key} has no effect without the mlflow logger"] if warned else [])
