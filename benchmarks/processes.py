@@ -217,7 +217,25 @@ def bench_parallel(quick: bool, repeats: int, tmp: Path, ctx: dict, epochs: int 
         res.add("busy-core slowdown, old default", pick(old_slow), "x", note=", ".join(f"{x:.2f}" for x in old_slow))
     res.add("jobs with identical results (vs the old default)", min(same), "fraction", (">=", 1.0),
             note="status, stop, best epoch, best val/test metrics")
+    single_run_threads(quick, repeats, tmp, res, cores)
     return res
+
+
+def single_run_threads(quick: bool, repeats: int, tmp: Path, res: Result, cores: int) -> None:
+    """A single run of the default config with 1 torch thread and with every usable core,
+    alternated: the training seconds (the record's wall_time_s, start-up excluded)."""
+    epochs = ["trainer.epochs=1", "data.n_samples=2000"] if quick else ["trainer.epochs=10", "trainer.patience=0"]
+    seconds: dict[int, list] = {1: [], cores: []}
+    for i in range(repeats):
+        for threads in (list(seconds) if i % 2 == 0 else list(reversed(seconds))):
+            run_dir = tmp / f"single_{threads}t_{i}"
+            run_cmd(train_cmd(*epochs, f"trainer.threads={threads}", f"hydra.run.dir={run_dir}"), tmp)
+            seconds[threads].append(json.loads((run_dir / "metrics.json").read_text())["wall_time_s"])
+    ratio = [one / many for one, many in zip(seconds[1], seconds[cores])]
+    res.figures["single_run_training_s"] = {str(k): v for k, v in seconds.items()}
+    res.add("single run (default config), training with 1 thread", median(seconds[1]), "s")
+    res.add(f"single run (default config), training with {cores} threads", median(seconds[cores]), "s")
+    res.add(f"single run: speedup of {cores} threads over 1", median(ratio), "x", note=", ".join(f"{x:.2f}" for x in ratio))
 
 
 def bench_main_job(quick: bool, tmp: Path) -> Result:
