@@ -59,7 +59,9 @@ def memory(n_samples: int, epochs: int) -> dict:
 
     def spy(self, model, loss_fn, X_train, y_train, w_train, X_val, y_val, **kwargs):
         for name, t in (("X_train", X_train), ("y_train", y_train), ("X_val", X_val), ("y_val", y_val)):
-            shared[name] = t.device.type == "cpu" and t.data_ptr() == getattr(data, name).ctypes.data
+            # the runner hands torch the standardised targets (z_*), the features as prepared
+            source = getattr(data, name.replace("y_", "z_"))
+            shared[name] = t.device.type == "cpu" and t.data_ptr() == source.ctypes.data
         shared["rss_fit_start_mb"] = rss_mb()
         return fit(self, model, loss_fn, X_train, y_train, w_train, X_val, y_val, **kwargs)
 

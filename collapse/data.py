@@ -49,6 +49,7 @@ import math
 import os
 import zipfile
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional
 
 import numpy as np
@@ -230,11 +231,11 @@ class PreparedData:
         """Standardised model output -> original units, float64 (what metrics see)."""
         return np.asarray(z, dtype=np.float64) * self.target_std + self.target_mean
 
-    @property
+    @cached_property
     def z_train(self) -> np.ndarray:
-        return self.scale(self.y_train)
+        return self.scale(self.y_train)     # computed once: torch shares its memory
 
-    @property
+    @cached_property
     def z_val(self) -> np.ndarray:
         return self.scale(self.y_val)
 

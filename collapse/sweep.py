@@ -9,6 +9,7 @@ records failures in metrics.json instead) and this callback reads those files.
 """
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from collapse import records
 from collapse.sweep_dir import DirLock, DirLocked, job_dirs, read_manifest, write_manifest
@@ -87,22 +88,70 @@ def exit_with_parent(poll_s: float = 0.1) -> None:
     threading.Thread(target=watch, name="collapse-exit-with-parent", daemon=True).start()
 
 
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity mask, capped by a cgroup CPU
+    quota (a container or a SLURM job can allow fewer cores than the machine shows)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = None
+    try:        # cgroup v2: "max 100000" or "<quota> <period>"
+        text = (cgroup / "cpu.max").read_text().split()
+        if text[0] != "max":
+            quota = int(text[0]) / int(text[1])
+    except (OSError, ValueError, IndexError):
+        try:    # cgroup v1
+            q = int((cgroup / "cpu" / "cpu.cfs_quota_us").read_text())
+            quota = q / int((cgroup / "cpu" / "cpu.cfs_period_us").read_text()) if q > 0 else None
+        except (OSError, ValueError):
+            pass
+    return max(1, min(cores, math.ceil(quota))) if quota else max(1, cores)
+
+
+# set by the launching process when a sweep starts, read by its jobs (loky workers
+# inherit the environment): how many jobs run at once
+CONCURRENT_ENV = "COLLAPSE_CONCURRENT_JOBS"
+
+
 def threads_per_job(requested: int, launcher: Optional[DictConfig]) -> int:
-    """Torch threads for one job: `requested`, or cores / jobs running at once.
+    """Torch threads for one job: `requested`, or usable cores / jobs running at once
+    (a single run: all usable cores). Under submitit: the job's `cpus_per_task`.
 
     Oversubscription is the expensive mistake here: 2 joblib workers with 2 threads
     each on 2 cores ran 2x slower than the sequential sweep (README, Performance)."""
     if requested > 0:
         return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    target = str(launcher.get("_target_", "")).lower() if launcher is not None else ""
-    concurrent = 1
-    if "joblib" in target:
-        n_jobs = int(launcher.get("n_jobs") or 1)
-        concurrent = min(cores, n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs))
-    elif "submitit" in target:
+    cores = usable_cores()
+    if launcher is None:
+        return cores
+    target = str(launcher.get("_target_", "")).lower()
+    if "submitit" in target:
         return int(launcher.get("cpus_per_task") or 1)
-    return max(1, cores // concurrent)
+    concurrent = int(os.environ.get(CONCURRENT_ENV, "0") or 0)
+    if concurrent <= 0 and "joblib" in target:
+        n_jobs = int(launcher.get("n_jobs") or 0)
+        concurrent = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs) if n_jobs < 0 else cores
+    return max(1, cores // max(1, min(cores, concurrent or 1)))
+
+
+def size_launcher(config: DictConfig, n_planned: Optional[int]) -> int:
+    """Fix how many jobs run at once, before Hydra builds the launcher: the default
+    launcher (conf/hydra/launcher/parallel.yaml, joblib with n_jobs 0) gets
+    min(usable cores, planned jobs) workers - a worker costs a few seconds of start-up,
+    so a sweep never starts more than it has jobs for. Exported to the jobs (CONCURRENT_ENV)."""
+    launcher = config.hydra.launcher
+    target = str(launcher.get("_target_", "")).lower()
+    if "joblib" in target:
+        n_jobs = int(launcher.get("n_jobs") or 0)
+        if n_jobs == 0:
+            n_jobs = max(1, min(usable_cores(), n_planned or usable_cores()))
+            with open_dict(config), read_write(config):
+                launcher.n_jobs = n_jobs
+        concurrent = n_jobs if n_jobs > 0 else max(1, usable_cores() + 1 + n_jobs)
+    elif "submitit" in target:
+        return 0
+    else:
+        concurrent = 1          # the basic launcher runs one job at a time
+    os.environ[CONCURRENT_ENV] = str(concurrent)
+    return concurrent
 
 
 class SweepStatus(Callback):
@@ -132,7 +181,8 @@ class SweepStatus(Callback):
         if jobs is not None:
             write_manifest(sweep_dir, config.hydra.job.config_name,
                            _task_overrides(config.hydra.overrides.task), jobs)
-        else:
+        size_launcher(config, len(jobs) if jobs is not None else None)
+        if jobs is None:
             # another sweeper (Optuna) writes no multirun.yaml, which the guard above and the
             # summary read: write it as the BasicSweeper does
             sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,9 @@ CASES = [
     ("overreg+ccc", ["experiment=overreg", "loss=ccc"], "cure: CCC loss (partial under coupled L2)"),
     ("signal0", ["experiment=phase1", "data.signal=0", "loss.variance_lambda=0"], "negative control"),
     ("signal0+var", ["experiment=phase1", "data.signal=0"], "negative control + variance term 0.5"),
+    ("weak", ["experiment=phase1", "data.signal=0.3", "loss.variance_lambda=0"], "weak signal, no variance term"),
+    ("weak+var20", ["experiment=phase1", "data.signal=0.3", "loss.variance_lambda=20"],
+     "weak signal, variance forced up: inflated"),
 ]
 COLUMNS = [  # header, getter on a record
     ("val R²", lambda r: r["best"]["val"]["r2"]),
@@ -93,6 +96,13 @@ def checks(results: dict[str, list[dict]], seeds: list[int]) -> list[tuple[bool,
         claim(val(forced, "r2") <= val(plain, "r2") and label(forced) == "no_signal",
               f"signal0+var seed {s}: the variance term does not help, R² {val(forced, 'r2'):+.3f} "
               f"<= {val(plain, 'r2'):+.3f}, diagnosis {label(forced)}")
+    for s, plain, forced in zip(seeds, results["weak"], results["weak+var20"]):
+        # the mirror of collapse: spread far above what r ~ 0.2-0.3 supports, R² below 0
+        claim(label(forced) == "inflated" and label(forced, "test") == "inflated"
+              and val(forced, "r2") < 0 < val(plain, "r2"),
+              f"weak+var20 seed {s}: inflated on val and test, R² {val(forced, 'r2'):+.3f} < 0 < "
+              f"{val(plain, 'r2'):+.3f} without the term (r {val(forced, 'pearson_r'):+.2f}, "
+              f"ratio {val(forced, 'variance_ratio'):.2f})")
     return out
 
 

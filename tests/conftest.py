@@ -27,7 +27,7 @@ TINY = ("data.n_samples=400", "trainer.epochs=3", "model.hidden_dim=16")
 SWEEP_TINY = ("data.n_samples=400", "trainer.epochs=8", "model.hidden_dim=16")
 SWEEP_GRID = ("loss.variance_lambda=0,0.5", "seed=0,1")
 N_SWEEP_JOBS = 4
-JOBLIB = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+BASIC = ("hydra/launcher=basic",)      # the sequential launcher; the default runs jobs in parallel
 TIMEOUT = 240
 
 
@@ -177,7 +177,7 @@ def reference_sweep(tmp_path_factory) -> Path:
     every killed-and-resumed sweep must end up equal to."""
     root = tmp_path_factory.mktemp("reference")
     sweep_dir = root / "sweep"
-    proc = cli(["-m", *SWEEP_TINY, *SWEEP_GRID, f"hydra.sweep.dir={sweep_dir}"], cwd=root)
+    proc = cli(["-m", *SWEEP_TINY, *SWEEP_GRID, *BASIC, f"hydra.sweep.dir={sweep_dir}"], cwd=root)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert statuses(sweep_dir) == dict.fromkeys(range(N_SWEEP_JOBS), "completed")
     return sweep_dir

@@ -23,7 +23,7 @@ import pytest
 
 from collapse import records
 from collapse.summary import summarize
-from conftest import (JOBLIB, N_SWEEP_JOBS, SWEEP_GRID, SWEEP_TINY, TIMEOUT, alive, children, cli,
+from conftest import (BASIC, N_SWEEP_JOBS, SWEEP_GRID, SWEEP_TINY, TIMEOUT, alive, children, cli,
                       completed_fingerprints, descendants, kill_quietly, read_json, results, start_cli,
                       statuses, wait_until, write_npz, xy)
 
@@ -71,12 +71,13 @@ def worker_training(proc, sweep_dir: Path):
 
 @pytest.mark.slow
 @needs_proc
-def test_joblib_sweep_survives_a_killed_worker_then_a_killed_sweep(tmp_path, reference_sweep):
-    """1. SIGKILL one loky worker mid-job; 2. resume, SIGKILL the sweep's main process
-    while a worker trains; 3. resume to the end. No result is lost or rewritten, no
-    worker outlives its sweep, and only the missing jobs run again."""
+def test_parallel_sweep_survives_a_killed_worker_then_a_killed_sweep(tmp_path, reference_sweep):
+    """Under the default (parallel, joblib) launcher: 1. SIGKILL one loky worker mid-job;
+    2. resume, SIGKILL the sweep's main process while a worker trains; 3. resume to the
+    end. No result is lost or rewritten, no worker outlives its sweep, and only the
+    missing jobs run again."""
     sweep_dir = tmp_path / "sweep"
-    args = sweep_args(sweep_dir, *JOBLIB)
+    args = sweep_args(sweep_dir)
 
     # 1. a worker dies (OOM killer, kill -9 on its pid) while another job is finished
     proc = start_cli(args, tmp_path, tmp_path / "stage1.log")
@@ -128,7 +129,8 @@ def test_joblib_sweep_survives_a_killed_worker_then_a_killed_sweep(tmp_path, ref
 
 
 KILLS = [  # launcher, signal, rounds killed before the final resume
-    pytest.param("basic", signal.SIGKILL, 3, id="basic-SIGKILL-x3"),
+    pytest.param("default", signal.SIGKILL, 3, id="default-SIGKILL-x3"),
+    pytest.param("default", signal.SIGINT, 2, id="default-SIGINT-x2"),
     pytest.param("basic", signal.SIGINT, 2, id="basic-SIGINT-x2"),
 ]
 
@@ -141,7 +143,7 @@ def test_whole_sweep_killed_repeatedly_then_resumed_equals_an_uninterrupted_swee
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     sweep_dir = tmp_path / "sweep"
-    args = sweep_args(sweep_dir, *(JOBLIB if launcher == "joblib" else ()))
+    args = sweep_args(sweep_dir, *(BASIC if launcher == "basic" else ()))
     kept: dict = {}
     seen = []
     for round_ in range(rounds):
@@ -187,16 +189,16 @@ MID_RUN = ("data.n_samples=3000", "trainer.epochs=25", "trainer.patience=0", "mo
 
 @pytest.mark.slow
 @needs_proc
-@pytest.mark.parametrize("launcher", ["basic", "joblib"])
+@pytest.mark.parametrize("launcher", ["basic", "default"])
 def test_sweep_sigtermed_and_sigkilled_mid_run_resumes_from_checkpoints_to_the_same_result(tmp_path, launcher):
     """SIGTERM (pre-emption) lands while a job is past its second epoch: the job records
     `interrupted`; a resume SIGKILLed at a random point; the last resume continues the
     interrupted jobs from their checkpoints and ends equal to an uninterrupted sweep."""
     seed = random.randrange(2**32)
     rng = random.Random(seed)
-    extra = (*MID_RUN, *(JOBLIB if launcher == "joblib" else ()))
+    extra = (*MID_RUN, *(BASIC if launcher == "basic" else ()))
     reference = tmp_path / "reference"
-    proc = cli(sweep_args(reference, *MID_RUN), cwd=tmp_path)
+    proc = cli(sweep_args(reference, *MID_RUN, *BASIC), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep_dir = tmp_path / "sweep"
     kept: dict = {}

@@ -12,7 +12,7 @@ import torch
 
 from collapse import records
 from collapse.train import run
-from conftest import JOBLIB, N_SWEEP_JOBS, SWEEP_GRID, SWEEP_TINY, TINY, cli, read_json, results, statuses
+from conftest import N_SWEEP_JOBS, SWEEP_GRID, SWEEP_TINY, TINY, cli, read_json, results, statuses
 
 
 def computed(record) -> dict:
@@ -52,9 +52,9 @@ def test_cli_process_and_notebook_api_give_identical_metrics_and_weights(tmp_pat
 
 
 @pytest.mark.slow
-def test_basic_and_joblib_launchers_give_identical_metrics(tmp_path, reference_sweep):
+def test_basic_and_default_parallel_launchers_give_identical_metrics(tmp_path, reference_sweep):
     sweep_dir = tmp_path / "sweep"
-    proc = cli(["-m", *SWEEP_TINY, *SWEEP_GRID, *JOBLIB, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    proc = cli(["-m", *SWEEP_TINY, *SWEEP_GRID, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert statuses(sweep_dir) == dict.fromkeys(range(N_SWEEP_JOBS), "completed")
     pids = [read_json(sweep_dir / str(n) / "metrics.json")["provenance"]["pid"] for n in range(N_SWEEP_JOBS)]

@@ -1,5 +1,6 @@
-"""Multiruns for real: in-process through the basic and joblib launchers, the documented
-sweep command in a subprocess, failing and diverging jobs, resume, submitit_local."""
+"""Multiruns for real: in-process through the basic and the default (parallel) launcher,
+the documented sweep command in a subprocess, failing and diverging jobs, resume,
+submitit_local, and how many workers and threads a sweep gets."""
 import json
 import os
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import collapse.train as train
-from collapse.sweep import threads_per_job
+from collapse.sweep import CONCURRENT_ENV, threads_per_job, usable_cores
 from conftest import cli
 
 TINY = ["data.n_samples=300", "trainer.epochs=2", "model.hidden_dim=16"]
@@ -20,9 +21,9 @@ def _records(sweep_dir):
     return [json.loads((job / "metrics.json").read_text()) for job in jobs]
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
-                         ids=["basic", "joblib"])
-def test_in_process_multirun(hydra_sweep_runner, tmp_path, launcher):
+@pytest.mark.parametrize("launcher", [["hydra/launcher=basic"], []], ids=["basic", "default"])
+def test_in_process_multirun(hydra_sweep_runner, tmp_path, launcher, monkeypatch):
+    monkeypatch.delenv(CONCURRENT_ENV, raising=False)      # the sweep sets it in this process
     sweep = hydra_sweep_runner(
         calling_file=train.__file__, calling_module=None, task_function=train.main.__wrapped__,
         config_path=train.CONF_DIR, config_name="config",
@@ -36,8 +37,8 @@ def test_in_process_multirun(hydra_sweep_runner, tmp_path, launcher):
             [(1, 0), (1, 1), (3, 0), (3, 1)]
         # the task function returns the monitored metric, for Hydra's optimising sweepers
         assert [ret.return_value for ret in returns] == pytest.approx([r["monitor_value"] for r in runs])
-        if launcher:
-            assert [r["threads"] for r in runs] == [threads_per_job(0, {"_target_": "joblib", "n_jobs": 2})] * 4
+        workers = 1 if launcher else min(usable_cores(), 4)
+        assert [r["threads"] for r in runs] == [max(1, usable_cores() // workers)] * 4
 
 
 @pytest.mark.slow
@@ -95,10 +96,12 @@ def test_resume_runs_only_what_is_missing_and_never_rewrites(tmp_path):
 def test_submitit_local_launcher(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep_dir = tmp_path / "sweep"
-    proc = cli(["-m", *TINY, "seed=0,1", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep_dir}"],
-                cwd=tmp_path)
+    proc = cli(["-m", *TINY, "seed=0,1", "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1",
+                f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert [r["status"] for r in _records(sweep_dir)] == ["completed", "completed"]
+    runs = _records(sweep_dir)
+    assert [r["status"] for r in runs] == ["completed", "completed"]
+    assert [r["threads"] for r in runs] == [1, 1]        # torch threads = the job's cpus_per_task
 
 
 def test_slurm_preset_composes():
@@ -110,10 +113,50 @@ def test_slurm_preset_composes():
     assert threads_per_job(0, cfg.hydra.launcher) == 2
 
 
-def test_threads_per_job_never_oversubscribes():
-    cores = len(os.sched_getaffinity(0))
+def test_threads_per_job_never_oversubscribes(monkeypatch):
+    monkeypatch.delenv(CONCURRENT_ENV, raising=False)
+    cores = usable_cores()
     assert threads_per_job(3, None) == 3
     assert threads_per_job(0, None) == cores
     assert threads_per_job(0, {"_target_": "hydra_plugins.hydra_joblib_launcher.JoblibLauncher",
                                "n_jobs": -1}) == 1
     assert threads_per_job(0, {"_target_": "x.JoblibLauncher", "n_jobs": 2}) == max(1, cores // min(cores, 2))
+    monkeypatch.setenv(CONCURRENT_ENV, "1")         # the sweep said: one job at a time
+    assert threads_per_job(0, {"_target_": "x.JoblibLauncher", "n_jobs": 0}) == cores
+
+
+def test_usable_cores_honour_the_cgroup_quota(tmp_path):
+    affinity = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert usable_cores(tmp_path) == affinity
+    (tmp_path / "cpu.max").write_text("50000 100000\n")        # half a core: one
+    assert usable_cores(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text(f"{(affinity + 8) * 100000} 100000\n")   # more than the mask allows
+    assert usable_cores(tmp_path) == affinity
+
+
+@pytest.mark.slow
+def test_usable_cores_honour_the_affinity_mask(tmp_path):
+    script = "from collapse.sweep import usable_cores; print(usable_cores())"
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}))
+    assert out.stdout.strip() == "1", out.stderr
+
+
+@pytest.mark.slow
+def test_the_default_launcher_starts_no_more_workers_than_jobs(tmp_path):
+    one = tmp_path / "one"
+    proc = cli(["-m", *TINY, "seed=0", f"hydra.sweep.dir={one}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [run] = _records(one)
+    assert run["threads"] == usable_cores()            # one job: run in-process with every core
+    three = tmp_path / "three"
+    proc = cli(["-m", *TINY, "seed=0,1,2", f"hydra.sweep.dir={three}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = _records(three)
+    workers = min(usable_cores(), 3)
+    assert len({r["provenance"]["pid"] for r in runs}) <= workers
+    assert {r["threads"] for r in runs} == {max(1, usable_cores() // workers)}
