@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import JOBLIB, cli
+from conftest import cli
 
 TINY = ("data.n_samples=300", "trainer.epochs=3", "model.hidden_dim=16")
 HEAVY = ("mlflow", "tensorboard", "optuna", "pandas", "torch.utils.tensorboard")
@@ -42,8 +42,9 @@ def _client(cwd: Path):
 def test_a_sweep_reads_back_in_mlflow_and_tensorboard(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    # two joblib workers at once: one SQLite store created and written by two processes
-    out = cli(["-m", *TINY, "logger=both", "hydra.sweep.dir=sw", "loss.variance_lambda=0,0.5", *JOBLIB], tmp_path)
+    # two joblib workers at once (the default launcher): one SQLite store created and written by two processes
+    out = cli(["-m", *TINY, "logger=both", "hydra.sweep.dir=sw", "loss.variance_lambda=0,0.5",
+               "hydra.launcher.n_jobs=2"], tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     client = _client(tmp_path)
     experiment = client.get_experiment_by_name("collapse")
