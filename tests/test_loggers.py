@@ -136,3 +136,25 @@ def test_mlflow_keys_without_mlflow_are_named(overrides, key, warned):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = to_config(compose(config_name="config", overrides=overrides))
     assert ineffective_keys(cfg, {key}) == ([f"{key} has no effect without the mlflow logger"] if warned else [])
+
+
+def test_an_interrupted_run_ends_killed_in_mlflow(tmp_path, monkeypatch):
+    from collapse import loggers
+    from collapse.train import run
+
+    sent = loggers.MlflowLogger.epoch
+
+    def ctrl_c_after_epoch_2(self, row):       # as if Ctrl-C landed while epoch 2 was being logged
+        sent(self, row)
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loggers.MlflowLogger, "epoch", ctrl_c_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run([*TINY, "trainer.epochs=5", "logger=mlflow"], run_dir=tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    client = _client(tmp_path)
+    [mlrun] = client.search_runs([client.get_experiment_by_name("collapse").experiment_id])
+    assert record["status"] == mlrun.data.tags["status"] == "interrupted" and mlrun.info.status == "KILLED"
+    assert [m.step for m in client.get_metric_history(mlrun.info.run_id, "val_r2")] == [1, 2]
