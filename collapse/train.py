@@ -146,8 +146,18 @@ def main(cfg: DictConfig) -> float:
            "config_name": hc.job.config_name}
     # as typed: iterating the ListConfig would resolve `${...}` inside the override strings
     overrides = OmegaConf.to_container(hc.overrides.task, resolve=False)
-    return _run_job(cfg, Path(hc.runtime.output_dir), overrides, choices, job,
-                    multirun, hc.launcher if multirun else None)
+    value = _run_job(cfg, Path(hc.runtime.output_dir), overrides, choices, job,
+                     multirun, hc.launcher if multirun else None)
+    return _objective(value, hc.sweeper) if multirun else value
+
+
+def _objective(value: float, sweeper: DictConfig) -> float:
+    """A trial without a result (NaN) as the worst value for the Optuna sweeper:
+    hydra-optuna-sweeper 1.2/1.3 with optuna 2.10 stops the whole search on a NaN
+    (it tells Optuna the value twice; the second tell raises). The record says `failed`."""
+    if math.isnan(value) and "optuna" in str(sweeper.get("_target_", "")).lower():
+        return -math.inf if "max" in str(sweeper.get("direction", "minimize")).lower() else math.inf
+    return value
 
 
 def run(overrides: Sequence[str] = (), run_dir: Optional[str | Path] = None) -> RunRecord:

@@ -82,3 +82,16 @@ def test_load_runs_on_a_grid(tmp_path):
         assert row.diagnosis_test == record["diagnosis"]["test"]["label"]
         assert row.val_r2 == pytest.approx(record["best"]["val"]["r2"])
     assert build_summary(tmp_path / "grid")[0].get("kind") is None     # a grid keeps the factorial summary
+
+
+def test_failed_trials_do_not_stop_a_search(tmp_path):
+    # NaN would stop hydra-optuna-sweeper + optuna 2.10 at the first failed trial; main
+    # returns -inf (maximize) instead, and the records say failed
+    out = cli([*TUNE, *TINY, "hydra.sweeper.n_trials=2", "data.temporal_frames=99", "hydra.sweep.dir=fail"], tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "jobs that did not complete: 0 (failed), 1 (failed)" in out.stderr
+    for job in ("0", "1"):
+        record = json.loads((tmp_path / "fail" / job / "metrics.json").read_text())
+        assert record["status"] == "failed" and "data.temporal_frames=99" in record["error"]
+    summary, _ = build_summary(tmp_path / "fail")
+    assert summary["kind"] == "search" and summary["best"] is None
