@@ -69,7 +69,8 @@ def test_a_sweep_reads_back_in_mlflow_and_tensorboard(tmp_path):
 
         events = EventAccumulator(str(tmp_path / "sw" / str(job)))
         events.Reload()
-        assert {"train/loss", "val/loss", "val/r2", "val/variance_ratio", "val/pred_std"} <= set(events.Tags()["scalars"])
+        scalars = set(events.Tags()["scalars"])
+        assert {"train/loss", "val/loss", "val/r2", "val/variance_ratio", "val/pred_std"} <= scalars
         assert [(e.step, e.value) for e in events.Scalars("val/r2")] == \
             [(h["epoch"], pytest.approx(h["val_r2"], rel=1e-6)) for h in record["history"]]
         assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
