@@ -110,14 +110,14 @@ class RecordError(ValueError):
     """A metrics.json that cannot be used (corrupt, unknown schema, ...)."""
 
 
-def _finite_or_none(obj: Any) -> Any:
+def finite_or_none(obj: Any) -> Any:
     # strict JSON has no NaN/inf: undefined metrics are stored as null
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
+        return {k: finite_or_none(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
+        return [finite_or_none(v) for v in obj]
     return obj
 
 
@@ -141,9 +141,12 @@ def _atomic_write_bytes(path: Path, write) -> None:
         raise
 
 
-def write_json(path: Path, record: dict) -> None:
-    data = json.dumps(_finite_or_none(record), indent=1, allow_nan=False).encode()
+def write_bytes(path: Path, data: bytes) -> None:
     _atomic_write_bytes(path, lambda f: f.write(data))
+
+
+def write_json(path: Path, record: dict) -> None:
+    write_bytes(path, json.dumps(finite_or_none(record), indent=1, allow_nan=False).encode())
 
 
 def save_torch(path: Path, obj: Any) -> None:

@@ -10,60 +10,16 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
+from collapse import records
 from collapse.sweep_jobs import DIAGNOSES, EFFECT_KEYS, PAIRED_KEYS, STAT_KEYS, STATES
 
 NAMES = {"val.r2": "val R²", "val.variance_ratio": "val var ratio", "test.r2": "test R²"}
 
 
-def _read_umask() -> int:
-    # os.umask can only be read by setting it; /proc says it without a race
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_read_umask()      # what open() would give: 0644 under umask 022
-
-
-def write_file(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (temp file, fsync, os.replace) with the mode the
-    umask allows; mkstemp's private 0600 is changed before the file gets its name."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), FILE_MODE)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def _finite_or_none(obj):
-    # strict JSON has no NaN/inf: undefined numbers are stored as null
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite_or_none(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite_or_none(v) for v in obj]
-    return obj
+# atomic (temp file, fsync, os.replace), with the mode the umask allows
+write_file = records.write_bytes
 
 
 def _fmt(x, digits: int = 3, sign: str = "") -> str:
@@ -285,5 +241,5 @@ def write_outputs(summary: dict, out_dir: Path) -> None:
     summary["files"] = ["summary.csv", "summary.md", "summary.json"] + summary["files"]
     write_file(out_dir / "summary.csv", render_csv(summary).encode())
     write_file(out_dir / "summary.md", render_markdown(summary).encode())
-    data = json.dumps(_finite_or_none(summary), indent=1, allow_nan=False)   # NaN as null
+    data = json.dumps(records.finite_or_none(summary), indent=1, allow_nan=False)   # NaN as null
     write_file(out_dir / "summary.json", data.encode())

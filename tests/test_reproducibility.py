@@ -46,7 +46,7 @@ def test_cli_process_and_notebook_api_give_identical_metrics_and_weights(tmp_pat
     api = read_json(tmp_path / "api" / "metrics.json")
     assert {k: v for k, v in on_disk.items() if k not in volatile} == \
         {k: v for k, v in api.items() if k not in volatile}
-    assert api == json.loads(json.dumps(records._finite_or_none(in_process.to_dict())))
+    assert api == json.loads(json.dumps(records.finite_or_none(in_process.to_dict())))
     wa, wb = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("cli", "api"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 

@@ -184,4 +184,4 @@ def test_submitit_requeues_a_preempted_job_which_continues_from_its_checkpoint(t
     reference = run(long)
     assert [{k: v for k, v in h.items() if k != "seconds"} for h in final["history"]] == \
         [{k: v for k, v in h.items() if k != "seconds"} for h in reference.history]
-    assert final["best"] == json.loads(json.dumps(records._finite_or_none(reference.best)))
+    assert final["best"] == json.loads(json.dumps(records.finite_or_none(reference.best)))
