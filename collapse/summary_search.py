@@ -24,7 +24,8 @@ from typing import Optional, Sequence
 
 import yaml
 
-from collapse.summary_report import _finite_or_none, write_file
+from collapse import records
+from collapse.summary_report import write_file
 from collapse.sweep_jobs import STATISTICS_STATUSES, Job
 
 RESULTS_FILE = "optimization_results.yaml"      # hydra-optuna-sweeper's, in the sweep dir
@@ -277,5 +278,5 @@ def write(summary: dict, out_dir: Path, plots: bool = True) -> list[str]:
             summary["files"].append(path.name)
     write_file(out_dir / "summary.csv", render_csv(summary).encode())
     write_file(out_dir / "summary.md", render_markdown(summary).encode())
-    write_file(out_dir / "summary.json", json.dumps(_finite_or_none(summary), indent=1, allow_nan=False).encode())
+    write_file(out_dir / "summary.json", json.dumps(records.finite_or_none(summary), indent=1, allow_nan=False).encode())
     return summary["files"]
