@@ -140,3 +140,13 @@ def test_bad_custom_data_is_one_line(target, kwargs, message, monkeypatch):
     with pytest.raises((DataError, ConfigError)) as e:
         load_data(Config(data=DataConfig(name="custom", _target_=target, kwargs=kwargs)))
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_example_sweep_composes_to_the_custom_model(tmp_path):
+    out = cli(["--config-dir", str(ROOT / "examples"), "--config-name", "custom_phase4", "--cfg", "job"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    import yaml
+
+    cfg = yaml.safe_load(out.stdout)
+    assert cfg["model"]["_target_"] == "examples.nets.FrameAttention" and cfg["model"]["kwargs"] == {"width": 32}
+    assert cfg["sweep"]["factors"] == ["model.init_std", "data.temporal_frames"]
