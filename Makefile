@@ -25,6 +25,7 @@ run: setup
 	status=$$?; $(PY) -m collapse.summary $(SWEEP_DIR) || status=1; exit $$status
 
 test: setup
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 bench: setup

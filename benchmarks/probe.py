@@ -27,8 +27,8 @@ def rss_mb() -> float:
 def memory(n_samples: int, epochs: int) -> dict:
     import torch
 
-    from collapse.config import Config, validate
     from collapse import runner
+    from collapse.config import Config, validate
     from collapse.records import RunRecord
     from collapse.runner import load_data
 
@@ -85,7 +85,8 @@ def memory(n_samples: int, epochs: int) -> dict:
     train_mb = (nbytes["X_train"] + nbytes["y_train"] + nbytes["w_train"]) / 2**20
     return {"n_samples": n_samples, "epochs": epochs, "rss_start_mb": rss_start, "rss_loaded_mb": rss_loaded,
             "rss_fit_start_mb": shared.pop("rss_fit_start_mb"), "rss_per_epoch_mb": per_epoch,
-            "tensors_share_prepared_arrays": shared, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "tensors_share_prepared_arrays": shared,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "prepared_mb": {k: v / 2**20 for k, v in nbytes.items()}, "train_mb": train_mb}
 
 

@@ -179,7 +179,8 @@ def bench_parallel(quick: bool, repeats: int, tmp: Path, ctx: dict, epochs: int 
                             / max(1, jobs))
         ctx["phase4_dir"] = dirs["old_default"]
         ctx["phase4_threads"] = {name: sorted({r["threads"] for r in job_records(d)}) for name, d in dirs.items()}
-        ctx["phase4_workers"] = {name: len({r["provenance"]["pid"] for r in job_records(d)}) for name, d in dirs.items()}
+        ctx["phase4_workers"] = {name: len({r["provenance"]["pid"] for r in job_records(d)})
+                                 for name, d in dirs.items()}
 
     def pick(ratios: list) -> float:
         # fewer than 3 repeats: a median is a mean, and one contended run would carry it
@@ -235,7 +236,8 @@ def single_run_threads(quick: bool, repeats: int, tmp: Path, res: Result, cores:
     res.figures["single_run_training_s"] = {str(k): v for k, v in seconds.items()}
     res.add("single run (default config), training with 1 thread", median(seconds[1]), "s")
     res.add(f"single run (default config), training with {cores} threads", median(seconds[cores]), "s")
-    res.add(f"single run: speedup of {cores} threads over 1", median(ratio), "x", note=", ".join(f"{x:.2f}" for x in ratio))
+    res.add(f"single run: speedup of {cores} threads over 1", median(ratio), "x",
+            note=", ".join(f"{x:.2f}" for x in ratio))
 
 
 def bench_main_job(quick: bool, tmp: Path) -> Result:

@@ -118,9 +118,10 @@ def bench_summary(quick: bool, repeats: int, tmp: Path, template_dir: Path, phas
     tables = [time_summary(fab, False, tmp) for _ in range(repeats)]
     plots = [time_summary(phase4_dir, True, tmp) for _ in range(repeats)]
     res.figures = {"runs": n, "template": str(template_dir), "repeats": repeats, "tables": tables,
-                   "phase4_plots": plots, "phase4_jobs": sum(1 for p in phase4_dir.iterdir() if p.name.isascii() and p.name.isdigit())}
-    res.add(f"summary of {n} runs, tables only, ANOVA/EMMs/paired tests included (whole process)", median([t["process_s"] for t in tables]), "s",
-            ("<=", 2.0))
+                   "phase4_plots": plots,
+                   "phase4_jobs": sum(1 for p in phase4_dir.iterdir() if p.name.isascii() and p.name.isdigit())}
+    res.add(f"summary of {n} runs, tables only, ANOVA/EMMs/paired tests included (whole process)",
+            median([t["process_s"] for t in tables]), "s", ("<=", 2.0))
     res.add("  of which summarize() itself", median([t["call_s"] for t in tables]), "s")
     res.add(f"summary with plots, phase4 grid ({res.figures['phase4_jobs']} jobs, whole process)",
             median([t["process_s"] for t in plots]), "s", ("<=", 5.0))

@@ -106,9 +106,8 @@ def _dataloader(model, loss_fn, Xt, yt, Xv, yv, epochs: int, device: str) -> flo
 
 
 def _trainer(model, loss_fn, Xt, yt, Xv, yv, epochs: int, device: str) -> float:
-    from collapse.trainer import Trainer
-
     from collapse.config import TrainerConfig
+    from collapse.trainer import Trainer
 
     trainer = Trainer(TrainerConfig(epochs=epochs, batch_size=BATCH, optimizer="adam", lr=1e-3, patience=0,
                                     guard=False), seed=0)

@@ -253,10 +253,12 @@ def diagnose(y_true, y_pred, cfg: DiagnosisConfig, candidates: int = 1, split: O
         if ratio > inflate_ratio_of_r * min_r:
             why += f"; the spread (ratio {ratio:.2f}) is noise and costs R²"
     elif r_hi <= -min_r:
-        label, why = "collapsed", f"r {ci} [{r_lo:.2f}, {r_hi:.2f}] <= -{min_r:g}: mirror image, fixable by recalibration"
+        label, why = "collapsed", (f"r {ci} [{r_lo:.2f}, {r_hi:.2f}] <= -{min_r:g}: mirror image, "
+                                   "fixable by recalibration")
     elif (r_lo > 0 or r_hi < 0) and -b_inflate < b_lo and b_hi < b_inflate:
         label, why = "inflated", (f"slope {ci} [{b_lo:.2f}, {b_hi:.2f}] < {b_inflate:g}: ratio {ratio:.2f} > "
-                                  f"{inflate_ratio_of_r:g} |r| = {inflate_ratio_of_r * abs(r):.2f}, spread the signal cannot "
+                                  f"{inflate_ratio_of_r:g} |r| = {inflate_ratio_of_r * abs(r):.2f}, "
+                                  "spread the signal cannot "
                                   f"support (R² {used['r2']:.2f} vs {r * r:.2f} recalibrated)")
     elif r_lo < min_r:
         label, why = "inconclusive", (f"r {ci} [{r_lo:.2f}, {r_hi:.2f}] spans no signal (|r| < {min_r:g}) "
@@ -265,7 +267,8 @@ def diagnose(y_true, y_pred, cfg: DiagnosisConfig, candidates: int = 1, split: O
         label, why = "collapsed", (f"slope {ci} [{b_lo:.2f}, {b_hi:.2f}] > {b_collapse:g}: ratio {ratio:.2f} < "
                                    f"{collapse_ratio_of_r:g} r = {collapse_ratio_of_r * r:.2f}, squeezed, fixable")
     elif b_inflate <= b_lo and b_hi <= b_collapse:
-        label, why = "healthy", f"r {ci} [{r_lo:.2f}, {r_hi:.2f}], slope {ci} [{b_lo:.2f}, {b_hi:.2f}]: spread fits the signal"
+        label, why = "healthy", (f"r {ci} [{r_lo:.2f}, {r_hi:.2f}], slope {ci} [{b_lo:.2f}, {b_hi:.2f}]: "
+                                 "spread fits the signal")
     else:
         label, why = "inconclusive", (f"slope {ci} [{b_lo:.2f}, {b_hi:.2f}] straddles {b_inflate:g} or "
                                       f"{b_collapse:g}: n = {n} cannot tell squeezed, fitting or inflated apart")

@@ -29,7 +29,6 @@ from torch import nn
 from collapse.config import ModelConfig
 
 
-
 class FrameEncoder(nn.Module):
     """Per-frame MLP shared across time: (..., C) -> (..., H)."""
 

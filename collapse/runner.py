@@ -36,9 +36,8 @@ import numpy as np
 
 from collapse import data as data_lib
 from collapse import records
-from collapse.budget import budget_exhausted
-from collapse.config import Config, ConfigError
 from collapse.budget import budget_exhausted, effective_batch_size
+from collapse.config import Config, ConfigError
 from collapse.metrics import diagnose, fit_affine, regression_report, to_original_units
 from collapse.records import RunRecord
 from collapse.sweep_dir import DirLock, DirLocked
@@ -254,7 +253,7 @@ def execute(cfg: Config, record: RunRecord, run_dir: Optional[Path] = None, thre
 
 
 def _run_locked(cfg, data, device, record, run_dir, checkpoint, threads, write, loggers=None) -> RunRecord:
-    import torch    # only now: bad input fails above without paying torch's import (~1.5 s)
+    import torch  # only now: bad input fails above without paying torch's import (~1.5 s)
 
     previous_threads = torch.get_num_threads()
     if threads > 0:
@@ -298,8 +297,8 @@ def _train(cfg: Config, data: data_lib.PreparedData, device: str, record: RunRec
            run_dir: Optional[Path], checkpoint: Optional[dict], write: Callable[[], None], live: dict) -> None:
     import torch
 
-    from collapse.losses import RegressionLoss
     from collapse.custom import build_model
+    from collapse.losses import RegressionLoss
     from collapse.ssl import pretrain_encoder
     from collapse.trainer import Trainer, predict
 

@@ -339,13 +339,14 @@ def _emms(codes, idx, cell_keys, y_cells, root_n, n_levels, mains, pairs, error,
         xtx_pinv = pinv @ pinv.T
         projector = pinv @ X
         result, ok = [], True
+        def estimate(c, beta=beta, xtx_pinv=xtx_pinv):       # this model's estimate of c @ beta
+            mean = float(c @ beta)
+            se = math.sqrt(max(float(c @ xtx_pinv @ c), 0.0) * error["ms"]) if error["df"] > 0 else math.nan
+            return {"mean": mean, "se": se, "ci_low": mean - crit * se, "ci_high": mean + crit * se}
+
         for f in range(k):
             rows = []
 
-            def estimate(c):
-                mean = float(c @ beta)
-                se = math.sqrt(max(float(c @ xtx_pinv @ c), 0.0) * error["ms"]) if error["df"] > 0 else math.nan
-                return {"mean": mean, "se": se, "ci_low": mean - crit * se, "ci_high": mean + crit * se}
 
             first = G[grid[:, f] == 0].mean(axis=0)
             for lv in range(n_levels[f]):

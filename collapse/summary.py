@@ -35,10 +35,25 @@ from typing import Any, Optional, Sequence
 from collapse import stats, summary_search
 from collapse.stats import describe, eta_squared, t975  # noqa: F401  (collapse.summary's API before the split)
 from collapse.summary_report import render_text, write_outputs
-from collapse.sweep_jobs import (DIAGNOSES, EFFECT_KEYS, FAILURE_STATUSES, PAIRED_KEYS, STAT_KEYS, STATES, Job,
-                                 find_factors, job_dirs, level_key, planned_jobs, read_job, read_manifest,
-                                 same_level, sweep_info, unify_numeric_levels)
-from collapse.sweep_jobs import read_metrics  # noqa: F401  (collapse.summary's API before the split)
+from collapse.sweep_jobs import (
+    DIAGNOSES,
+    EFFECT_KEYS,
+    FAILURE_STATUSES,
+    PAIRED_KEYS,
+    STAT_KEYS,
+    STATES,
+    Job,
+    find_factors,
+    job_dirs,
+    level_key,
+    planned_jobs,
+    read_job,
+    read_manifest,
+    read_metrics,  # noqa: F401  (collapse.summary's API before the split)
+    same_level,
+    sweep_info,
+    unify_numeric_levels,
+)
 
 LEVELS = ("minimum", "good", "excellent")
 SCHEMA = 2      # summary.json: 2 = EMMs and design-based eta² in main_effects, anova, power, failure rate
@@ -121,7 +136,7 @@ def _plan(jobs: list[Job], placed: list[Job], planned: Optional[list], factors: 
     nums = {j.num for j in jobs if j.num is not None}
     seeds_by_cell: dict[tuple, set] = {c: set() for c in grid}
     if planned:
-        for (num, _, _, seed), cell in zip(planned, cells_planned):
+        for (_, _, _, seed), cell in zip(planned, cells_planned):
             if cell in seeds_by_cell:
                 seeds_by_cell[cell].add(seed)
         absent = sorted(num for num, *_ in planned if num not in nums)

@@ -278,5 +278,6 @@ def write(summary: dict, out_dir: Path, plots: bool = True) -> list[str]:
             summary["files"].append(path.name)
     write_file(out_dir / "summary.csv", render_csv(summary).encode())
     write_file(out_dir / "summary.md", render_markdown(summary).encode())
-    write_file(out_dir / "summary.json", json.dumps(records.finite_or_none(summary), indent=1, allow_nan=False).encode())
+    data = json.dumps(records.finite_or_none(summary), indent=1, allow_nan=False)
+    write_file(out_dir / "summary.json", data.encode())
     return summary["files"]

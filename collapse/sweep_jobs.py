@@ -22,8 +22,6 @@ import yaml
 
 from collapse import records
 
-from collapse.sweep_dir import job_dirs, read_manifest
-
 METRICS = ("r2", "variance_ratio", "pred_std", "rmse", "mae")
 SPLITS = ("val", "test")
 STAT_KEYS = tuple(f"{split}.{m}" for split in SPLITS for m in METRICS)

@@ -96,7 +96,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 traceback.print_exc()
             print(f"collapse: error: {_one_line(e)}", file=sys.stderr)
-            raise SystemExit(2)
+            raise SystemExit(2) from None
         log.error(f"collapse: error: {_one_line(e)}")
         return math.nan
     except (KeyboardInterrupt, Interrupted) as e:
@@ -111,7 +111,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
         if not multirun:
             print(f"collapse: error: run failed: {type(e).__name__}: {e} (traceback in {metrics_path})",
                   file=sys.stderr)
-            raise SystemExit(1)
+            raise SystemExit(1) from None
         return math.nan
 
     val = (record.best or {}).get("val") or {}

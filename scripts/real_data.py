@@ -100,7 +100,8 @@ def budget_table(sizes: list[int], seeds: list[int], extra: list[str]) -> list[s
     train_idx = np.flatnonzero(split == 0)
     rng = np.random.default_rng(0)
     tmp = Path(tempfile.mkdtemp(prefix="collapse_budget_"))
-    lines = ["| n_train | ridge | rule | batch | epochs | steps/epoch | test R² | best epochs |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| n_train | ridge | rule | batch | epochs | steps/epoch | test R² | best epochs |",
+             "|---|---|---|---|---|---|---|---|"]
     for n_train in sizes:
         keep = np.sort(rng.choice(train_idx, n_train, replace=False)) if n_train < len(train_idx) else train_idx
         mask = split != 0

@@ -1,6 +1,5 @@
 """Every option of every config group composes, validates and builds; bad values are
 rejected at compose time (typos, types, options) or by `validate` (ranges), naming the key."""
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from collapse.config import ConfigError, ModelConfig
+from collapse.config import ConfigError
 from collapse.custom import build_model
 from collapse.losses import RegressionLoss
 from collapse.train import CONF_DIR, to_config

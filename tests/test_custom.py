@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from collapse.config import ConfigError
+
 from conftest import cli
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -99,7 +99,8 @@ def test_target_scaler_is_the_train_split_mean_and_std_in_float64():
     assert prepared.target_mean == pytest.approx(train.mean(), rel=1e-12)
     assert prepared.target_std == pytest.approx(train.std(), rel=1e-12)
     # the loss sees standardised targets; y_* stay in the file's units
-    assert prepared.z_train.mean() == pytest.approx(0.0, abs=1e-6) and prepared.z_train.std() == pytest.approx(1.0, rel=1e-6)
+    assert prepared.z_train.mean() == pytest.approx(0.0, abs=1e-6)
+    assert prepared.z_train.std() == pytest.approx(1.0, rel=1e-6)
     np.testing.assert_array_equal(prepared.y_val, y[split == 1])
     np.testing.assert_allclose(prepared.unscale(prepared.z_val), y[split == 1], rtol=1e-6)
     assert prepared.scaler == {"mean": prepared.target_mean, "std": prepared.target_std}

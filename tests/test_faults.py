@@ -23,10 +23,27 @@ import pytest
 
 from collapse import records
 from collapse.summary import summarize
-from conftest import (BASIC, N_SWEEP_JOBS, SWEEP_GRID, SWEEP_TINY, TIMEOUT, alive, children, cli,
-                      completed_fingerprints, descendants, kill_quietly, read_json, results, start_cli,
-                      statuses, wait_until, write_npz, xy)
 
+from conftest import (
+    BASIC,
+    N_SWEEP_JOBS,
+    SWEEP_GRID,
+    SWEEP_TINY,
+    TIMEOUT,
+    alive,
+    children,
+    cli,
+    completed_fingerprints,
+    descendants,
+    kill_quietly,
+    read_json,
+    results,
+    start_cli,
+    statuses,
+    wait_until,
+    write_npz,
+    xy,
+)
 
 needs_proc = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process trees from /proc")
 
@@ -150,7 +167,7 @@ def test_whole_sweep_killed_repeatedly_then_resumed_equals_an_uninterrupted_swee
         proc = start_cli(args + (["resume=true"] if round_ else []), tmp_path, tmp_path / f"round{round_}.log")
         try:
             # at least one more job finishes in every round (progress), then a random moment
-            wait_until(lambda: proc.poll() is not None or n_completed(sweep_dir) > len(kept), TIMEOUT,
+            wait_until(lambda proc=proc: proc.poll() is not None or n_completed(sweep_dir) > len(kept), TIMEOUT,
                        f"round {round_}: a job to finish")
             time.sleep(rng.uniform(0.0, 0.6))
             tree = descendants(proc.pid)
@@ -211,7 +228,7 @@ def test_sweep_sigtermed_and_sigkilled_mid_run_resumes_from_checkpoints_to_the_s
                 return [n for n in range(N_SWEEP_JOBS)
                         if (r := read_json(sweep_dir / str(n) / "metrics.json")) and r["status"] == "running"
                         and 2 <= r.get("epochs_run", 0) <= 8 and n not in kept]
-            wait_until(lambda: proc.poll() is not None or past_epoch_2(), TIMEOUT, f"round {round_}: epoch 2")
+            wait_until(lambda proc=proc: proc.poll() is not None or past_epoch_2(), TIMEOUT, f"round {round_}: epoch 2")
             time.sleep(rng.uniform(0.0, 0.05))
             tree = descendants(proc.pid)
             if proc.poll() is None:

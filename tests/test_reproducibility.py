@@ -12,6 +12,7 @@ import torch
 
 from collapse import records
 from collapse.train import run
+
 from conftest import N_SWEEP_JOBS, SWEEP_GRID, SWEEP_TINY, TINY, cli, read_json, results, statuses
 
 

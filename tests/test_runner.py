@@ -17,7 +17,8 @@ import torch
 from collapse import records
 from collapse.runner import RunExists
 from collapse.train import run
-from conftest import TINY, TIMEOUT, cli, fingerprint, read_json, start_cli, wait_until
+
+from conftest import TIMEOUT, TINY, cli, fingerprint, read_json, start_cli, wait_until
 
 LONG = ["data.n_samples=2000", "trainer.epochs=40", "trainer.patience=0", "model.hidden_dim=16",
         "checkpoint_every_s=0", "trainer.threads=1"]

@@ -12,7 +12,7 @@ import torch
 from collapse import data
 from collapse.config import DiagnosisConfig, LossConfig, ModelConfig, SSLConfig
 from collapse.losses import RegressionLoss, bmc, concordance, variance_term
-from collapse.metrics import diagnose, regression_report
+from collapse.metrics import diagnose
 
 PRED = torch.tensor([0.0, 1.0, 2.0, 3.0])      # mean 1.5, population var 1.25
 TARGET = torch.tensor([0.0, 2.0, 4.0, 6.0])    # mean 3.0, population var 5.0
@@ -34,7 +34,8 @@ def test_hinge_does_not_punish_over_dispersion():
 
 def test_variance_term_against_the_train_split_variance():
     # target_var 2.5 (the train split's) replaces the batch's 5.0: (1 - 1.25 / 2.5)^2 = 0.25
-    loss = RegressionLoss(LossConfig(name="mse", variance_lambda=2.0, variance_target="train", eps=0.0), train_target_var=2.5)
+    cfg = LossConfig(name="mse", variance_lambda=2.0, variance_target="train", eps=0.0)
+    loss = RegressionLoss(cfg, train_target_var=2.5)
     mse = (0 + 1 + 4 + 9) / 4                                    # 3.5
     assert loss(PRED, TARGET).item() == pytest.approx(mse + 2.0 * 0.25)
     with pytest.raises(ValueError, match="train_target_var"):
@@ -53,7 +54,8 @@ def test_ccc_by_hand():
     # CCC = 2 * 2.5 / (1.25 + 5.0 + (1.5 - 3.0)^2) = 5 / 8.5
     ccc = 5.0 / 8.5
     assert concordance(PRED, TARGET, eps=0.0).item() == pytest.approx(ccc)
-    assert RegressionLoss(LossConfig(name="ccc", ccc_weight=1.0, eps=0.0))(PRED, TARGET).item() == pytest.approx(1 - ccc)
+    ccc_only = RegressionLoss(LossConfig(name="ccc", ccc_weight=1.0, eps=0.0))
+    assert ccc_only(PRED, TARGET).item() == pytest.approx(1 - ccc)
     # mixed: (1 - 0.5) * mse + 0.5 * (1 - CCC), mse = 3.5
     mixed = RegressionLoss(LossConfig(name="ccc", ccc_weight=0.5, eps=0.0))(PRED, TARGET).item()
     assert mixed == pytest.approx(0.5 * 3.5 + 0.5 * (1 - ccc))
@@ -339,7 +341,8 @@ def test_scale_and_offset_of_the_targets_change_nothing(tmp_path, extra):
                     (scale, offset, part, key)
             assert rec["best"][part]["rmse"] == pytest.approx(base["best"][part]["rmse"] * scale, rel=1e-4)
             assert rec["diagnosis"][part]["label"] == base["diagnosis"][part]["label"]
-        assert rec["recalibrated"]["test"]["r2"] == pytest.approx(base["recalibrated"]["test"]["r2"], rel=1e-4, abs=1e-5)
+        assert rec["recalibrated"]["test"]["r2"] == \
+            pytest.approx(base["recalibrated"]["test"]["r2"], rel=1e-4, abs=1e-5)
 
 
 # --- SSL keeps the feature scale the head was initialised for ---------------------------

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collapse.summary import build_summary, load_runs, main as summary_main
+from collapse.summary import build_summary, load_runs
+from collapse.summary import main as summary_main
+
 from conftest import cli
 
 ROOT = Path(__file__).resolve().parent.parent

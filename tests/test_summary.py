@@ -19,7 +19,8 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from collapse import records, stats, summary as summary_mod, sweep_jobs
+from collapse import records, stats, sweep_jobs
+from collapse import summary as summary_mod
 from collapse.summary import Thresholds, describe, eta_squared, summarize, t975
 from collapse.summary_report import render_text
 
@@ -56,7 +57,8 @@ def write_job(sweep_dir: Path, num: int, overrides: list, choices: dict, status=
                      "rmse": 1.1 - val_r2, "mae": 0.5}}
     history = [{"epoch": e, "val_r2": val_r2 * e / 3, "val_variance_ratio": val_ratio, "val_loss": 0.1}
                for e in (1, 2, 3)]
-    record = {"schema": record_extra.pop("schema", 1), "status": status, "seed": seed, "overrides": overrides, "choices": choices,
+    record = {"schema": record_extra.pop("schema", 1), "status": status, "seed": seed, "overrides": overrides,
+              "choices": choices,
               "job": {"num": num}, "config": {"seed": seed, "sweep": sweep or {"name": "adhoc"}},
               "best_epoch": 3, "best": best, "history": history, "diagnosis": {"label": label},
               "provenance": {"hostname": socket.gethostname(), "pid": 1}, "error": None, **record_extra}
@@ -181,14 +183,15 @@ def test_main_effects_and_eta_squared(grid_summary):
     assert (level1["value"], level1["val.r2"]["n"]) == ("1", 6)
     assert level1["val.r2"]["mean"] == pytest.approx((0.60 + 0.70 + 0.65 + 0.55 + 0.75 + 0.80) / 6)
     assert level7["val.r2"]["mean"] == pytest.approx((0.30 + 0.40 + 0.50 + 0.20 + 0.25 + 0.39) / 6)
-    x = np.array([[GRID[(f, l)][0] for l in LAMBDAS] for f in FRAMES])      # [frames, lambda, seed]
+    x = np.array([[GRID[(f, lam)][0] for lam in LAMBDAS] for f in FRAMES])      # [frames, lambda, seed]
     ss_total = ((x - x.mean()) ** 2).sum()
     for effect, axis in ((frames, 0), (lam, 1)):
         level_means = x.mean(axis=tuple(a for a in (0, 1, 2) if a != axis))
         ss_between = 6 * ((level_means - x.mean()) ** 2).sum()
         assert effect["eta_squared"]["val.r2"] == pytest.approx(ss_between / ss_total)
     cell_means = x.mean(axis=2)
-    assert s["variance_explained"]["cells"]["val.r2"] == pytest.approx(3 * ((cell_means - x.mean()) ** 2).sum() / ss_total)
+    between = 3 * ((cell_means - x.mean()) ** 2).sum() / ss_total
+    assert s["variance_explained"]["cells"]["val.r2"] == pytest.approx(between)
     assert np.allclose(s["heatmap"]["mean_val_r2"], cell_means)
 
 
@@ -252,8 +255,10 @@ def test_sampled_settings_are_not_taken_for_a_grid(tmp_path):
 def test_every_problem_is_reported_and_the_rest_summarised(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    sweep = make_grid(tmp_path / "sweep", job3={"status": "running", "provenance": {"hostname": socket.gethostname(), "pid": os.getpid()}},
-                      job4={"status": "running", "provenance": {"hostname": socket.gethostname(), "pid": dead.pid}},
+    host = socket.gethostname()
+    sweep = make_grid(tmp_path / "sweep",
+                      job3={"status": "running", "provenance": {"hostname": host, "pid": os.getpid()}},
+                      job4={"status": "running", "provenance": {"hostname": host, "pid": dead.pid}},
                       job6={"status": "failed", "best": None, "error": "ValueError: boom"},
                       job8={"status": "diverged"})
     (sweep / "0" / "metrics.json").write_text('{"schema": 1, "status": "compl')          # corrupt
@@ -302,7 +307,8 @@ def test_every_problem_is_reported_and_the_rest_summarised(tmp_path):
 def test_hydra_files_in_another_layout_are_parsed_whole(tmp_path):
     job = write_job(tmp_path / "sweep", 0, ["model=gru", "seed=0"], {"model": "gru"})
     (job / "metrics.json").unlink()       # .hydra/ is read only for a job without a record
-    (job / ".hydra" / "hydra.yaml").write_text("{hydra: {job: {num: 0}, runtime: {choices: {model: gru, ssl: 'off'}}}}\n")
+    flow_style = "{hydra: {job: {num: 0}, runtime: {choices: {model: gru, ssl: 'off'}}}}\n"
+    (job / ".hydra" / "hydra.yaml").write_text(flow_style)
     (job / ".hydra" / "overrides.yaml").write_text("- model=gru\n- 'seed=0'  # quoted, commented\n")
     parsed = summary_mod.read_job(job)
     assert (parsed.num, parsed.seed, parsed.settings) == (0, "0", {"model": "gru", "ssl": "off"})
@@ -461,7 +467,7 @@ def test_defect1_effects_match_statsmodels_on_the_unbalanced_study_sweep(tmp_pat
 
 
 def test_defect2_main_effect_intervals_come_from_the_pooled_within_cell_error(grid_summary):
-    x = np.array([[GRID[(f, l)][0] for l in LAMBDAS] for f in FRAMES])      # [frames, lambda, seed]
+    x = np.array([[GRID[(f, lam)][0] for lam in LAMBDAS] for f in FRAMES])      # [frames, lambda, seed]
     ms_within = ((x - x.mean(axis=2, keepdims=True)) ** 2).sum() / (12 - 4)
     half = summary_mod.t975(8) * math.sqrt(ms_within * (1 / 3 + 1 / 3) / 4)   # mean of 2 cell means of 3
     frames = grid_summary["main_effects"][0]

@@ -14,8 +14,21 @@ import pytest
 
 from collapse import records
 from collapse.sweep_dir import DirLock, DirLocked, job_dirs, read_manifest, write_manifest
-from conftest import (N_SWEEP_JOBS, SWEEP_GRID, SWEEP_TINY, TIMEOUT, cli, completed_fingerprints, kill_quietly,
-                      read_json, results, start_cli, statuses, wait_until)
+
+from conftest import (
+    N_SWEEP_JOBS,
+    SWEEP_GRID,
+    SWEEP_TINY,
+    TIMEOUT,
+    cli,
+    completed_fingerprints,
+    kill_quietly,
+    read_json,
+    results,
+    start_cli,
+    statuses,
+    wait_until,
+)
 
 
 def test_the_lock_is_exclusive_and_names_its_holder(tmp_path):

@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 
 import collapse.train as train
 from collapse.sweep import CONCURRENT_ENV, threads_per_job, usable_cores
+
 from conftest import cli
 
 TINY = ["data.n_samples=300", "trainer.epochs=2", "model.hidden_dim=16"]

@@ -9,6 +9,7 @@ from collapse import records
 from collapse.config import ModelConfig
 from collapse.models import SequenceRegressor
 from collapse.train import run
+
 from conftest import cli
 
 TINY = ["data.n_samples=300", "trainer.epochs=3", "model.hidden_dim=16", "ssl.epochs=2"]

@@ -36,8 +36,8 @@ def test_early_stopping_on_the_monitor():
     torch.manual_seed(0)
     X, y, Xv, yv = _problem(signal=False)          # nothing to learn: val R² stops improving fast
     model = SequenceRegressor(ModelConfig(hidden_dim=16, init_std=0.5), 4, output_bias=0.7)
-    trainer = Trainer(TrainerConfig(epochs=100, batch_size=64, monitor="val_loss", patience=3, min_delta=0.0, guard=False), seed=0,
-                      log_fn=lambda s: None)
+    cfg = TrainerConfig(epochs=100, batch_size=64, monitor="val_loss", patience=3, min_delta=0.0, guard=False)
+    trainer = Trainer(cfg, seed=0, log_fn=lambda s: None)
     result = _fit(trainer, model, X, y, Xv, yv)
     assert result.stop_reason == "early_stopping"
     assert len(result.history) == result.best_epoch + 3
@@ -50,7 +50,9 @@ def test_collapse_guard_fires_on_a_collapsing_model():
     X, y, Xv, yv = _problem(signal=False)
     model = SequenceRegressor(ModelConfig(hidden_dim=16, init_std=0.0), 4, output_bias=0.7)
     # lr tiny + zero head: predictions stay (nearly) constant -> val variance ratio ~ 0
-    trainer = Trainer(TrainerConfig(epochs=50, lr=1e-6, patience=0, guard=True, guard_threshold=0.02, guard_warmup=2, guard_patience=3), seed=0, log_fn=lambda s: None)
+    cfg = TrainerConfig(epochs=50, lr=1e-6, patience=0, guard=True, guard_threshold=0.02, guard_warmup=2,
+                        guard_patience=3)
+    trainer = Trainer(cfg, seed=0, log_fn=lambda s: None)
     result = _fit(trainer, model, X, y, Xv, yv)
     assert result.status == "stopped_collapse" and result.stop_reason == "collapse_guard"
     assert len(result.history) == 2 + 3
