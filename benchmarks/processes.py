@@ -81,7 +81,8 @@ def bench_startup(quick: bool, repeats: int, tmp: Path, ctx: dict, device: str =
 def tiny_sweep(n: int, tmp: Path, ctx: dict, tag: str) -> dict:
     """A basic-launcher sweep of `n` tiny jobs: wall time and the jobs' own wall_time_s."""
     sweep_dir = tmp / f"sweep_{n}_{tag}"
-    timed = run_cmd(train_cmd(f"seed=range(0,{n})", *TINY, f"hydra.sweep.dir={sweep_dir}", multirun=True), tmp)
+    timed = run_cmd(train_cmd(f"seed=range(0,{n})", *TINY, "hydra/launcher=basic", f"hydra.sweep.dir={sweep_dir}",
+                              multirun=True), tmp)
     recs = job_records(sweep_dir)
     assert len(recs) == n and all(r["status"] == "completed" for r in recs), f"{sweep_dir}: jobs missing or failed"
     ctx.setdefault("tiny_job_dir", sweep_dir / "0")

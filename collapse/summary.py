@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 from collapse import stats, summary_search
 from collapse.stats import describe, eta_squared, t975  # noqa: F401  (collapse.summary's API before the split)
 from collapse.summary_report import render_text, write_outputs
+from collapse.sweep_dir import job_dirs, read_manifest
 from collapse.sweep_jobs import (
     DIAGNOSES,
     EFFECT_KEYS,
@@ -44,11 +45,9 @@ from collapse.sweep_jobs import (
     STATES,
     Job,
     find_factors,
-    job_dirs,
     level_key,
     planned_jobs,
     read_job,
-    read_manifest,
     read_metrics,  # noqa: F401  (collapse.summary's API before the split)
     same_level,
     sweep_info,
