@@ -10,7 +10,7 @@ from pathlib import Path
 
 from benchmarks.common import PY, TINY, Result, job_records, median, run_cmd, train_cmd
 
-HEAVY = ("sklearn", "matplotlib", "scipy", "pandas")
+HEAVY = ("sklearn", "matplotlib", "scipy", "pandas", "mlflow", "tensorboard", "optuna")   # logger=none loads none
 BASE = "import torch, hydra"
 # The least a hand-written torch script does before its first epoch can end: one
 # optimizer step. torch imports torch._dynamo lazily on the first step (~1 s here),
