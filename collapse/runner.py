@@ -231,12 +231,12 @@ def execute(cfg: Config, record: RunRecord, run_dir: Optional[Path] = None, thre
             from collapse.loggers import Loggers
             loggers = Loggers.create(cfg.logger.names, dataclasses.asdict(cfg.logger), run_dir, record.warnings)
         # --- end tracking
-    except BAD_INPUT as e:
+    except BaseException as e:
         if lock is not None:
-            if record_bad_input and not isinstance(e, RunExists):
+            if record_bad_input and isinstance(e, BAD_INPUT) and not isinstance(e, RunExists):
                 record.status, record.stop_reason, record.error = "failed", "bad_input", f"{type(e).__name__}: {e}"
                 write()
-            lock.release()
+            lock.release()         # nothing started: the directory is free again
         raise
     try:
         if loggers is not None:                            # --- tracking: never raises
