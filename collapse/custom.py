@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from collapse.config import ConfigError, DataConfig, ModelConfig
-from collapse.data import DataError
+from collapse.data import DataError, check_arrays
 
 
 def _accepts(target: Callable, name: str) -> bool:
@@ -86,6 +86,8 @@ def _custom_model_class():
     import torch
     from torch import nn
 
+    from collapse.models import SequenceRegressor
+
     class CustomRegressor(nn.Module):
         """Your network in `net`, with the target scaler its outputs are in as buffers
         (saved in model.pt, like SequenceRegressor's)."""
@@ -99,13 +101,7 @@ def _custom_model_class():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.net(x)
 
-        @torch.no_grad()
-        def predict_original(self, x: torch.Tensor) -> torch.Tensor:
-            was_training = self.training
-            self.eval()
-            out = self(x).double() * self.target_std + self.target_mean
-            self.train(was_training)
-            return out
+        predict_original = SequenceRegressor.predict_original     # same buffers, same rule
 
     return CustomRegressor
 
@@ -178,23 +174,4 @@ def load_data(cfg: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray, Optio
     out = _instantiate("data", cfg._target_, dict(cfg.kwargs), {}, {"seed": seed})
     if not isinstance(out, (tuple, list)) or len(out) not in (2, 3):
         raise DataError(f"{source} returned a {type(out).__name__}; expected (X, y) or (X, y, split)")
-    X, y = np.asarray(out[0]), np.asarray(out[1])
-    split = np.asarray(out[2]) if len(out) == 3 and out[2] is not None else None
-    if X.ndim != 3:
-        raise DataError(f"{source}: X has shape {X.shape}; expected (N, T, C)"
-                        + (" - use X[:, None, :] for one frame" if X.ndim == 2 else ""))
-    if y.ndim != 1 or len(y) != len(X):
-        raise DataError(f"{source}: y has shape {y.shape}; expected ({len(X)},) (one target per sample of X)")
-    for key, arr in (("X", X), ("y", y)):
-        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-            raise DataError(f"{source}: {key} has dtype {arr.dtype}; expected a real numeric array")
-    with np.errstate(over="ignore", invalid="ignore"):
-        X, y = X.astype(np.float32), y.astype(np.float32)
-    for key, arr in (("X", X), ("y", y)):
-        if not np.all(np.isfinite(arr)):
-            raise DataError(f"{source}: {key} holds NaN/inf values (as float32)")
-    if split is not None:
-        if split.shape != y.shape or not np.isin(split, (0, 1, 2)).all():
-            raise DataError(f"{source}: split must be shape (N,) with values 0/1/2 (train/val/test)")
-        split = split.astype(np.int64)
-    return X, y, split
+    return check_arrays(out[0], out[1], out[2] if len(out) == 3 else None, source)

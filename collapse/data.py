@@ -112,37 +112,45 @@ def load_npz(path: str) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     for key in ("X", "y"):
         if key not in arrays:
             raise DataError(f"{path}: missing array {key!r} (found: {sorted(arrays) or 'none'})")
-    X, y, split = arrays["X"], arrays["y"], arrays.get("split")
+    return check_arrays(arrays["X"], arrays["y"], arrays.get("split"), path)
+
+
+def check_arrays(X, y, split, source: str) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """X (N, T, C), y (N,) and an optional split (N,) in {0, 1, 2}, from a file or a
+    data=custom callable: shapes, lengths, real dtypes and values float32 can compute
+    with, each refused with a DataError naming `source`. Returns float32 X, y and int64 split."""
+    X, y = np.asarray(X), np.asarray(y)
+    split = np.asarray(split) if split is not None else None
     if X.ndim == 2:
-        raise DataError(f"{path}: X has shape {X.shape}; expected (N, T, C) - use X[:, None, :] for one frame")
+        raise DataError(f"{source}: X has shape {X.shape}; expected (N, T, C) - use X[:, None, :] for one frame")
     if X.ndim != 3:
-        raise DataError(f"{path}: X has shape {X.shape}; expected rank 3 (N, T, C)")
+        raise DataError(f"{source}: X has shape {X.shape}; expected rank 3 (N, T, C)")
     if y.ndim != 1:
-        raise DataError(f"{path}: y has shape {y.shape}; expected (N,)")
+        raise DataError(f"{source}: y has shape {y.shape}; expected (N,)")
     if len(X) != len(y):
-        raise DataError(f"{path}: X has {len(X)} samples but y has {len(y)}")
+        raise DataError(f"{source}: X has {len(X)} samples but y has {len(y)}")
     if 0 in X.shape[1:]:
-        raise DataError(f"{path}: X has shape {X.shape}; expected at least one frame (T) and one feature (C)")
+        raise DataError(f"{source}: X has shape {X.shape}; expected at least one frame (T) and one feature (C)")
     for key, arr in (("X", X), ("y", y)):
         # real numbers only: a complex array would silently lose its imaginary part
         if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-            raise DataError(f"{path}: {key} has dtype {arr.dtype}; expected a real numeric array")
+            raise DataError(f"{source}: {key} has dtype {arr.dtype}; expected a real numeric array")
     with np.errstate(over="ignore", invalid="ignore"):
         X, y = X.astype(np.float32), y.astype(np.float32)
     for key, arr in (("X", X), ("y", y)):
         # checked in the float32 the model sees: 1e39 is finite in float64 but inf in float32
         if not np.all(np.isfinite(arr)):
             bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-            raise DataError(f"{path}: {key} holds {bad} NaN/inf values (as float32)")
+            raise DataError(f"{source}: {key} holds {bad} NaN/inf values (as float32)")
         # a value whose square overflows float32 makes every variance, MSE and
         # standardisation inf: it would train to NaN and read as a divergence
         largest = float(np.max(np.abs(arr))) if arr.size else 0.0
         if largest > FLOAT32_SQRT_MAX:
-            raise DataError(f"{path}: {key} holds values up to {largest:.3g}, too large for float32 arithmetic "
+            raise DataError(f"{source}: {key} holds values up to {largest:.3g}, too large for float32 arithmetic "
                             f"(squares overflow above {FLOAT32_SQRT_MAX:.2g}); rescale it or check for sentinel values")
     if split is not None:
         if split.shape != y.shape or not np.isin(split, (0, 1, 2)).all():
-            raise DataError(f"{path}: split must be shape (N,) with values 0/1/2 (train/val/test)")
+            raise DataError(f"{source}: split must be shape (N,) with values 0/1/2 (train/val/test)")
         split = split.astype(np.int64)
     return X, y, split
 
