@@ -106,6 +106,14 @@ def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     return max(1, min(cores, math.ceil(quota))) if quota else max(1, cores)
 
 
+def _joblib_workers(n_jobs: int, cores: int) -> int:
+    """How many jobs joblib runs at once for `n_jobs` (-1: all cores, -2: all but one, ...;
+    0 is collapse's "not sized yet": all usable cores)."""
+    if n_jobs > 0:
+        return n_jobs
+    return max(1, cores + 1 + n_jobs) if n_jobs < 0 else cores
+
+
 # set by the launching process when a sweep starts, read by its jobs (loky workers
 # inherit the environment): how many jobs run at once
 CONCURRENT_ENV = "COLLAPSE_CONCURRENT_JOBS"
@@ -127,12 +135,11 @@ def threads_per_job(requested: int, launcher: Optional[DictConfig]) -> int:
         return int(launcher.get("cpus_per_task") or 1)
     concurrent = int(os.environ.get(CONCURRENT_ENV, "0") or 0)
     if concurrent <= 0 and "joblib" in target:
-        n_jobs = int(launcher.get("n_jobs") or 0)
-        concurrent = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs) if n_jobs < 0 else cores
+        concurrent = _joblib_workers(int(launcher.get("n_jobs") or 0), cores)
     return max(1, cores // max(1, min(cores, concurrent or 1)))
 
 
-def size_launcher(config: DictConfig, n_planned: Optional[int]) -> int:
+def size_launcher(config: DictConfig, n_planned: Optional[int]) -> None:
     """Fix how many jobs run at once, before Hydra builds the launcher: the default
     launcher (conf/hydra/launcher/parallel.yaml, joblib with n_jobs 0) gets
     min(usable cores, planned jobs) workers - a worker costs a few seconds of start-up,
@@ -145,13 +152,12 @@ def size_launcher(config: DictConfig, n_planned: Optional[int]) -> int:
             n_jobs = max(1, min(usable_cores(), n_planned or usable_cores()))
             with open_dict(config), read_write(config):
                 launcher.n_jobs = n_jobs
-        concurrent = n_jobs if n_jobs > 0 else max(1, usable_cores() + 1 + n_jobs)
+        concurrent = _joblib_workers(n_jobs, usable_cores())
     elif "submitit" in target:
-        return 0
+        return                  # each job has its own cpus_per_task
     else:
         concurrent = 1          # the basic launcher runs one job at a time
     os.environ[CONCURRENT_ENV] = str(concurrent)
-    return concurrent
 
 
 class SweepStatus(Callback):
