@@ -34,7 +34,7 @@ def bench_memory(quick: bool, tmp: Path, ctx: dict) -> Result:
                    "sweep_2_workers_peak_rss_mb": ctx.get("sweep_2_workers_tree_peak_mb"), "probe": probe,
                    "growth_per_epoch_mb": growth, "first_epoch_working_memory_mb": first}
     res.add(run_label, run_peak, "MB", note="largest process, wait4 ru_maxrss")
-    res.add("peak RSS, 2-worker joblib sweep (phase4 grid)", ctx.get("sweep_2_workers_tree_peak_mb"), "MB",
+    res.add("peak RSS, 2-worker parallel sweep (phase4 grid)", ctx.get("sweep_2_workers_tree_peak_mb"), "MB",
             note="sum over the process tree, sampled every 0.1 s")
     res.add(f"probe: prepared arrays ({n_samples} samples)", sum(probe["prepared_mb"].values()), "MB",
             note=f"train split {train_mb:.1f} MB, X_unlabeled (SSL only) "

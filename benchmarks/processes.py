@@ -148,6 +148,8 @@ def bench_parallel(quick: bool, repeats: int, tmp: Path, ctx: dict, epochs: int 
         ([f"trainer.epochs={epochs}"] if epochs else [])
     variants = {"old_default": ["hydra/launcher=basic"],          # before: sequential, cores threads a job
                 "serial_1t": ["hydra/launcher=basic", "trainer.threads=1"],
+                # Hydra's joblib launcher, sized the same way: what collapse's own launcher replaced
+                "joblib": ["hydra/launcher=joblib", "hydra/sweeper=basic"],
                 "default": []}
     busy = {} if quick else {"default_busy": [], "old_default_busy": ["hydra/launcher=basic"]}
     times: dict[str, list] = {k: [] for k in (*variants, *busy)}
@@ -188,20 +190,26 @@ def bench_parallel(quick: bool, repeats: int, tmp: Path, ctx: dict, epochs: int 
         return median(ratios) if len(ratios) >= 3 else min(ratios)
 
     share = [(s / cores) / d for s, d in zip(times["serial_1t"], times["default"])]
+    joblib_share = [(s / cores) / d for s, d in zip(times["serial_1t"], times["joblib"])]
     speedup = [o / d for o, d in zip(times["old_default"], times["default"])]
     ctx["sweep_2_workers_tree_peak_mb"] = max(peaks)
     res.figures = {"jobs": jobs, "repeats": repeats, "usable_cores": cores, "grid_overrides": grid,
                    **{f"{k}_s": v for k, v in times.items()}, "share_of_limit": share,
+                   "joblib_share_of_limit": joblib_share,
                    "speedup_vs_old_default": speedup, "identical_fraction": min(same),
                    "threads_per_job": ctx["phase4_threads"], "worker_processes": ctx["phase4_workers"]}
     label = f"phase4 grid ({jobs} jobs)"
     res.add(f"{label}, serial, 1 thread/job (baseline)", median(times["serial_1t"]), "s")
     res.add(f"{label}, old default (basic launcher)", median(times["old_default"]), "s",
             note=f"threads/job {ctx['phase4_threads']['old_default']}")
+    res.add(f"{label}, Hydra's joblib launcher", median(times["joblib"]), "s",
+            note=f"{ctx['phase4_workers']['joblib']} workers, threads/job {ctx['phase4_threads']['joblib']}")
     res.add(f"{label}, new default (parallel launcher)", median(times["default"]), "s",
             note=f"{ctx['phase4_workers']['default']} workers, threads/job {ctx['phase4_threads']['default']}")
     res.add(f"share of the {cores}-core limit (serial 1-thread / {cores} / default)", pick(share), "fraction",
             (">=", 0.85), note=", ".join(f"{x:.2f}" for x in share))
+    res.add(f"share of the {cores}-core limit, Hydra's joblib launcher", pick(joblib_share), "fraction",
+            note=", ".join(f"{x:.2f}" for x in joblib_share))
     res.add("speedup, new default vs old default", pick(speedup), "x", note=", ".join(f"{x:.2f}" for x in speedup))
     startup = median(startups)
     res.figures["worker_startup_s"] = startups

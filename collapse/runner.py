@@ -119,7 +119,7 @@ class Interrupts:
     from the handler), SIGTERM is left alone and that handler is deferred the same way."""
 
     def __init__(self) -> None:
-        self._depth, self._pending = 0, []
+        self._depth, self._pending, self._recording = 0, [], False
         self._handlers: dict = {}
         self._previous: dict = {}
 
@@ -146,10 +146,21 @@ class Interrupts:
         raise KeyboardInterrupt if signum == signal.SIGINT else Interrupted(signum)
 
     def _handle(self, signum: int, frame) -> None:
+        if self._recording:
+            return                             # the interrupt being recorded already stops the run
         if self._depth:
             self._pending.append((signum, frame))
         else:
             self._handlers[signum](signum, frame)
+
+    @contextmanager
+    def recording(self):
+        """While an interrupt is recorded: further signals are dropped."""
+        self._recording = True
+        try:
+            yield
+        finally:
+            self._recording = False
 
     @contextmanager
     def deferred(self):
@@ -265,18 +276,24 @@ def _run_locked(cfg, data, device, record, run_dir, checkpoint, threads, write, 
     record.provenance = records.provenance()
     try:
         with Interrupts() as live["interrupts"]:
-            _train(cfg, data, device, record, run_dir, checkpoint, write, live)
-    except (KeyboardInterrupt, Interrupted, SystemExit) as e:
-        # SystemExit: submitit requeues a pre-empted job by exiting from its signal handler
-        record.status, record.stop_reason = "interrupted", "interrupted"
-        record.error = type(e).__name__ + (f": {e}" if str(e) else "")
-        trainer = live.get("trainer")
-        if run_dir is not None and cfg.save_weights and getattr(trainer, "best_state_", None) is not None:
-            records.save_weights(Path(run_dir) / records.WEIGHTS_FILE, trainer.best_state_)
-        record.wall_time_s = time.time() - started
-        write()
-        log.warning(f"run interrupted ({record.error}) after {record.epochs_run} epochs: recorded; "
-                    "resume=true continues it from its last checkpoint")
+            try:
+                _train(cfg, data, device, record, run_dir, checkpoint, write, live)
+            except (KeyboardInterrupt, Interrupted, SystemExit) as e:
+                # SystemExit: submitit requeues a pre-empted job by exiting from its signal
+                # handler. Recorded with the handlers still installed: a second signal (Ctrl-C
+                # reaches the whole process group, and the sweep then forwards SIGTERM) is dropped
+                with live["interrupts"].recording():
+                    record.status, record.stop_reason = "interrupted", "interrupted"
+                    record.error = type(e).__name__ + (f": {e}" if str(e) else "")
+                    trainer = live.get("trainer")
+                    if run_dir is not None and cfg.save_weights and getattr(trainer, "best_state_", None) is not None:
+                        records.save_weights(Path(run_dir) / records.WEIGHTS_FILE, trainer.best_state_)
+                    record.wall_time_s = time.time() - started
+                    write()
+                log.warning(f"run interrupted ({record.error}) after {record.epochs_run} epochs: recorded; "
+                            "resume=true continues it from its last checkpoint")
+                raise
+    except (KeyboardInterrupt, Interrupted, SystemExit):
         raise
     except Exception as e:  # noqa: BLE001 - a crash mid-run is a recorded result
         record.status, record.stop_reason = "failed", "exception"

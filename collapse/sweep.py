@@ -44,7 +44,7 @@ def planned_jobs(config: DictConfig) -> Optional[list[list[str]]]:
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    if not str(config.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith((".BasicSweeper", ".GridSweeper")):
         return None
     params = config.hydra.sweeper.get("params") or {}
     arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
@@ -106,9 +106,9 @@ def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
     return max(1, min(cores, math.ceil(quota))) if quota else max(1, cores)
 
 
-def _joblib_workers(n_jobs: int, cores: int) -> int:
-    """How many jobs joblib runs at once for `n_jobs` (-1: all cores, -2: all but one, ...;
-    0 is collapse's "not sized yet": all usable cores)."""
+def workers_for(n_jobs: int, cores: int) -> int:
+    """How many jobs run at once for a launcher's `n_jobs`, as joblib reads it (-1: all
+    cores, -2: all but one, ...; 0 is collapse's "not sized yet": all usable cores)."""
     if n_jobs > 0:
         return n_jobs
     return max(1, cores + 1 + n_jobs) if n_jobs < 0 else cores
@@ -134,9 +134,23 @@ def threads_per_job(requested: int, launcher: Optional[DictConfig]) -> int:
     if "submitit" in target:
         return int(launcher.get("cpus_per_task") or 1)
     concurrent = int(os.environ.get(CONCURRENT_ENV, "0") or 0)
-    if concurrent <= 0 and "joblib" in target:
-        concurrent = _joblib_workers(int(launcher.get("n_jobs") or 0), cores)
+    if concurrent <= 0 and _is_pool(target):
+        concurrent = workers_for(int(launcher.get("n_jobs") or 0), cores)
     return max(1, cores // max(1, min(cores, concurrent or 1)))
+
+
+def _is_pool(launcher_target: str) -> bool:
+    """A launcher that runs jobs in a pool of local processes sized by `n_jobs`."""
+    return "joblib" in launcher_target or "collapse_launcher" in launcher_target
+
+
+def failed_objective(sweeper: DictConfig) -> float:
+    """What a job without a result returns to Hydra's sweeper: NaN, or for the Optuna
+    sweeper the worst value - hydra-optuna-sweeper 1.2/1.3 with optuna 2.10 stops the
+    whole search on a NaN (it tells Optuna the value twice; the second tell raises)."""
+    if "optuna" in str(sweeper.get("_target_", "")).lower():
+        return -math.inf if "max" in str(sweeper.get("direction", "minimize")).lower() else math.inf
+    return math.nan
 
 
 def size_launcher(config: DictConfig, n_planned: Optional[int]) -> None:
@@ -146,13 +160,13 @@ def size_launcher(config: DictConfig, n_planned: Optional[int]) -> None:
     so a sweep never starts more than it has jobs for. Exported to the jobs (CONCURRENT_ENV)."""
     launcher = config.hydra.launcher
     target = str(launcher.get("_target_", "")).lower()
-    if "joblib" in target:
+    if _is_pool(target):
         n_jobs = int(launcher.get("n_jobs") or 0)
         if n_jobs == 0:
             n_jobs = max(1, min(usable_cores(), n_planned or usable_cores()))
             with open_dict(config), read_write(config):
                 launcher.n_jobs = n_jobs
-        concurrent = _joblib_workers(n_jobs, usable_cores())
+        concurrent = workers_for(n_jobs, usable_cores())
     elif "submitit" in target:
         return                  # each job has its own cpus_per_task
     else:
@@ -169,6 +183,10 @@ class SweepStatus(Callback):
 
     def __init__(self) -> None:
         self._lock: Optional[DirLock] = None
+
+    def __getstate__(self) -> dict:
+        # launchers send the callbacks to their workers: a copy holds no lock
+        return {**self.__dict__, "_lock": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(str(config.hydra.sweep.dir))

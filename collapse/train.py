@@ -152,12 +152,11 @@ def main(cfg: DictConfig) -> float:
 
 
 def _objective(value: float, sweeper: DictConfig) -> float:
-    """A trial without a result (NaN) as the worst value for the Optuna sweeper:
-    hydra-optuna-sweeper 1.2/1.3 with optuna 2.10 stops the whole search on a NaN
-    (it tells Optuna the value twice; the second tell raises). The record says `failed`."""
-    if math.isnan(value) and "optuna" in str(sweeper.get("_target_", "")).lower():
-        return -math.inf if "max" in str(sweeper.get("direction", "minimize")).lower() else math.inf
-    return value
+    """A trial without a result (NaN): what collapse.sweep.failed_objective says for this
+    sweeper (the record says `failed`)."""
+    from collapse.sweep import failed_objective
+
+    return failed_objective(sweeper) if math.isnan(value) else value
 
 
 def run(overrides: Sequence[str] = (), run_dir: Optional[str | Path] = None) -> RunRecord:

@@ -1,0 +1,53 @@
+"""collapse's Hydra plugins (Hydra only instantiates plugins defined under hydra_plugins):
+- ParallelLauncher (hydra/launcher=parallel, the default): collapse.launcher.Engine;
+- GridSweeper (hydra/sweeper=grid, the default): Hydra's BasicSweeper - same grid, same
+  job order, same `params` - that lets a launcher able to compose jobs in parallel do
+  the validation, keeping the configs it composed for the run.
+Hydra imports this module whenever it scans plugins: it imports nothing heavy."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.plugins.launcher import Launcher
+
+
+class ParallelLauncher(Launcher):
+    def __init__(self, n_jobs: int = 0) -> None:
+        # 0: collapse.sweep.SweepStatus sizes it before this is built (min(usable cores, jobs))
+        self.n_jobs = n_jobs
+        self.engine: Optional[Any] = None
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        from collapse.launcher import Engine
+        from collapse.sweep import usable_cores, workers_for
+
+        # the workers start now, while the sweeper plans and composes
+        self.engine = Engine(workers_for(int(self.n_jobs), usable_cores()), hydra_context, task_function, config)
+
+    def compose(self, batch: Sequence[Sequence[str]]) -> None:
+        assert self.engine is not None
+        self.engine.compose(batch)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
+        assert self.engine is not None
+        return self.engine.launch(job_overrides, initial_job_idx)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+
+class GridSweeper(BasicSweeper):
+    def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
+        if isinstance(self.launcher, ParallelLauncher):
+            self.launcher.compose(batch)        # every job composed before any runs, in parallel
+        else:
+            super().validate_batch_is_legal(batch)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        try:
+            return super().sweep(arguments)
+        finally:
+            if isinstance(self.launcher, ParallelLauncher):
+                self.launcher.close()

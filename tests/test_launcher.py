@@ -1,0 +1,49 @@
+"""The default launcher (collapse.launcher, hydra_plugins/collapse_launcher.py) against
+Hydra's own: the same refusals, the same jobs, with either sweeper. Killed workers and
+interrupted sweeps are in test_faults.py, identical metrics in test_reproducibility.py."""
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import BASIC, cli
+
+TINY = ["data.n_samples=300", "trainer.epochs=2", "model.hidden_dim=16"]
+
+
+def _job_dirs(sweep_dir: Path) -> list[Path]:
+    return sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)) \
+        if sweep_dir.exists() else []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [[], list(BASIC)], ids=["default", "basic"])
+def test_an_uncomposable_cell_refuses_the_sweep_before_any_job_runs(tmp_path, launcher):
+    """`model.hidden_dim=abc` cannot compose: the sweep stops before its first job, with
+    Hydra's message naming the key, whichever launcher validates the grid."""
+    sweep_dir = tmp_path / "sweep"
+    proc = cli(["-m", *TINY, "seed=0,1", "model.hidden_dim=16,abc", *launcher, f"hydra.sweep.dir={sweep_dir}"],
+               cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "model.hidden_dim" in proc.stderr and "abc" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not any((job / "metrics.json").exists() for job in _job_dirs(sweep_dir))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sweeper", ["grid", "basic"])
+def test_the_parallel_launcher_runs_every_job_under_either_sweeper(tmp_path, sweeper):
+    """hydra/sweeper=grid (the default) has the launcher compose the jobs; Hydra's basic
+    sweeper composes them itself, and the workers compose again: the same jobs either way."""
+    sweep_dir = tmp_path / "sweep"
+    proc = cli(["-m", *TINY, "seed=0,1,2", "loss.variance_lambda=0,0.5", f"hydra/sweeper={sweeper}",
+                "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = [json.loads((job / "metrics.json").read_text()) for job in _job_dirs(sweep_dir)]
+    assert [r["status"] for r in runs] == ["completed"] * 6
+    assert [(r["seed"], r["config"]["loss"]["variance_lambda"]) for r in runs] == \
+        [(s, lam) for s in (0, 1, 2) for lam in (0.0, 0.5)]
+    assert [r["job"]["num"] for r in runs] == list(range(6))
+    assert len({r["provenance"]["pid"] for r in runs}) <= 2
+    hydra_dir = _job_dirs(sweep_dir)[0] / ".hydra"
+    assert (hydra_dir / "config.yaml").exists() and (hydra_dir / "overrides.yaml").exists()
