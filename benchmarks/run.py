@@ -19,7 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks.common import TINY, Result, Row, run_cmd, train_cmd
+from benchmarks.common import Result, Row, run_cmd, train_cmd
 
 BENCHMARKS = ("throughput", "startup", "multirun_overhead", "parallel_sweep", "summary", "memory",
               "main_job", "scaling", "gpu")
@@ -48,8 +48,9 @@ class Suite:
 
     def _phase4_dir(self) -> Path:
         if "phase4_dir" not in self.ctx:          # --only summary: make one grid to plot
-            grid = ["seed=0", "data.temporal_frames=1,3", "loss.variance_lambda=0.0,0.5", *TINY] if self.quick else \
-                ([f"trainer.epochs={self.args.phase4_epochs}"] if self.args.phase4_epochs else [])
+            from benchmarks.processes import phase4_grid
+
+            grid = phase4_grid(self.quick, self.args.phase4_epochs)
             d = self.tmp / "phase4_for_summary"
             run_cmd(train_cmd(*grid, f"hydra.sweep.dir={d}", config_name="phase4"), self.tmp)
             self.ctx["phase4_dir"] = d
@@ -87,10 +88,7 @@ class Suite:
     def memory(self) -> Result:
         from benchmarks.memory import bench_memory
 
-        if "sweep_2_workers_tree_peak_mb" not in self.ctx:
-            from benchmarks.processes import bench_parallel
-
-            bench_parallel(self.quick, 1, self.tmp, self.ctx, self.args.phase4_epochs)
+        self.ctx["phase4_epochs"] = self.args.phase4_epochs
         return bench_memory(self.quick, self.tmp, self.ctx)
 
     def main_job(self) -> Result:

@@ -74,7 +74,11 @@ def _worker_main(conn, payload: bytes) -> None:
         except (EOFError, OSError):
             return                                  # the launching process is gone
         if kind == STOP:
-            return
+            # idle, nothing left to write: skip the interpreter's teardown of torch (~0.4 s a
+            # worker, which the sweep would wait for); the job logs' handlers flush every line
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         try:
             reply = ("ok", _compose(state, data) if kind == COMPOSE else _run(state, *data))
         except Exception as e:  # noqa: BLE001 - goes back to the launching process
@@ -149,6 +153,7 @@ class WorkerPool:
     def __init__(self, n_workers: int, payload: bytes):
         self.n_workers, self.payload = n_workers, payload
         self.workers: list[_Worker] = []
+        self._started, self._all_ready = time.monotonic(), False
         self._context = multiprocessing.get_context("spawn")
         for _ in range(n_workers):
             self._start()
@@ -193,6 +198,10 @@ class WorkerPool:
                     message = pickle.loads(w.conn.recv_bytes())
                     if message[0] == "ready":
                         w.ready = True
+                        if not self._all_ready and all(x.ready for x in self.workers):
+                            self._all_ready = True          # what a parallel sweep pays before its first job
+                            log.info(f"{len(self.workers)} worker processes ready in "
+                                     f"{time.monotonic() - self._started:.2f} s")
                     elif message[0] == "exit":      # interrupted: the job recorded it, the worker exits
                         gone = True
                         break

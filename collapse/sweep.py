@@ -155,9 +155,9 @@ def failed_objective(sweeper: DictConfig) -> float:
 
 def size_launcher(config: DictConfig, n_planned: Optional[int]) -> None:
     """Fix how many jobs run at once, before Hydra builds the launcher: the default
-    launcher (conf/hydra/launcher/parallel.yaml, joblib with n_jobs 0) gets
-    min(usable cores, planned jobs) workers - a worker costs a few seconds of start-up,
-    so a sweep never starts more than it has jobs for. Exported to the jobs (CONCURRENT_ENV)."""
+    launcher (conf/hydra/launcher/parallel.yaml, n_jobs 0) gets min(usable cores, jobs
+    that can run at once) workers - a worker costs a second or more of start-up, so a
+    sweep never starts more than it has jobs for. Exported to the jobs (CONCURRENT_ENV)."""
     launcher = config.hydra.launcher
     target = str(launcher.get("_target_", "")).lower()
     if _is_pool(target):
@@ -205,7 +205,8 @@ class SweepStatus(Callback):
         if jobs is not None:
             write_manifest(sweep_dir, config.hydra.job.config_name,
                            _task_overrides(config.hydra.overrides.task), jobs)
-        size_launcher(config, len(jobs) if jobs is not None else None)
+        # a search (Optuna) launches its trials in batches of the sweeper's n_jobs
+        size_launcher(config, len(jobs) if jobs is not None else config.hydra.sweeper.get("n_jobs"))
         if jobs is None:
             # another sweeper (Optuna) writes no multirun.yaml, which the guard above and the
             # summary read: write it as the BasicSweeper does

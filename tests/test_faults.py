@@ -215,10 +215,13 @@ def test_sweep_sigtermed_and_sigkilled_mid_run_resumes_from_checkpoints_to_the_s
             wait_until(lambda proc=proc: proc.poll() is not None or past_epoch_2(), TIMEOUT, f"round {round_}: epoch 2")
             time.sleep(rng.uniform(0.0, 0.05))
             tree = descendants(proc.pid)
-            if proc.poll() is None:
+            killed = proc.poll() is None
+            if killed:
                 os.kill(proc.pid, sig)
             proc.wait(timeout=TIMEOUT)
             wait_gone(tree, f"round {round_}: the killed sweep's processes")
+            if killed and sig == signal.SIGTERM:        # recorded, then 128 + 15, like a single run
+                assert proc.returncode == 143, (tmp_path / f"round{round_}.log").read_text()[-3000:]
         finally:
             kill_quietly(proc)
         assert_unchanged(sweep_dir, kept, f"round {round_} (seed {seed})")

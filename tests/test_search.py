@@ -11,6 +11,7 @@ import yaml
 
 from collapse.summary import build_summary, load_runs
 from collapse.summary import main as summary_main
+from collapse.sweep import usable_cores
 
 from conftest import cli
 
@@ -33,6 +34,10 @@ def test_a_seeded_optuna_search_and_its_summary(tmp_path, capsys):
     assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"]
     assert not (sweep / "manifest.json").exists()        # trials are decided as the search goes
     assert (sweep / "multirun.yaml").exists()            # written by collapse.sweep.SweepStatus
+    # one trial at a time (the sweeper's n_jobs 1): run in the sweep's process, with every core
+    records = [json.loads(p.read_text()) for p in sorted(sweep.glob("[0-9]*/metrics.json"))]
+    assert {r["threads"] for r in records} == {usable_cores()}
+    assert {r["provenance"]["pid"] for r in records} == {records[0]["provenance"]["pid"]}
     optuna_best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
 
     assert summary_main([str(sweep)]) == 0
