@@ -1,14 +1,14 @@
 """The default launcher's engine: a sweep's jobs on a pool of worker processes.
 
-Hydra's joblib launcher, measured on phase4 (36 jobs of ~0.6 s on 2 cores), spent a
-third of the sweep outside training, and three things of its design were why:
+Hydra's joblib launcher reached 0.78 of the 2-core limit on phase4 (README, Performance),
+and three things of its design were why:
 - the sweeper composes every job's config in the launching process, one after another,
-  before any job starts (~0.15 s a job), and each worker then composes it again;
+  before any job starts, and each worker then composes it again;
 - the workers start only when the first job is sent, so their start-up (python, torch)
   comes after that serial validation instead of beside it;
 - the Hydra state (config loader, config store, task function) travels with every job.
 Here the workers start as soon as the launcher exists (collapse.sweep sized it), each
-job is composed once, in a worker, in parallel (the composed config, ~20 kB, comes
+job is composed once, in a worker, in parallel (the composed config comes
 back and goes to whichever worker is free: every job is still composed before any job
 runs, so a cell that cannot compose still refuses the sweep up front), and the Hydra
 state goes to each worker once. A worker that dies (the OOM killer, kill -9) loses
@@ -44,7 +44,9 @@ class WorkerStartupError(RuntimeError):
     """A worker died before it was ready: starting more would die the same way."""
 
 
-class Interrupted(BaseException):
+class SweepInterrupted(BaseException):
+    """SIGTERM in the launching process, while jobs run."""
+
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
@@ -178,10 +180,10 @@ class WorkerPool:
                             w.task = queue.popleft()
                             w.conn.send((w.task[1], w.task[2]))
                     self._collect(results, on_lost)
-            except (KeyboardInterrupt, Interrupted) as e:
+            except (KeyboardInterrupt, SweepInterrupted) as e:
                 busy = sum(1 for w in self.workers if w.task is not None)
                 self.shutdown()
-                signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+                signum = e.signum if isinstance(e, SweepInterrupted) else signal.SIGINT
                 print(f"collapse: sweep interrupted by {signal.Signals(signum).name}: {busy} job(s) in progress "
                       "recorded themselves as interrupted; resume=true continues the sweep", file=sys.stderr)
                 raise SystemExit(128 + signum) from None
@@ -249,7 +251,7 @@ class WorkerPool:
 
 
 class _signals_raise:
-    """SIGTERM raises Interrupted in the launching process (SIGINT already raises
+    """SIGTERM raises SweepInterrupted in the launching process (SIGINT already raises
     KeyboardInterrupt), so the pool can stop its workers before the process exits."""
 
     def __enter__(self):
@@ -260,7 +262,7 @@ class _signals_raise:
 
     @staticmethod
     def _raise(signum, frame):
-        raise Interrupted(signum)
+        raise SweepInterrupted(signum)
 
     def __exit__(self, *exc):
         if self._previous is not None:

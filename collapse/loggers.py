@@ -144,7 +144,7 @@ class TensorBoardLogger:
 
 def resolve_tracking_uri(uri: str) -> str:
     """A relative SQLite path (sqlite:///outputs/mlflow.db) against the cwd, made absolute,
-    its directory created: joblib and submitit workers then share one store."""
+    its directory created: a sweep's worker processes then share one store."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         path = Path(uri[len(prefix):]).resolve()

@@ -95,8 +95,8 @@ def resolve_device(name: str) -> str:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed every generator a job touches and set determinism either way: joblib's loky
-    reuses worker processes, so nothing may carry over from the previous job."""
+    """Seed every generator a job touches and set determinism either way: a sweep's
+    worker processes run one job after another, so nothing may carry over from the previous job."""
     import random
 
     import torch

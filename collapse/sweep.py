@@ -60,14 +60,15 @@ parent_gone = False          # set in a worker whose sweep died: the job in prog
 def exit_with_parent(poll_s: float = 0.1) -> None:
     """End this (worker) process soon after the process that started it dies.
 
-    A loky worker outlives a SIGKILLed sweep: it finishes its job, idles for minutes,
-    and a resume started meanwhile runs the same job a second time into the same files.
+    A worker process (collapse's launcher, joblib's loky) outlives a SIGKILLed sweep:
+    it finishes its job, and a resume started meanwhile runs the same job a second time
+    into the same files.
     The parent's death shows as a changed getppid() (the orphan is reparented). The
     worker then SIGTERMs itself, so a job in progress records itself `interrupted` with
     its history (collapse.runner), and exits for good a few seconds later. Records'
     atomic writes leave the old or the new file, whenever the exit lands.
     A no-op in a process that multiprocessing did not start (the basic launcher's,
-    joblib with n_jobs=1): a sweep must survive the shell that started it."""
+    one worker or one job): a sweep must survive the shell that started it."""
     import multiprocessing
 
     global _watching_parent
@@ -114,7 +115,7 @@ def workers_for(n_jobs: int, cores: int) -> int:
     return max(1, cores + 1 + n_jobs) if n_jobs < 0 else cores
 
 
-# set by the launching process when a sweep starts, read by its jobs (loky workers
+# set by the launching process when a sweep starts, read by its jobs (worker processes
 # inherit the environment): how many jobs run at once
 CONCURRENT_ENV = "COLLAPSE_CONCURRENT_JOBS"
 
@@ -123,7 +124,7 @@ def threads_per_job(requested: int, launcher: Optional[DictConfig]) -> int:
     """Torch threads for one job: `requested`, or usable cores / jobs running at once
     (a single run: all usable cores). Under submitit: the job's `cpus_per_task`.
 
-    Oversubscription is the expensive mistake here: 2 joblib workers with 2 threads
+    Oversubscription is the expensive mistake here: 2 workers with 2 threads
     each on 2 cores ran 2x slower than the sequential sweep (README, Performance)."""
     if requested > 0:
         return requested

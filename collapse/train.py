@@ -77,7 +77,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
     from collapse.runner import BAD_INPUT, Interrupted, execute
 
     if multirun:
-        sweep.exit_with_parent()    # a joblib (loky) worker must not outlive a killed sweep
+        sweep.exit_with_parent()    # a worker process must not outlive a killed sweep
     metrics_path = run_dir / records.METRICS_FILE
     record = RunRecord(overrides=list(overrides), choices=choices, job=job)
     try:
@@ -103,7 +103,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         print(f"collapse: interrupted by {signal.Signals(signum).name}: recorded in {metrics_path}",
               file=sys.stderr)
-        if sweep.parent_gone:       # an orphaned joblib worker: nobody is left to report to
+        if sweep.parent_gone:       # an orphaned worker: nobody is left to report to
             os._exit(128 + signum)
         raise SystemExit(128 + signum) from None
     except Exception as e:  # noqa: BLE001 - recorded by execute; a sweep goes on
