@@ -153,7 +153,7 @@ class WorkerPool:
     sweep directory's lock and the parent's threads."""
 
     def __init__(self, n_workers: int, payload: bytes):
-        self.n_workers, self.payload = n_workers, payload
+        self.payload = payload
         self.workers: list[_Worker] = []
         self._started, self._all_ready = time.monotonic(), False
         self._context = multiprocessing.get_context("spawn")

@@ -293,8 +293,6 @@ def _run_locked(cfg, data, device, record, run_dir, checkpoint, threads, write, 
                 log.warning(f"run interrupted ({record.error}) after {record.epochs_run} epochs: recorded; "
                             "resume=true continues it from its last checkpoint")
                 raise
-    except (KeyboardInterrupt, Interrupted, SystemExit):
-        raise
     except Exception as e:  # noqa: BLE001 - a crash mid-run is a recorded result
         record.status, record.stop_reason = "failed", "exception"
         record.error, record.traceback = f"{type(e).__name__}: {e}", traceback.format_exc()
