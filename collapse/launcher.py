@@ -28,6 +28,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -40,10 +41,6 @@ COMPOSE, RUN, STOP = "compose", "run", "stop"
 SHUTDOWN_GRACE_S = 15.0     # an interrupted job records itself (history, best weights) in this time
 
 
-class WorkerStartupError(RuntimeError):
-    """A worker died before it was ready: starting more would die the same way."""
-
-
 class SweepInterrupted(BaseException):
     """SIGTERM in the launching process, while jobs run."""
 
@@ -54,16 +51,20 @@ class SweepInterrupted(BaseException):
 
 # ----------------------------------------------------------------------------- worker side
 
-def _worker_main(conn, payload: bytes) -> None:
-    """A worker: unpack the Hydra state once, import torch, then compose or run jobs
-    until told to stop or the launching process goes away (the pipe closes)."""
+def _worker_main(conn) -> None:
+    """A worker: receive and unpack the Hydra state once, import torch, then compose or
+    run jobs until told to stop or the launching process goes away (the pipe closes)."""
+    # Ctrl-C reaches the whole process group: the launching process decides (it forwards
+    # SIGTERM to busy workers); while a job trains, collapse.runner handles SIGINT itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        payload = conn.recv_bytes()                 # first: the launching process is sending it
+    except (EOFError, OSError):
+        return
     import cloudpickle
     from hydra.core.singleton import Singleton
     from hydra.core.utils import setup_globals
 
-    # Ctrl-C reaches the whole process group: the launching process decides (it forwards
-    # SIGTERM to busy workers); while a job trains, collapse.runner handles SIGINT itself
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     state = cloudpickle.loads(payload)
     setup_globals()
     Singleton.set_state(state["singletons"])
@@ -130,6 +131,13 @@ def _run(state: dict, job_num: int, composed: Optional[bytes], overrides: Sequen
         configure_log(state["config"].hydra.hydra_logging, state["config"].hydra.verbose)
 
 
+def _send_quietly(conn, data: bytes) -> None:
+    try:
+        conn.send_bytes(data)
+    except (OSError, ValueError):
+        pass            # the worker died first: its sentinel tells the pool
+
+
 def _picklable(e: BaseException) -> BaseException:
     try:
         return pickle.loads(pickle.dumps(e))
@@ -162,10 +170,15 @@ class WorkerPool:
 
     def _start(self) -> None:
         parent_end, child_end = self._context.Pipe()
-        process = self._context.Process(target=_worker_main, args=(child_end, self.payload),
+        process = self._context.Process(target=_worker_main, args=(child_end,),
                                         name=f"collapse-worker-{len(self.workers)}")
         process.start()
         child_end.close()
+        # The Hydra state (hundreds of kB) goes over the worker's own pipe, from a thread.
+        # Not as a Process argument: multiprocessing writes those before it closes its copy
+        # of the child's end, so a worker killed while starting left start() blocked forever.
+        threading.Thread(target=_send_quietly, args=(parent_end, self.payload), daemon=True,
+                         name="collapse-worker-payload").start()
         self.workers.append(_Worker(process, parent_end))
 
     def map(self, tasks: Sequence[tuple], on_lost: Callable[[tuple, int], Any]) -> dict:
@@ -176,7 +189,8 @@ class WorkerPool:
             try:
                 while queue or any(w.task for w in self.workers):
                     for w in self.workers:
-                        if w.task is None and queue:
+                        # a ready worker has its payload: nothing else is writing to its pipe
+                        if w.ready and w.task is None and queue:
                             w.task = queue.popleft()
                             w.conn.send((w.task[1], w.task[2]))
                     self._collect(results, on_lost)
@@ -221,9 +235,10 @@ class WorkerPool:
         self.workers.remove(w)
         if not w.ready:
             self.shutdown()
-            raise WorkerStartupError(f"a sweep worker process died while starting (exit code {code}); "
-                                     "its error is printed above. hydra/launcher=basic runs the jobs "
-                                     "in this process")
+            # it would die the same way again: stop here, before (more) jobs run
+            print(f"collapse: error: a sweep worker process died while starting ({_ended(code)}); anything it "
+                  "printed is above; hydra/launcher=basic runs the jobs in this process", file=sys.stderr)
+            raise SystemExit(1)
         if w.task is not None:
             results[w.task[0]] = ("lost", on_lost(w.task, code))
         self._start()                           # the pool keeps its size for the rest of the sweep
@@ -235,8 +250,10 @@ class WorkerPool:
             try:
                 if w.task is not None:
                     os.kill(w.process.pid, signal.SIGTERM)
-                else:
+                elif w.ready:
                     w.conn.send((STOP, None))
+                else:
+                    w.process.kill()                        # still starting: no job to lose
             except (OSError, ValueError):
                 pass                                        # already gone
         deadline = time.monotonic() + grace_s
@@ -282,9 +299,14 @@ class _signals_ignored:
             signal.signal(s, previous)
 
 
-def _main_thread() -> bool:
-    import threading
+def _ended(exitcode: int) -> str:
+    """How a process ended, from multiprocessing's exitcode (-N: killed by signal N)."""
+    if exitcode < 0 and -exitcode in signal.valid_signals():
+        return f"signal {signal.Signals(-exitcode).name}"
+    return f"exit code {exitcode}"
 
+
+def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
@@ -360,9 +382,7 @@ class Engine:
         from collapse.sweep import failed_objective
 
         job_num, _, overrides = task[2]
-        how = f"signal {signal.Signals(-code).name}" if code < 0 and -code in signal.valid_signals() \
-            else f"exit code {code}"
-        print(f"collapse: error: job {job_num} ({' '.join(overrides)}): its worker process died ({how}); "
+        print(f"collapse: error: job {job_num} ({' '.join(overrides)}): its worker process died ({_ended(code)}); "
               "the sweep goes on without it and resume=true runs it again", file=sys.stderr)
         # collapse's convention for a job without a result: a completed Hydra job whose
         # value is NaN (the sweep's end report counts it as not done and exits 1)

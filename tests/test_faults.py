@@ -121,6 +121,39 @@ def test_parallel_sweep_survives_a_killed_worker(tmp_path, reference_sweep):
     assert results(sweep_dir) == results(reference_sweep)
 
 
+def _spawned_workers(pid: int) -> list[int]:
+    """Children of `pid` that multiprocessing spawned as workers (not its resource tracker)."""
+    found = []
+    for child in children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            found.append(child)
+    return found
+
+
+@pytest.mark.slow
+@needs_proc
+def test_a_worker_killed_while_starting_stops_the_sweep_with_one_line(tmp_path):
+    """A worker that dies before it can take a job (killed while importing torch) would
+    die the same way again: the sweep stops with one line saying so, before any job ran."""
+    sweep_dir = tmp_path / "sweep"
+    proc = start_cli(sweep_args(sweep_dir), tmp_path, tmp_path / "start.log")
+    try:
+        [victim, *_] = wait_until(lambda: _spawned_workers(proc.pid), TIMEOUT, "a worker process", poll=0.005)
+        os.kill(victim, signal.SIGKILL)
+        proc.wait(timeout=TIMEOUT)
+    finally:
+        kill_quietly(proc)
+    log = (tmp_path / "start.log").read_text()
+    assert proc.returncode == 1, log[-3000:]
+    assert "collapse: error: a sweep worker process died while starting (signal SIGKILL)" in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
+    assert not list(sweep_dir.glob("*/metrics.json"))
+
+
 KILLS = [  # launcher, signal, rounds killed before the final resume
     pytest.param("default", signal.SIGKILL, 3, id="default-SIGKILL-x3"),
     pytest.param("default", signal.SIGINT, 2, id="default-SIGINT-x2"),
