@@ -170,7 +170,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
     parser.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(BENCHMARKS)}")
     parser.add_argument("--repeats", type=int, default=0, help="repeats per comparison (default 5; 1 with --quick)")
-    parser.add_argument("--parallel-repeats", type=int, default=2, help="repeats of the phase4 pair (default 2)")
+    parser.add_argument("--parallel-repeats", type=int, default=3,
+                        help="repeats of the phase4 comparison (default 3: targets read at the median)")
     parser.add_argument("--phase4-epochs", type=int, default=20,
                         help="phase4 grid shortened to this many epochs, the same for both launchers, as the "
                              "issue allows (default 20; 0: as written, 60 with early stopping)")

@@ -1,6 +1,6 @@
 """The default launcher's engine: a sweep's jobs on a pool of worker processes.
 
-Hydra's joblib launcher reached 0.78 of the 2-core limit on phase4 (README, Performance),
+Hydra's joblib launcher reached 0.68 of the 2-core limit on phase4 (README, Performance),
 and three things of its design were why:
 - the sweeper composes every job's config in the launching process, one after another,
   before any job starts, and each worker then composes it again;
