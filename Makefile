@@ -8,27 +8,41 @@ PY     := $(VENV)/bin/python
 # or TORCH= to let pip pick torch from pyproject's range.
 TORCH  ?= torch==2.13.0
 SWEEP_DIR ?= outputs/sweeps/quick/$(shell date +%Y-%m-%d_%H-%M-%S)
+# pytest workers: every core (pytest-xdist); TEST_WORKERS=0 runs in one process
+TEST_WORKERS ?= auto
 
-.PHONY: setup run test bench clean
+.PHONY: setup setup-dev run test lint bench clean
 
-$(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+# what running needs: the package and torch
+$(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
 	$(if $(strip $(TORCH)),$(PY) -m pip install -q $(TORCH))
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# what testing needs: the dev extra (tracking, optuna, statsmodels, pandas, linters, xdist)
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-run
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed-run
+setup-dev: $(VENV)/.installed-dev
 
 # Main job: a small ablation sweep on the built-in synthetic benchmark, then its summary.
 run: setup
 	$(PY) -m collapse.train --config-dir sweeps --config-name quick hydra.sweep.dir=$(SWEEP_DIR); \
 	status=$$?; $(PY) -m collapse.summary $(SWEEP_DIR) || status=1; exit $$status
 
-test: setup
+lint: setup-dev
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(VENV)/bin/lint-imports
 
-bench: setup
+test: lint
+	$(PY) -m pytest -n $(TEST_WORKERS)
+
+bench: setup-dev
 	$(PY) -m benchmarks
 
 clean:

@@ -3,7 +3,7 @@
     python -m benchmarks.probe memory N_SAMPLES EPOCHS   -> one JSON line
 
 `memory`: RSS before and after the data are loaded and at the end of every epoch of
-one run (collapse.runner, defaults except size/epochs, early stopping off), against
+one run (collapse.run.execute, defaults except size/epochs, early stopping off), against
 the bytes of the prepared arrays (a run that copied its data per epoch would grow by
 about one train split per epoch), and whether the tensors the trainer receives share
 the prepared arrays' memory (held once) or are copies.
@@ -27,10 +27,11 @@ def rss_mb() -> float:
 def memory(n_samples: int, epochs: int) -> dict:
     import torch
 
-    from collapse import runner
+    from collapse import data as data_mod
     from collapse.config import Config, validate
+    from collapse.data import load as load_data
     from collapse.records import RunRecord
-    from collapse.runner import load_data
+    from collapse.run import execute as runner
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)            # memory only: one thread keeps it quick on a busy machine
@@ -43,7 +44,7 @@ def memory(n_samples: int, epochs: int) -> dict:
     cfg.trainer.guard, cfg.trainer.device, cfg.save_weights = False, "cpu", False
     validate(cfg)
     rss_start = rss_mb()
-    data = load_data(cfg)
+    data = load_data(cfg.data, cfg.seed, unlabeled=cfg.ssl.enabled)
     rss_loaded = rss_mb()
     per_epoch: list[float] = []
 
@@ -65,7 +66,7 @@ def memory(n_samples: int, epochs: int) -> dict:
         shared["rss_fit_start_mb"] = rss_mb()
         return fit(self, model, loss_fn, X_train, y_train, w_train, X_val, y_val, **kwargs)
 
-    trainer_mod.Trainer.fit, runner.load_data = spy, lambda cfg: data     # the data measured above
+    trainer_mod.Trainer.fit, data_mod.load = spy, lambda *args, **kwargs: data     # the data measured above
     log = logging.getLogger("collapse")
     handler, level, propagate = EpochRSS(), log.level, log.propagate
     log.addHandler(handler)
@@ -74,7 +75,7 @@ def memory(n_samples: int, epochs: int) -> dict:
     try:
         runner.execute(cfg, RunRecord())
     finally:
-        trainer_mod.Trainer.fit, runner.load_data = fit, load_data
+        trainer_mod.Trainer.fit, data_mod.load = fit, load_data
         log.removeHandler(handler)
         log.setLevel(level)
         log.propagate = propagate

@@ -147,7 +147,7 @@ def bench_parallel(quick: bool, repeats: int, tmp: Path, ctx: dict, epochs: int 
     one-thread baseline, and the new default (collapse's parallel launcher), alone and
     beside a busy core. Share of the machine's limit = (serial 1-thread time / usable
     cores) / wall time of the default: 1.0 would be a perfect split over the cores."""
-    from collapse.sweep import usable_cores
+    from collapse.sweep.cores import usable_cores
 
     res = Result()
     cores = usable_cores()

@@ -26,12 +26,12 @@ def _data(n_samples: int, device: str):
     import torch
 
     from collapse.config import Config
-    from collapse.runner import load_data
+    from collapse.data import load as load_data
 
     cfg = Config()
     if n_samples:
         cfg.data.n_samples = n_samples
-    prepared = load_data(cfg)
+    prepared = load_data(cfg.data, cfg.seed, unlabeled=cfg.ssl.enabled)
     to = lambda a: torch.from_numpy(a).to(device)   # noqa: E731 - shares memory on CPU
     return (prepared, to(prepared.X_train), to(prepared.y_train), to(prepared.X_val), to(prepared.y_val))
 
@@ -122,7 +122,7 @@ def bench_throughput(quick: bool, repeats: int, device: str = "cpu") -> Result:
     import torch
 
     from collapse.losses import RegressionLoss
-    from collapse.sweep import threads_per_job
+    from collapse.sweep.cores import threads_per_job
 
     res = Result()
     threads = threads_per_job(0, None)        # what a single run gets

@@ -16,9 +16,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
-
-class ConfigError(ValueError):
-    """A config value that composed fine but is impossible (the message names the key)."""
+from collapse.errors import ConfigError  # noqa: F401 - raised here, part of this module's API
 
 
 class Choice(str, Enum):
@@ -57,7 +55,7 @@ class ModelConfig:
     dropout: float = 0.0
     kernel_size: int = 3         # temporal_conv only
     init_std: float = 0.5        # std of the output layer's weight init (the study's knob)
-    # model=custom only (collapse.custom): your nn.Module, built with hydra.utils.instantiate
+    # model=custom only (collapse.models, collapse.targets): your nn.Module, built with hydra.utils.instantiate
     # as _target_(n_features=..., output_bias=..., **kwargs). Its own keyword arguments live
     # in `kwargs` (a free-form dict), so every framework key above keeps its type and a
     # misspelt one still fails at compose time. Refused with any other model option.
@@ -96,7 +94,7 @@ class DataConfig:
     # Share of the train split that keeps its targets (a seeded choice); SSL still sees
     # every train frame, val and test are untouched. 1 = all labelled.
     label_fraction: float = 1.0
-    # data=custom only (collapse.custom): a callable returning (X, y) or (X, y, split),
+    # data=custom only (collapse.models, collapse.targets): a callable returning (X, y) or (X, y, split),
     # called as _target_(**kwargs) (plus seed=..., when it takes a `seed`). Refused with
     # any other data option.
     _target_: Optional[str] = None
@@ -108,8 +106,8 @@ class LossConfig:
     # base: mse | huber | l1 | ccc | bmc. Every option adds the variance term:
     #   lambda * (1 - var(pred) / var(target))**2    (see collapse.losses)
     name: LossName = LossName.mse
-    huber_delta: float = 1.0
-    bmc_sigma: float = 0.1          # Balanced MSE noise std (target units)
+    huber_delta: float = 1.0        # in standardised target units (train std)
+    bmc_sigma: float = 0.5          # Balanced MSE noise std, in standardised target units (train std)
     ccc_weight: float = 1.0         # ccc: total = (1 - w) * mse + w * (1 - CCC)
     variance_lambda: float = 0.0
     variance_mode: VarianceMode = VarianceMode.squared   # hinge: does not punish over-dispersion
@@ -134,7 +132,7 @@ class TrainerConfig:
     epochs: int = 60
     batch_size: int = 256
     # The budget for small data: the batch is capped so an epoch has at least this many
-    # optimizer steps (collapse.budget); 0 = use batch_size as it is.
+    # optimizer steps (collapse.trainer's budget); 0 = use batch_size as it is.
     min_batches_per_epoch: int = 8
     optimizer: OptimizerName = OptimizerName.adam   # adam: coupled L2 decay; adamw: decoupled
     lr: float = 1e-3
@@ -172,7 +170,7 @@ class DiagnosisConfig:
 
 @dataclass
 class LoggerConfig:
-    # Experiment tracking (collapse.loggers), off by default: names lists the loggers on
+    # Experiment tracking (collapse.run.trackers), off by default: names lists the loggers on
     # (logger=tensorboard | mlflow | both, or logger.names=[tensorboard,mlflow]). Not part
     # of what a run computes: left out of the config hash (collapse.records).
     names: List[LoggerName] = field(default_factory=list)

@@ -54,17 +54,21 @@ from typing import Optional
 
 import numpy as np
 
+from collapse.config import DataConfig
+from collapse.errors import DataError
+
 TARGET_MEAN, TARGET_SCALE = 0.72, 0.1
 FLOAT32_SQRT_MAX = float(np.sqrt(np.finfo(np.float32).max))     # ~1.8e19
 
 
-class DataError(ValueError):
-    """Bad or unusable input data (the message names the file or the key)."""
+# Defaults below are read from the schema (collapse.config.DataConfig), their one place.
+_D = DataConfig
 
 
-def make_synthetic(n_samples: int = 10000, n_frames: int = 7, n_features: int = 8,
-                   signal: float = 1.0, noise_std: float = 0.05, period_jitter: float = 0.05,
-                   seed: int = 0, n_distractors: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def make_synthetic(n_samples: int = _D.n_samples, n_frames: int = _D.n_frames, n_features: int = _D.n_features,
+                   signal: float = _D.signal, noise_std: float = _D.noise_std,
+                   period_jitter: float = _D.period_jitter, seed: int = 0,
+                   n_distractors: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Generate X (N, T, C) float32 and y (N,) float32; see the module docstring.
 
     n_distractors: latent cycles besides the target's (same period, independent phases)."""
@@ -166,7 +170,7 @@ def split_indices(n_samples: int, val_fraction: float, test_fraction: float,
     return split
 
 
-def smoothed_density(y: np.ndarray, bins: int = 50, sigma: float = 2.0) -> np.ndarray:
+def smoothed_density(y: np.ndarray, bins: int = _D.weighting_bins, sigma: float = _D.weighting_sigma) -> np.ndarray:
     """Label-distribution smoothing (Yang et al., ICML 2021): histogram of y convolved
     with a Gaussian of `sigma` bins, read back at each sample. (N,) -> (N,)."""
     counts, edges = np.histogram(y, bins=bins)
@@ -179,9 +183,10 @@ def smoothed_density(y: np.ndarray, bins: int = 50, sigma: float = 2.0) -> np.nd
     return counts[which] / len(y)
 
 
-def sample_weights(y: np.ndarray, overweight_factor: float = 1.0, rare_quantile: float = 0.1,
-                   weighting: str = "none", bins: int = 50, sigma: float = 2.0,
-                   dense_alpha: float = 1.0) -> np.ndarray:
+def sample_weights(y: np.ndarray, overweight_factor: float = _D.overweight_factor,
+                   rare_quantile: float = _D.rare_quantile, weighting: str = _D.weighting,
+                   bins: int = _D.weighting_bins, sigma: float = _D.weighting_sigma,
+                   dense_alpha: float = _D.dense_alpha) -> np.ndarray:
     """Loss weights for train targets `y` (N,), normalised to mean 1.
 
     weighting: none | inverse (1/rho) | sqrt_inverse (1/sqrt(rho)) on the LDS density
@@ -321,3 +326,41 @@ def prepare(X: np.ndarray, y: np.ndarray, split: np.ndarray, temporal_frames: in
         target_mean=t_mean, target_std=t_std,
         n_train_all=int(train.sum()),
     )
+
+
+# ---------------------------------------------------------------- from a DataConfig
+
+def load(cfg: DataConfig, seed: int, unlabeled: bool) -> PreparedData:
+    """The data a DataConfig describes, prepared: the synthetic benchmark, an .npz file or
+    data=custom's callable, split (seeded when the source has no split), frame-selected,
+    standardised and weighted. `unlabeled`: keep all train frames for SSL."""
+    if cfg.name == "synthetic":
+        X, y = make_synthetic(cfg.n_samples, cfg.n_frames, cfg.n_features, cfg.signal, cfg.noise_std,
+                              cfg.period_jitter, seed=seed)
+        split, source = None, "synthetic data"
+    elif cfg.name == "custom":
+        X, y, split = call_custom(cfg, seed)
+        source = f"data._target_={cfg._target_}"
+    else:
+        X, y, split = load_npz(cfg.path)
+        source = cfg.path
+    if split is None:
+        split = split_indices(len(y), cfg.val_fraction, cfg.test_fraction, seed=seed)
+    return prepare(X, y, split, cfg.temporal_frames, source=source, unlabeled=unlabeled,
+                   standardize_target=cfg.standardize_target, label_fraction=cfg.label_fraction, seed=seed,
+                   overweight_factor=cfg.overweight_factor, rare_quantile=cfg.rare_quantile,
+                   weighting=cfg.weighting, bins=cfg.weighting_bins, sigma=cfg.weighting_sigma,
+                   dense_alpha=cfg.dense_alpha)
+
+
+def call_custom(cfg: DataConfig, seed: int) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """data=custom: call `cfg._target_(**cfg.kwargs)` (plus `seed=...` when it names that
+    parameter, collapse.targets) and check what it returns as `load_npz` checks a file:
+    (X, y) or (X, y, split), arrays as an .npz holds them."""
+    from collapse.targets import instantiate
+
+    source = f"data._target_={cfg._target_!r}"
+    out = instantiate("data", cfg._target_, dict(cfg.kwargs), {}, {"seed": seed})
+    if not isinstance(out, (tuple, list)) or len(out) not in (2, 3):
+        raise DataError(f"{source} returned a {type(out).__name__}; expected (X, y) or (X, y, split)")
+    return check_arrays(out[0], out[1], out[2] if len(out) == 3 else None, source)

@@ -76,8 +76,6 @@ class RegressionLoss:
     when `cfg.variance_target == "train"`."""
 
     def __init__(self, cfg: LossConfig, train_target_var: Optional[float] = None):
-        if cfg.variance_lambda < 0:
-            raise ValueError(f"variance_lambda={cfg.variance_lambda!r} is invalid: must be >= 0")
         if cfg.variance_target == "train" and train_target_var is None:
             raise ValueError("variance_target='train' needs train_target_var")
         self.cfg = cfg

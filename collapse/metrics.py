@@ -24,6 +24,7 @@ from typing import Optional
 
 import numpy as np
 
+from collapse import records
 from collapse.config import DiagnosisConfig
 
 
@@ -115,7 +116,7 @@ def fit_affine(y_true, y_pred) -> tuple[float, float]:
     return float(y_true.mean() - b * y_pred.mean()), b
 
 
-LABELS = ("healthy", "collapsed", "no_signal", "inflated", "inconclusive")
+LABELS = records.LABELS      # the labels `diagnose` gives, as the record contract names them
 
 
 def normal_quantile(p: float) -> float:

@@ -2,6 +2,17 @@
 
     x (B, T, C) -> FrameEncoder -> (B, T, H) -> aggregator -> (B, H) -> head -> (B,)
 
+`model=custom` brings your own nn.Module (`build_model`, `check_model`, `CustomRegressor`):
+
+    model=custom model._target_=examples.nets.FrameAttention +model.kwargs.width=32
+
+Its target is called as `_target_(n_features=C, **kwargs)` (plus `output_bias=b` when it
+names that parameter) through collapse.targets, and must map (B, T, C) float32 to (B,):
+`check_model` runs it on one batch before training and refuses it with one line naming
+the class. The framework's output rule then applies to its last nn.Linear (in module
+order): weight ~ N(0, model.init_std), bias = output_bias when it has one output, as for
+the built-in head; a model without an nn.Linear keeps its own init (a warning says so).
+
 Aggregators:
     mean_pool      mean over frames: the classic design, which over-averages when the
                    signal lives in *where* in the window a pattern sits
@@ -23,16 +34,23 @@ train-target stds: |offset| 0.06 and spread 0.06 at init_std 0.1, 0.32 and 0.28 
 """
 from __future__ import annotations
 
+from typing import Optional
+
+import numpy as np
 import torch
 from torch import nn
 
 from collapse.config import ModelConfig
+from collapse.errors import ConfigError
+
+_M = ModelConfig        # defaults are read from the schema, their one place
 
 
 class FrameEncoder(nn.Module):
     """Per-frame MLP shared across time: (..., C) -> (..., H)."""
 
-    def __init__(self, n_features: int, hidden_dim: int = 64, n_layers: int = 2, dropout: float = 0.0):
+    def __init__(self, n_features: int, hidden_dim: int = _M.hidden_dim, n_layers: int = _M.n_layers,
+                 dropout: float = _M.dropout):
         super().__init__()
         layers: list[nn.Module] = []
         width = n_features
@@ -93,3 +111,75 @@ class SequenceRegressor(nn.Module):
         out = self(x).double() * self.target_std + self.target_mean
         self.train(was_training)
         return out
+
+
+# ---------------------------------------------------------------- model=custom
+
+class CustomRegressor(nn.Module):
+    """Your network in `net`, with the target scaler its outputs are in as buffers
+    (saved in model.pt, like SequenceRegressor's)."""
+
+    def __init__(self, net: nn.Module, target_mean: float = 0.0, target_std: float = 1.0):
+        super().__init__()
+        self.net = net
+        self.register_buffer("target_mean", torch.tensor(float(target_mean), dtype=torch.float64))
+        self.register_buffer("target_std", torch.tensor(float(target_std), dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    predict_original = SequenceRegressor.predict_original     # same buffers, same rule
+
+
+def init_output_layer(net: nn.Module, init_std: float, output_bias: float) -> Optional[str]:
+    """The framework's output rule on `net`'s last nn.Linear; a warning when it has none."""
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        return (f"model.init_std has no effect: {type(net).__module__}.{type(net).__qualname__} has no "
+                "nn.Linear (its output layer keeps its own init)")
+    last = linears[-1]
+    nn.init.normal_(last.weight, mean=0.0, std=init_std)
+    if last.bias is not None and last.out_features == 1:
+        nn.init.constant_(last.bias, output_bias)
+    return None
+
+
+def build_model(cfg: ModelConfig, n_features: int, output_bias: float = 0.0, target_mean: float = 0.0,
+                target_std: float = 1.0, warnings: Optional[list] = None) -> nn.Module:
+    """The model a ModelConfig describes: SequenceRegressor, or model=custom's network
+    wrapped in CustomRegressor (raises ConfigError naming the target)."""
+    if cfg.name != "custom":
+        return SequenceRegressor(cfg, n_features, output_bias=output_bias, target_mean=target_mean,
+                                 target_std=target_std)
+    from collapse.targets import instantiate
+
+    net = instantiate("model", cfg._target_, dict(cfg.kwargs), {"n_features": n_features},
+                      {"output_bias": output_bias})
+    if not isinstance(net, nn.Module):
+        raise ConfigError(f"model._target_={cfg._target_!r} returned a {type(net).__name__}, not a torch.nn.Module")
+    warning = init_output_layer(net, cfg.init_std, output_bias)
+    if warning and warnings is not None:
+        warnings.append(warning)
+    return CustomRegressor(net, target_mean, target_std)
+
+
+def check_model(cfg: ModelConfig, X: np.ndarray) -> list[str]:
+    """Build model=custom once and run it on one batch of `X` (N, k, C): refuse it with one
+    line naming the class unless it maps (B, k, C) to (B,) floats. Returns warnings."""
+    warnings: list[str] = []
+    model = build_model(cfg, X.shape[-1], warnings=warnings)
+    name = f"{type(model.net).__module__}.{type(model.net).__qualname__}"
+    batch = torch.from_numpy(np.ascontiguousarray(X[:2]))
+    try:
+        with torch.no_grad():
+            out = model.eval()(batch)
+    except Exception as e:  # noqa: BLE001 - the user's forward: whatever it raises is bad input
+        raise ConfigError(f"model=custom: {name} fails on a batch of shape {tuple(batch.shape)} (B, T, C): "
+                          f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(batch),):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model=custom: {name} maps a batch of shape {tuple(batch.shape)} (B, T, C) to {shape}; "
+                          f"it must return shape ({len(batch)},) (B,): squeeze the last dimension")
+    if not out.dtype.is_floating_point:
+        raise ConfigError(f"model=custom: {name} returns {out.dtype}; it must return floating point (B,)")
+    return warnings

@@ -1,4 +1,12 @@
-"""The metrics.json contract: the typed `RunRecord`, statuses, atomic writes, safe reads.
+"""The files collapse writes, as one contract: a run's metrics.json (the typed
+`RunRecord`), its weights and checkpoint, a sweep's manifest, and the lock that says
+which process owns a directory. Nothing here imports torch at module level, numpy or
+the rest of collapse: the summary reads these files with this module alone.
+
+    RunRecord / read_record     metrics.json: statuses, diagnosis labels, schema
+    write_json / save_torch     atomic writes (temp file + fsync + os.replace)
+    DirLock                     exclusive flock on DIR/.collapse.lock, naming its holder
+    write_manifest / read_manifest / job_dirs    a sweep directory's layout
 
 A run directory holds `metrics.json` (a `RunRecord`), when a best epoch exists
 `model.pt` (a plain state_dict, loadable with `torch.load(weights_only=True)`), and
@@ -14,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -22,6 +31,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
+NUMBER = re.compile(r"[0-9]+")     # a job dir's name: ASCII digits only (str.isdigit() accepts '²')
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)      # 2: status interrupted, diagnosis per split, target_scaler
 METRICS_FILE = "metrics.json"
@@ -32,6 +42,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 # `interrupted` (SIGINT/SIGTERM) and `failed` are not: resume continues or reruns them.
 RESULT_STATUSES = ("completed", "diverged", "stopped_collapse")
 STATUSES = RESULT_STATUSES + ("failed", "interrupted", "running")
+# what collapse.metrics.diagnose may call a split (diagnosis.<split>.label)
+LABELS = ("healthy", "collapsed", "no_signal", "inflated", "inconclusive")
 
 
 def _read_umask() -> int:
@@ -52,7 +64,7 @@ FILE_MODE = 0o666 & ~_read_umask()
 
 @dataclass
 class RunRecord:
-    """One run's metrics.json. Written by collapse.runner.execute, read by the summary.
+    """One run's metrics.json. Written by collapse.run.execute, read by the summary.
 
     Metric dicts (`best.val`, ...) are collapse.metrics.regression_report's, in the
     target's original units; NaN is stored as null."""
@@ -169,6 +181,12 @@ def read_record(path: Path) -> dict:
         raise
     except (OSError, ValueError) as e:
         raise RecordError(f"{path}: not valid JSON ({e})") from None
+    return check_record(path, record)
+
+
+def check_record(path: Path, record: Any) -> dict:
+    """`record` (parsed from `path`) if it is an object of a readable schema and a known
+    status, else RecordError naming the file."""
     if not isinstance(record, dict):
         raise RecordError(f"{path}: expected a JSON object")
     if record.get("schema") not in READABLE_SCHEMAS:
@@ -231,3 +249,102 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# ---------------------------------------------------------------- directories: lock, manifest, job dirs
+# A sweep's launching process holds the sweep directory's lock from its first callback to
+# its exit; each run holds its own run directory's lock while it trains. The lock is an
+# fcntl.flock on `.collapse.lock`: the kernel drops it when the holder dies, however it
+# dies, so a SIGKILLed sweep never leaves a stale lock behind.
+
+LOCK_FILE = ".collapse.lock"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_SCHEMA = 1
+
+
+class DirLocked(RuntimeError):
+    """Another live process holds the directory."""
+
+
+class DirLock:
+    """An exclusive flock on DIR/.collapse.lock; the file names the holder (pid, host)."""
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / LOCK_FILE
+        self._fd: Optional[int] = None
+
+    def acquire(self, what: str = "directory") -> "DirLock":
+        try:
+            import fcntl
+        except ImportError:         # not POSIX: no locking (documented in the README)
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DirLocked(f"{what} {self.path.parent} is in use by another process ({holder})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)       # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "DirLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def write_manifest(sweep_dir: Path, config_name: Optional[str], task_overrides: list[str],
+                   jobs: list[list[str]]) -> None:
+    """Record the jobs a sweep plans (job number = position), before any of them starts."""
+    write_json(Path(sweep_dir) / MANIFEST_FILE, {
+        "schema": MANIFEST_SCHEMA, "config_name": config_name, "task_overrides": list(task_overrides),
+        "jobs": [{"num": num, "overrides": list(overrides)} for num, overrides in enumerate(jobs)]})
+
+
+def read_manifest(sweep_dir: Path) -> Optional[dict]:
+    """The manifest, or None when the sweep has none (an old sweep, or a sweeper that
+    decides its jobs as it goes, such as Optuna). A damaged one is treated as absent."""
+    try:
+        manifest = json.loads((Path(sweep_dir) / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA \
+            or not isinstance(manifest.get("jobs"), list):
+        return None
+    return manifest
+
+
+def _is_job_dir(path: Path) -> bool:
+    return (path / METRICS_FILE).is_file() or (path / ".hydra").is_dir()
+
+
+def job_dirs(sweep_dir: Path, max_depth: int = 3) -> list[Path]:
+    """The job directories of a sweep: subdirectories (up to `max_depth` deep) holding a
+    metrics.json or a .hydra/ dir, whatever `hydra.sweep.subdir` named them. Job numbers
+    (ASCII digits) come first in numeric order, other names after, sorted."""
+    found: list[Path] = []
+
+    def walk(directory: Path, depth: int) -> None:
+        try:
+            children = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            return
+        for child in children:
+            if _is_job_dir(child):
+                found.append(child)
+            elif depth < max_depth:
+                walk(child, depth + 1)
+
+    walk(Path(sweep_dir), 1)
+    numbered = sorted((p for p in found if NUMBER.fullmatch(p.name)), key=lambda p: int(p.name))
+    return numbered + [p for p in found if not NUMBER.fullmatch(p.name)]

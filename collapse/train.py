@@ -3,7 +3,7 @@
     python -m collapse.train loss.variance_lambda=0.5
     python -m collapse.train --multirun data.temporal_frames=1,3,7 seed=0,1,2
 
-Flow: compose (Hydra) -> typed Config + range checks -> collapse.runner.execute (the one
+Flow: compose (Hydra) -> typed Config + range checks -> collapse.run.execute (the one
 execution path, shared with `run()`) -> metrics.json in the job's output dir. Bad input
 fails before anything that looks like a result is written: a single run prints one
 line and exits 2; inside a sweep the job records status `failed` with the error so the
@@ -26,11 +26,24 @@ from omegaconf.errors import OmegaConfBaseException
 
 from collapse import records
 from collapse.config import Config, ConfigError, check_known_keys, ineffective_keys, register_configs, validate
+from collapse.errors import BAD_INPUT, Interrupted
 from collapse.records import RunRecord
 
-# Absolute, built from __file__: a package-relative config_path fails when main()
-# is called from a console script ("Primary config module 'conf' not found").
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+def conf_dir() -> str:
+    """The primary config directory: `collapse/conf` inside an installed wheel (the
+    project's top-level conf/ is shipped there, pyproject.toml), else the checkout's conf/
+    beside the package (a source tree or an editable install). Absolute, built from
+    __file__: a package-relative config_path fails when main() is called from a console
+    script ("Primary config module 'conf' not found")."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"collapse: no conf/config.yaml in {package} or beside it: a broken install")
+
+
+CONF_DIR = conf_dir()
 log = logging.getLogger("collapse")
 register_configs()
 
@@ -73,11 +86,12 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
     """The CLI's (and every sweep job's) side of runner.execute: bad input is one line
     and exit 2 for a single run; in a sweep every failure is recorded and the sweep goes
     on; an interrupt stops the process with 128 + the signal's number."""
-    from collapse import sweep
-    from collapse.runner import BAD_INPUT, Interrupted, execute
+    from collapse.run.execute import execute
+    from collapse.sweep.cores import threads_per_job
+    from collapse.sweep.job import exit_with_parent, parent_gone
 
     if multirun:
-        sweep.exit_with_parent()    # a worker process must not outlive a killed sweep
+        exit_with_parent()          # a worker process must not outlive a killed sweep
     metrics_path = run_dir / records.METRICS_FILE
     record = RunRecord(overrides=list(overrides), choices=choices, job=job)
     try:
@@ -89,7 +103,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
                 record.error = f"{type(e).__name__}: {_one_line(e)}"
                 record.write(run_dir)
             raise
-        record = execute(typed, record, run_dir, threads=sweep.threads_per_job(typed.trainer.threads, launcher),
+        record = execute(typed, record, run_dir, threads=threads_per_job(typed.trainer.threads, launcher),
                          record_bad_input=multirun)
     except (*BAD_INPUT, OmegaConfBaseException) as e:
         if not multirun:
@@ -103,7 +117,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         print(f"collapse: interrupted by {signal.Signals(signum).name}: recorded in {metrics_path}",
               file=sys.stderr)
-        if sweep.parent_gone:       # an orphaned worker: nobody is left to report to
+        if parent_gone():           # an orphaned worker: nobody is left to report to
             os._exit(128 + signum)
         raise SystemExit(128 + signum) from None
     except Exception as e:  # noqa: BLE001 - recorded by execute; a sweep goes on
@@ -152,9 +166,9 @@ def main(cfg: DictConfig) -> float:
 
 
 def _objective(value: float, sweeper: DictConfig) -> float:
-    """A trial without a result (NaN): what collapse.sweep.failed_objective says for this
+    """A trial without a result (NaN): what collapse.sweep.job.failed_objective says for this
     sweeper (the record says `failed`)."""
-    from collapse.sweep import failed_objective
+    from collapse.sweep.job import failed_objective
 
     return failed_objective(sweeper) if math.isnan(value) else value
 
@@ -162,7 +176,7 @@ def _objective(value: float, sweeper: DictConfig) -> float:
 def run(overrides: Sequence[str] = (), run_dir: Optional[str | Path] = None) -> RunRecord:
     """Notebook API: compose the config with `overrides`, train, return the RunRecord.
 
-    The same execution path as the CLI (collapse.runner.execute). With `run_dir`, the
+    The same execution path as the CLI (collapse.run.execute). With `run_dir`, the
     record, weights and checkpoints go there and the directory behaves as a CLI run's:
     locked while in use, another config's result refused, `resume=true` returns a
     finished result or continues an interrupted run. Raises ConfigError, DataError or
@@ -170,7 +184,7 @@ def run(overrides: Sequence[str] = (), run_dir: Optional[str | Path] = None) -> 
     is recorded as `interrupted`, then re-raised. Torch's thread count is restored."""
     from hydra import compose, initialize_config_dir
 
-    from collapse.runner import execute
+    from collapse.run.execute import execute
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)

@@ -2,7 +2,7 @@
 
     python -m collapse.train data=custom data._target_=examples.datasets.make_waves +data.kwargs.n_samples=600
 
-The contract (collapse.custom): a callable with its own keywords (data.kwargs.*), and
+The contract (collapse.models, collapse.targets): a callable with its own keywords (data.kwargs.*), and
 `seed` if it wants the run's seed, returning (X, y) or (X, y, split): X (N, T, C),
 y (N,), split (N,) of 0/1/2. Frame selection (data.temporal_frames), the split,
 standardisation and sample weights are the framework's, as for data=npz.

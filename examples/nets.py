@@ -2,7 +2,7 @@
 
     python -m collapse.train model=custom model._target_=examples.nets.FrameAttention +model.kwargs.width=32
 
-The contract (collapse.custom): the constructor takes `n_features` (C, from the data)
+The contract (collapse.models, collapse.targets): the constructor takes `n_features` (C, from the data)
 and its own keywords (model.kwargs.*), optionally `output_bias`; forward maps
 (B, T, C) to (B,). The framework initialises the last nn.Linear (here `head`) with
 model.init_std and the output-bias rule, so the init knob works as for built-in models.

@@ -1,5 +1,5 @@
 """collapse's Hydra plugins (Hydra only instantiates plugins defined under hydra_plugins):
-- ParallelLauncher (hydra/launcher=parallel, the default): collapse.launcher.Engine;
+- ParallelLauncher (hydra/launcher=parallel, the default): collapse.sweep.engine.Engine;
 - GridSweeper (hydra/sweeper=grid, the default): Hydra's BasicSweeper - same grid, same
   job order, same `params` - that lets a launcher able to compose jobs in parallel do
   the validation, keeping the configs it composed for the run.
@@ -14,13 +14,13 @@ from hydra.plugins.launcher import Launcher
 
 class ParallelLauncher(Launcher):
     def __init__(self, n_jobs: int = 0) -> None:
-        # 0: collapse.sweep.SweepStatus sizes it before this is built (min(usable cores, jobs))
+        # 0: collapse.sweep.callback.SweepStatus sizes it before this is built (min(usable cores, jobs))
         self.n_jobs = n_jobs
         self.engine: Optional[Any] = None
 
     def setup(self, *, hydra_context, task_function, config) -> None:
-        from collapse.launcher import Engine
-        from collapse.sweep import usable_cores, workers_for
+        from collapse.sweep.cores import usable_cores, workers_for
+        from collapse.sweep.engine import Engine
 
         # the workers start now, while the sweeper plans and composes
         self.engine = Engine(workers_for(int(self.n_jobs), usable_cores()), hydra_context, task_function, config)

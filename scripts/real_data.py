@@ -90,10 +90,10 @@ def summary(rec: dict, part: str = "test") -> dict:
 
 def budget_table(sizes: list[int], seeds: list[int], extra: list[str]) -> list[str]:
     """Diabetes with its train split subsampled to each size (val/test kept): ridge, the
-    defaults (collapse.budget's batch cap) in raw and standardised units, and without the
+    defaults (collapse.trainer's budget's batch cap) in raw and standardised units, and without the
     cap, as test R² mean ± sd over seeds and the best epochs."""
-    from collapse.budget import effective_batch_size
     from collapse.config import TrainerConfig
+    from collapse.trainer import effective_batch_size
 
     X, y = bundled("diabetes")
     split = split_for(len(y))

@@ -29,6 +29,7 @@ SWEEP_GRID = ("loss.variance_lambda=0,0.5", "seed=0,1")
 N_SWEEP_JOBS = 4
 BASIC = ("hydra/launcher=basic",)      # the sequential launcher; the default runs jobs in parallel
 TIMEOUT = 240
+ROOT = Path(__file__).resolve().parent.parent     # the checkout: conf/, sweeps/, examples/
 
 
 def _env(extra: Optional[dict] = None) -> dict:

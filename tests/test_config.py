@@ -7,11 +7,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from collapse.config import ConfigError
-from collapse.custom import build_model
 from collapse.losses import RegressionLoss
+from collapse.models import build_model
 from collapse.train import CONF_DIR, to_config
 
 GROUPS = ("model", "data", "loss", "ssl", "trainer", "logger", "experiment")
@@ -49,6 +50,36 @@ def test_every_option_composes_validates_and_builds(group, option, npz_file):
     pred = model(torch.randn(4, cfg.data.temporal_frames, 3))
     loss = RegressionLoss(cfg.loss, train_target_var=1.0)(pred, torch.randn(4))
     assert pred.shape == (4,) and torch.isfinite(loss)
+
+
+# The option keys that pick an option: `group=x` must equal setting these (each default once:
+# the schema holds every default, a group file only what differs)
+SELECTOR = {"model": "name", "data": "name", "loss": "name"}
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in SELECTOR for o in options(g)])
+def test_an_option_and_its_name_compose_to_the_same_config(group, option):
+    # loss=bmc once set bmc_sigma 0.5 while the schema said 0.1: loss.name=bmc trained another model
+    extra = [CUSTOM[group]] if option == "custom" else []
+    by_option = OmegaConf.to_container(composed([f"{group}={option}", *extra]), resolve=True)
+    by_name = OmegaConf.to_container(composed([f"{group}.{SELECTOR[group]}={option}", *extra]), resolve=True)
+    assert by_option == by_name
+
+
+def test_ssl_options_are_the_enabled_switch():
+    assert composed(["ssl=on"]) == composed(["ssl.enabled=true"])
+    assert composed(["ssl=off"]) == composed([])
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in ("model", "data", "loss", "ssl", "trainer", "logger")
+                                           for o in options(g)])
+def test_group_files_hold_only_what_differs_from_the_schema(group, option):
+    from collapse.config import Config
+
+    schema = OmegaConf.to_container(OmegaConf.structured(Config), resolve=True)[group]
+    written = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / group / f"{option}.yaml")) or {}
+    restated = {k: v for k, v in written.items() if k != SELECTOR.get(group) and schema.get(k) == v}
+    assert not restated, f"conf/{group}/{option}.yaml restates schema defaults: {restated}"
 
 
 def test_every_group_has_options():

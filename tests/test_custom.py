@@ -56,7 +56,7 @@ def test_a_model_of_the_wrong_shape_is_refused_at_start(tmp_path):
 
 def test_init_std_and_the_output_bias_reach_the_last_linear():
     from collapse.config import ModelConfig
-    from collapse.custom import build_model
+    from collapse.models import build_model
 
     cfg = ModelConfig(name="custom", _target_="examples.nets.FrameAttention", kwargs={"width": 8}, init_std=0.0)
     model = build_model(cfg, n_features=3, output_bias=0.25, target_mean=5.0, target_std=2.0)
@@ -77,7 +77,7 @@ def test_a_model_without_a_linear_says_init_std_cannot_reach_it(monkeypatch):
 
 def test_custom_data_goes_through_prepare(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
-    from collapse.runner import load_data
+    from collapse.data import load
     from collapse.train import run
 
     record = run(["data=custom", "data._target_=examples.datasets.make_waves_split", "+data.kwargs.n_samples=400",
@@ -87,7 +87,7 @@ def test_custom_data_goes_through_prepare(monkeypatch):
 
     cfg = Config(data=DataConfig(name="custom", _target_="examples.datasets.make_waves_split",
                                  kwargs={"n_samples": 400}, temporal_frames=3, overweight_factor=2.0))
-    data = load_data(cfg)
+    data = load(cfg.data, cfg.seed, unlabeled=cfg.ssl.enabled)
     assert (len(data.y_train), len(data.y_val), len(data.y_test)) == (280, 60, 60)   # its own split
     assert data.X_train.shape[1:] == (3, 4) and data.w_train.max() > data.w_train.min()
 
@@ -134,12 +134,11 @@ def test_the_config_hash_ignores_the_logger_and_unset_custom_keys():
 ])
 def test_bad_custom_data_is_one_line(target, kwargs, message, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
-    from collapse.config import Config, DataConfig
-    from collapse.data import DataError
-    from collapse.runner import load_data
+    from collapse.config import DataConfig
+    from collapse.data import DataError, load
 
     with pytest.raises((DataError, ConfigError)) as e:
-        load_data(Config(data=DataConfig(name="custom", _target_=target, kwargs=kwargs)))
+        load(DataConfig(name="custom", _target_=target, kwargs=kwargs), seed=0, unlabeled=False)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 

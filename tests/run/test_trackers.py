@@ -1,4 +1,4 @@
-"""Experiment tracking (collapse.loggers): what TensorBoard and MLflow readers find, a
+"""Experiment tracking (collapse.run.trackers): what TensorBoard and MLflow readers find, a
 logger that fails does not cost the run, a missing package is refused before training,
 and nothing is imported unless a logger is chosen."""
 from __future__ import annotations
@@ -108,7 +108,7 @@ def test_logger_names_are_typed(tmp_path):
 
 
 def test_a_logger_that_raises_mid_run_is_dropped_with_one_warning(tmp_path, monkeypatch):
-    from collapse import loggers
+    from collapse.run import trackers as loggers
     from collapse.train import run
 
     def boom(self, row):
@@ -140,7 +140,7 @@ def test_mlflow_keys_without_mlflow_are_named(overrides, key, warned):
 
 
 def test_an_interrupted_run_ends_killed_in_mlflow(tmp_path, monkeypatch):
-    from collapse import loggers
+    from collapse.run import trackers as loggers
     from collapse.train import run
 
     sent = loggers.MlflowLogger.epoch

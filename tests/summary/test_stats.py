@@ -1,4 +1,4 @@
-"""collapse.stats against hand computations and, where installed, statsmodels (the
+"""collapse.summary.stats against hand computations and, where installed, statsmodels (the
 reference implementation of ols + anova_lm and of TTestPower)."""
 import math
 import warnings
@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from collapse import stats
+from collapse.summary import stats
 
 
 def _design(counts: dict, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

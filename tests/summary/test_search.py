@@ -11,11 +11,10 @@ import yaml
 
 from collapse.summary import build_summary, load_runs
 from collapse.summary import main as summary_main
-from collapse.sweep import usable_cores
+from collapse.sweep.cores import usable_cores
 
-from conftest import cli
+from conftest import ROOT, cli
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ("data.n_samples=300", "trainer.epochs=3", "model.hidden_dim=16")
 TUNE = ("--config-dir", str(ROOT / "sweeps"), "--config-name", "tune")
 
@@ -33,7 +32,7 @@ def test_a_seeded_optuna_search_and_its_summary(tmp_path, capsys):
     sweep = tmp_path / "tune"
     assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"]
     assert not (sweep / "manifest.json").exists()        # trials are decided as the search goes
-    assert (sweep / "multirun.yaml").exists()            # written by collapse.sweep.SweepStatus
+    assert (sweep / "multirun.yaml").exists()            # written by collapse.sweep.callback.SweepStatus
     # one trial at a time (the sweeper's n_jobs 1): run in the sweep's process, with every core
     records = [json.loads(p.read_text()) for p in sorted(sweep.glob("[0-9]*/metrics.json"))]
     assert {r["threads"] for r in records} == {usable_cores()}

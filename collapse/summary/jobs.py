@@ -6,12 +6,13 @@ a job that has no usable record (it failed before writing one, or the file is co
 to say which cell it belonged to; `multirun.yaml` never (it holds the sweep unexpanded).
 A job that failed, is missing, still running, corrupt or of an unknown schema gets a
 status and a line in `job.problems`, not an exception.
-Also the vocabulary the statistics (collapse.summary) and the tables
-(collapse.summary_report) share: job states, metric keys, diagnosis labels.
+Also the vocabulary the statistics (collapse.summary.build) and the tables
+(collapse.summary.report) share: job states, metric keys, diagnosis labels.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 import socket
 from dataclasses import dataclass, field
@@ -31,13 +32,8 @@ STATISTICS_STATUSES = ("completed", "stopped_collapse")   # runs whose best-epoc
 FAILURE_STATUSES = ("diverged", "failed", "interrupted")  # runs that ended without a result
 STATES = ("completed", "diverged", "stopped_collapse", "failed", "running", "interrupted",
           "unreadable", "missing")
-DIAGNOSES = ("healthy", "collapsed", "no_signal", "inflated", "inconclusive")
+DIAGNOSES = records.LABELS
 NOT_FACTORS = ("seed", "resume")    # seed is the replicate axis; resume is bookkeeping
-# metrics.json schemas this summary reads: 1 (one val diagnosis) and 2 (status
-# interrupted, a diagnosis per split, recalibrated.raised_test_r2)
-READABLE_SCHEMAS = tuple(getattr(records, "READABLE_SCHEMAS", (1, 2)))
-READABLE_STATUSES = tuple(dict.fromkeys((*records.STATUSES, "interrupted")))
-_NUMBER = re.compile(r"[0-9]+")     # ASCII digits only: str.isdigit() accepts '²', int() does not
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -77,37 +73,14 @@ class Job:
         return value if isinstance(value, bool) else None
 
 
-# YAML construction is slow in Python even with libyaml (all of a job's ~4 kB hydra.yaml
-# took ~1.3 ms, 1.3 s for 1,000 jobs). Hydra writes .hydra/ files in one layout (OmegaConf's
-# 2-space YAML), so the few lines needed are matched directly: `- key=value` items in
-# overrides.yaml, `job.num` and the `runtime.choices` lines in hydra.yaml. A line outside
-# that plain form (quotes, comments, flow style, ...) sends the whole file to the YAML parser.
-_PLAIN_ITEM = re.compile(r"- ([^\s'\"\[\]{}!&*|>%@`#,?:-][^#'\"]*)")
-_HYDRA_BLOCK = re.compile(r"^  (job|runtime):\n((?:    .*\n|[ \t]*\n)*)", re.M)
-_JOB_NUM = re.compile(r"^    num: (\d+)[ \t]*$", re.M)
-_CHOICES = re.compile(r"^    choices:\n((?:      .*\n)*)", re.M)
-_CHOICE = re.compile(r"      ([^\s:'\"#]+): (null|'[^']*'|[^\s'\"\[\]{}!&*|>%@`#,?:-][^#'\":]*)")
-
-
 def _load_overrides(path: Path) -> list:
     """The override strings of a job's .hydra/overrides.yaml."""
-    text = path.read_text()
-    items = [_PLAIN_ITEM.fullmatch(line) for line in text.splitlines()]
-    if items and all(items) and not any(": " in m.group(1) or " #" in m.group(1) for m in items):
-        return [m.group(1) for m in items]
-    return yaml.load(text, Loader=Loader) or []
+    return yaml.load(path.read_text(), Loader=Loader) or []
 
 
 def _hydra_job_info(path: Path) -> tuple[Optional[int], dict]:
     """(job.num, runtime.choices) from a job's .hydra/hydra.yaml."""
-    text = path.read_text()
-    blocks = dict(m.groups() for m in _HYDRA_BLOCK.finditer(text))
-    num, block = _JOB_NUM.search(blocks.get("job", "")), _CHOICES.search(blocks.get("runtime", ""))
-    lines = [_CHOICE.fullmatch(line) for line in block.group(1).splitlines()] if block else [None]
-    if num and all(lines):
-        return int(num.group(1)), {m.group(1): None if m.group(2) == "null" else m.group(2).strip("'")
-                                   for m in lines}
-    hydra = (yaml.load(text, Loader=Loader) or {}).get("hydra") or {}
+    hydra = (yaml.load(path.read_text(), Loader=Loader) or {}).get("hydra") or {}
     num = (hydra.get("job") or {}).get("num")
     return (int(num) if num is not None else None), (hydra.get("runtime") or {}).get("choices") or {}
 
@@ -117,19 +90,6 @@ def _hydra_job_info(path: Path) -> tuple[Optional[int], dict]:
 # parsing (they are lists of flat dicts, so the first "]" ends one). Anything unusual
 # goes through records.read_record, which also words every error.
 _HISTORIES = re.compile(r'"(history|ssl_history)": \[[^\]]*\]')
-
-
-def _check_record(path: Path, record) -> dict:
-    """The record if its schema and status are ones this summary reads, else RecordError
-    worded as collapse.records words it."""
-    if not isinstance(record, dict):
-        raise records.RecordError(f"{path}: expected a JSON object")
-    if record.get("schema") not in READABLE_SCHEMAS:
-        raise records.RecordError(f"{path}: unknown schema version {record.get('schema')!r} "
-                                  f"(this reads {', '.join(map(str, READABLE_SCHEMAS))})")
-    if record.get("status") not in READABLE_STATUSES:
-        raise records.RecordError(f"{path}: unknown status {record.get('status')!r}")
-    return record
 
 
 def read_metrics(path: Path, histories: bool = True) -> dict:
@@ -144,18 +104,18 @@ def read_metrics(path: Path, histories: bool = True) -> dict:
         raise records.RecordError(f"{path}: not valid JSON ({e})") from None
     if not histories:
         try:
-            return _check_record(path, json.loads(_HISTORIES.sub(r'"\1": null', text)))
+            return records.check_record(path, json.loads(_HISTORIES.sub(r'"\1": null', text)))
         except ValueError:
             pass        # anything unusual: parse it whole, which words the error
     try:
         record = json.loads(text)
     except ValueError as e:
         raise records.RecordError(f"{path}: not valid JSON ({e})") from None
-    return _check_record(path, record)
+    return records.check_record(path, record)
 
 
 def _is_hydra_key(key: str) -> bool:
-    # and the logger group: where results are also sent never makes a factor (collapse.loggers)
+    # and the logger group: where results are also sent never makes a factor (collapse.run.trackers)
     return key in ("hydra", "logger") or key.startswith(("hydra.", "hydra/", "logger."))
 
 
@@ -198,7 +158,7 @@ def read_job(job_dir: Path, histories: bool = True) -> Job:
     """Everything the summary needs from one job directory; problems go in job.problems.
     Factors from the record's overrides and choices; from .hydra/ only without a record."""
     job_dir = Path(job_dir)
-    job = Job(num=int(job_dir.name) if _NUMBER.fullmatch(job_dir.name) else None, path=job_dir)
+    job = Job(num=int(job_dir.name) if records.NUMBER.fullmatch(job_dir.name) else None, path=job_dir)
     metrics = job_dir / records.METRICS_FILE
     try:
         job.record = read_metrics(metrics, histories)
@@ -243,7 +203,7 @@ def read_job(job_dir: Path, histories: bool = True) -> Job:
     return job
 
 
-def planned_jobs(manifest: Optional[dict]) -> Optional[list[tuple[int, dict, set, Optional[str]]]]:
+def manifest_jobs(manifest: Optional[dict]) -> Optional[list[tuple[int, dict, set, Optional[str]]]]:
     """The manifest's jobs as (num, settings, override keys, seed); None without a manifest."""
     if manifest is None:
         return None
@@ -321,12 +281,13 @@ def find_factors(jobs: Sequence[Job], declared: Sequence[str]) -> tuple[list[str
     return factors, notes
 
 
-def _number(value) -> Optional[float]:
+def number(value) -> Optional[float]:
+    """`value` as a finite float, None when it is no number (NaN and inf included)."""
     try:
         x = float(value)
     except (TypeError, ValueError):
         return None
-    return x if x == x else None        # NaN is no number to compare
+    return x if math.isfinite(x) else None
 
 
 def unify_numeric_levels(settings_lists: Sequence[dict]) -> list[str]:
@@ -336,7 +297,7 @@ def unify_numeric_levels(settings_lists: Sequence[dict]) -> list[str]:
     spellings: dict[str, dict[float, dict[str, int]]] = {}
     for settings in settings_lists:
         for key, value in settings.items():
-            x = _number(value)
+            x = number(value)
             if x is not None:
                 counts = spellings.setdefault(key, {}).setdefault(x, {})
                 counts[value] = counts.get(value, 0) + 1

@@ -24,64 +24,22 @@ import dataclasses
 import logging
 import math
 import os
-import signal
-import threading
 import time
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 
 from collapse import data as data_lib
 from collapse import records
-from collapse.budget import budget_exhausted, effective_batch_size
-from collapse.config import Config, ConfigError
+from collapse.config import Config
+from collapse.errors import BAD_INPUT, ConfigError, Interrupted, RunExists
 from collapse.metrics import diagnose, fit_affine, regression_report, to_original_units
-from collapse.records import RunRecord
-from collapse.sweep_dir import DirLock, DirLocked
+from collapse.records import DirLock, DirLocked, RunRecord
+from collapse.run.interrupts import Interrupts
 
 log = logging.getLogger("collapse")
-
-
-class RunExists(RuntimeError):
-    """Running here would overwrite a result, or another process is using the run dir."""
-
-
-class Interrupted(BaseException):
-    """SIGTERM arrived (what SLURM sends on pre-emption and at the time limit)."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-BAD_INPUT = (ConfigError, data_lib.DataError, RunExists)
-
-
-def load_data(cfg: Config) -> data_lib.PreparedData:
-    d = cfg.data
-    if d.name == "synthetic":
-        X, y = data_lib.make_synthetic(d.n_samples, d.n_frames, d.n_features, d.signal,
-                                       d.noise_std, d.period_jitter, seed=cfg.seed)
-        split, source = None, "synthetic data"
-    elif d.name == "custom":                               # --- custom data (collapse.custom)
-        from collapse import custom
-
-        X, y, split = custom.load_data(d, cfg.seed)
-        source = f"data._target_={d._target_}"
-    else:
-        X, y, split = data_lib.load_npz(d.path)
-        source = d.path
-    if split is None:
-        split = data_lib.split_indices(len(y), d.val_fraction, d.test_fraction, seed=cfg.seed)
-    return data_lib.prepare(X, y, split, d.temporal_frames, source=source,
-                            overweight_factor=d.overweight_factor, rare_quantile=d.rare_quantile,
-                            weighting=d.weighting, bins=d.weighting_bins, sigma=d.weighting_sigma,
-                            dense_alpha=d.dense_alpha, unlabeled=cfg.ssl.enabled,
-                            standardize_target=d.standardize_target, label_fraction=d.label_fraction,
-                            seed=cfg.seed)
 
 
 def resolve_device(name: str) -> str:
@@ -108,71 +66,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS needs it before use
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not deterministic
-
-
-class Interrupts:
-    """While a run trains, in the main thread: SIGINT raises KeyboardInterrupt and SIGTERM
-    raises Interrupted, except inside `deferred()` (a checkpoint being written: torch.save
-    turns an exception raised inside it into a RuntimeError, which would read as a
-    failure), where they wait for the block to end. Under submitit, which owns the job's
-    signals (it bypasses SIGTERM; on its pre-emption signal it requeues the job and exits
-    from the handler), SIGTERM is left alone and that handler is deferred the same way."""
-
-    def __init__(self) -> None:
-        self._depth, self._pending, self._recording = 0, [], False
-        self._handlers: dict = {}
-        self._previous: dict = {}
-
-    def __enter__(self) -> "Interrupts":
-        if threading.current_thread() is not threading.main_thread():
-            return self                        # Python allows handlers only there
-        self._handlers[signal.SIGINT] = self._raise
-        if os.environ.get("SUBMITIT_EXECUTOR"):
-            preempt = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
-            if preempt is not None and callable(signal.getsignal(preempt)):
-                self._handlers[preempt] = signal.getsignal(preempt)
-        else:
-            self._handlers[signal.SIGTERM] = self._raise
-        for signum in self._handlers:
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-
-    @staticmethod
-    def _raise(signum: int, frame) -> None:
-        raise KeyboardInterrupt if signum == signal.SIGINT else Interrupted(signum)
-
-    def _handle(self, signum: int, frame) -> None:
-        if self._recording:
-            return                             # the interrupt being recorded already stops the run
-        if self._depth:
-            self._pending.append((signum, frame))
-        else:
-            self._handlers[signum](signum, frame)
-
-    @contextmanager
-    def recording(self):
-        """While an interrupt is recorded: further signals are dropped."""
-        self._recording = True
-        try:
-            yield
-        finally:
-            self._recording = False
-
-    @contextmanager
-    def deferred(self):
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-            if not self._depth and self._pending:
-                signum, frame = self._pending.pop(0)
-                self._pending.clear()
-                self._handlers[signum](signum, frame)
 
 
 def _prior(run_dir: Path, config_hash: Optional[str], resume: bool) -> tuple[Optional[RunRecord], Optional[dict]]:
@@ -205,6 +98,28 @@ def _prior(run_dir: Path, config_hash: Optional[str], resume: bool) -> tuple[Opt
     return None, None
 
 
+class _Run:
+    """One run's state between `execute`'s steps: what it writes to, what it trains on,
+    and what an interrupt needs to record (the trainer's best weights so far)."""
+
+    def __init__(self, cfg: Config, record: RunRecord, run_dir: Optional[Path]):
+        self.cfg, self.record = cfg, record
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.checkpoint: Optional[dict] = None
+        self.data: Optional[data_lib.PreparedData] = None
+        self.device = "cpu"
+        self.trackers = None
+        self.trainer = None
+        self.interrupts: Optional[Interrupts] = None
+
+    def write(self) -> None:
+        if self.run_dir is not None:
+            self.record.write(self.run_dir)
+
+    def file(self, name: str) -> Optional[Path]:
+        return self.run_dir / name if self.run_dir is not None else None
+
+
 def execute(cfg: Config, record: RunRecord, run_dir: Optional[Path] = None, threads: int = 0,
             record_bad_input: bool = False) -> RunRecord:
     """Train and evaluate one configuration; write its record (and weights) to `run_dir`
@@ -212,84 +127,96 @@ def execute(cfg: Config, record: RunRecord, run_dir: Optional[Path] = None, thre
     choices, job, config_hash). `threads` > 0 sets torch's intra-op threads for the run.
 
     Raises BAD_INPUT errors before training (after recording them when
-    `record_bad_input`), and re-raises whatever stopped training once it is recorded."""
-    write: Callable[[], None] = (lambda: record.write(run_dir)) if run_dir else (lambda: None)
+    `record_bad_input`), and re-raises whatever stopped training once it is recorded.
+    The run directory's lock is released on every way out."""
+    run = _Run(cfg, record, run_dir)
     lock = None
     try:
-        if run_dir is not None:
+        if run.run_dir is not None:
             try:
-                lock = DirLock(run_dir).acquire("run directory")
+                lock = DirLock(run.run_dir).acquire("run directory")
             except DirLocked as e:
                 raise RunExists(str(e)) from None
-            previous, checkpoint = _prior(Path(run_dir), record.config_hash, cfg.resume)
+            previous, run.checkpoint = _prior(run.run_dir, record.config_hash, cfg.resume)
             if previous is not None:
-                log.info(f"resume: {run_dir / records.METRICS_FILE} already holds a {previous.status} "
+                log.info(f"resume: {run.file(records.METRICS_FILE)} already holds a {previous.status} "
                          "run of this config; skipped")
                 return previous
-        else:
-            checkpoint = None
-        data = load_data(cfg)
-        device = resolve_device(cfg.trainer.device)       # cuda without CUDA is bad input
-        if cfg.model.name == "custom":                     # --- custom model: one batch, (B, T, C) -> (B,)
-            from collapse.custom import check_model
-
-            for warning in check_model(cfg.model, data.X_train):
-                record.warnings.append(warning)
-                log.warning(f"collapse: warning: {warning}")
-        # --- tracking (collapse.loggers, imported only when chosen); a missing package is bad input
-        loggers = None
-        if cfg.logger.names:
-            from collapse.loggers import Loggers
-            loggers = Loggers.create(cfg.logger.names, dataclasses.asdict(cfg.logger), run_dir, record.warnings)
-        # --- end tracking
-    except BaseException as e:
-        if lock is not None:
-            if record_bad_input and isinstance(e, BAD_INPUT) and not isinstance(e, RunExists):
+        try:
+            _prepare(run)
+        except BAD_INPUT as e:
+            if lock is not None and record_bad_input and not isinstance(e, RunExists):
                 record.status, record.stop_reason, record.error = "failed", "bad_input", f"{type(e).__name__}: {e}"
-                write()
-            lock.release()         # nothing started: the directory is free again
-        raise
-    try:
-        if loggers is not None:                            # --- tracking: never raises
-            loggers.start(record.to_dict())
-        return _run_locked(cfg, data, device, record, run_dir, checkpoint, threads, write, loggers)
+                run.write()
+            raise
+        return _run_tracked(run, threads)
     finally:
-        if loggers is not None:                            # --- tracking: after the last write
-            failures = len(record.warnings)
-            loggers.finish(record.to_dict())
-            if len(record.warnings) > failures:
-                write()                                    # the failure's warning into metrics.json
         if lock is not None:
             lock.release()
 
 
-def _run_locked(cfg, data, device, record, run_dir, checkpoint, threads, write, loggers=None) -> RunRecord:
+def _prepare(run: _Run) -> None:
+    """Everything that can refuse the run before training: data, device, a custom model's
+    first batch, the trackers' packages. Raises BAD_INPUT errors."""
+    cfg, record = run.cfg, run.record
+    run.data = data_lib.load(cfg.data, cfg.seed, unlabeled=cfg.ssl.enabled)
+    run.device = resolve_device(cfg.trainer.device)        # cuda without CUDA is bad input
+    if cfg.model.name == "custom":                          # one batch, (B, T, C) -> (B,)
+        from collapse.models import check_model
+
+        for warning in check_model(cfg.model, run.data.X_train):
+            record.warnings.append(warning)
+            log.warning(f"collapse: warning: {warning}")
+    if cfg.logger.names:                                   # imported only when chosen
+        from collapse.run.trackers import Loggers
+
+        run.trackers = Loggers.create(cfg.logger.names, cfg.logger, run.run_dir,
+                                      record.warnings)
+
+
+def _run_tracked(run: _Run, threads: int) -> RunRecord:
+    """_run_recorded, with the trackers told before and after (they never raise)."""
+    if run.trackers is None:
+        return _run_recorded(run, threads)
+    run.trackers.start(run.record.to_dict())
+    try:
+        return _run_recorded(run, threads)
+    finally:
+        failures = len(run.record.warnings)
+        run.trackers.finish(run.record.to_dict())
+        if len(run.record.warnings) > failures:
+            run.write()                                    # the failure's warning into metrics.json
+
+
+def _run_recorded(run: _Run, threads: int) -> RunRecord:
+    """Train with torch's threads set and the signals handled; whatever stops training is
+    recorded (interrupted, failed) before it is re-raised."""
     import torch  # only now: bad input fails above without paying torch's import (~1.5 s)
 
+    cfg, record = run.cfg, run.record
     previous_threads = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)
-    live: dict = {"loggers": loggers}  # the trainer (best weights at an interrupt), the interrupts, tracking
     started = time.time()
     record.status, record.error, record.traceback = "running", None, None
-    record.device, record.threads, record.started_at = device, torch.get_num_threads(), started
+    record.device, record.threads, record.started_at = run.device, torch.get_num_threads(), started
     record.provenance = records.provenance()
     try:
-        with Interrupts() as live["interrupts"]:
+        with Interrupts() as run.interrupts:
             try:
-                _train(cfg, data, device, record, run_dir, checkpoint, write, live)
+                _train(run)
             except (KeyboardInterrupt, Interrupted, SystemExit) as e:
                 # SystemExit: submitit requeues a pre-empted job by exiting from its signal
                 # handler. Recorded with the handlers still installed: a second signal (Ctrl-C
                 # reaches the whole process group, and the sweep then forwards SIGTERM) is dropped
-                with live["interrupts"].recording():
+                with run.interrupts.recording():
                     record.status, record.stop_reason = "interrupted", "interrupted"
                     record.error = type(e).__name__ + (f": {e}" if str(e) else "")
-                    trainer = live.get("trainer")
-                    if run_dir is not None and cfg.save_weights and getattr(trainer, "best_state_", None) is not None:
-                        records.save_weights(Path(run_dir) / records.WEIGHTS_FILE, trainer.best_state_)
+                    best = getattr(run.trainer, "best_state_", None)
+                    if run.run_dir is not None and cfg.save_weights and best is not None:
+                        records.save_weights(run.file(records.WEIGHTS_FILE), best)
                     record.wall_time_s = time.time() - started
-                    write()
+                    run.write()
                 log.warning(f"run interrupted ({record.error}) after {record.epochs_run} epochs: recorded; "
                             "resume=true continues it from its last checkpoint")
                 raise
@@ -297,29 +224,29 @@ def _run_locked(cfg, data, device, record, run_dir, checkpoint, threads, write, 
         record.status, record.stop_reason = "failed", "exception"
         record.error, record.traceback = f"{type(e).__name__}: {e}", traceback.format_exc()
         record.wall_time_s = time.time() - started
-        write()
+        run.write()
         raise
     finally:
         torch.set_num_threads(previous_threads)
     record.wall_time_s = time.time() - started
-    write()
-    if run_dir is not None:
-        (Path(run_dir) / records.CHECKPOINT_FILE).unlink(missing_ok=True)   # finished: nothing to continue
+    run.write()
+    if run.run_dir is not None:
+        run.file(records.CHECKPOINT_FILE).unlink(missing_ok=True)   # finished: nothing to continue
     return record
 
 
-def _train(cfg: Config, data: data_lib.PreparedData, device: str, record: RunRecord,
-           run_dir: Optional[Path], checkpoint: Optional[dict], write: Callable[[], None], live: dict) -> None:
+def _train(run: _Run) -> None:
     import torch
 
-    from collapse.custom import build_model
     from collapse.losses import RegressionLoss
+    from collapse.models import build_model
     from collapse.ssl import pretrain_encoder
-    from collapse.trainer import Trainer, predict
+    from collapse.trainer import Trainer, budget_exhausted, effective_batch_size, predict
 
+    cfg, record, data, device, checkpoint = run.cfg, run.record, run.data, run.device, run.checkpoint
     t = cfg.trainer
     seed_everything(cfg.seed, t.deterministic)
-    write()
+    run.write()
 
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(device)    # shares memory on CPU: data is held once
@@ -348,7 +275,7 @@ def _train(cfg: Config, data: data_lib.PreparedData, device: str, record: RunRec
         log.info(f"trainer.batch_size {t.batch_size} -> {batch_size}: {len(data.z_train)} labelled train "
                  f"samples, >= {t.min_batches_per_epoch} steps an epoch (trainer.min_batches_per_epoch)")
     record.batch_size = batch_size
-    trainer = live["trainer"] = Trainer(dataclasses.replace(t, batch_size=batch_size), seed=cfg.seed)
+    trainer = run.trainer = Trainer(dataclasses.replace(t, batch_size=batch_size), seed=cfg.seed)
     last_write = time.monotonic()
 
     def original_units(history: list) -> list:
@@ -359,14 +286,14 @@ def _train(cfg: Config, data: data_lib.PreparedData, device: str, record: RunRec
         nonlocal last_write
         record.history, record.epochs_run = original_units(progress.history), progress.epoch
         record.best_epoch = progress.best_epoch
-        if live.get("loggers") is not None:
-            live["loggers"].epoch(record.history)          # --- tracking: never raises
-        if run_dir is not None and time.monotonic() - last_write >= cfg.checkpoint_every_s:
+        if run.trackers is not None:
+            run.trackers.epoch(record.history)             # never raises
+        if run.run_dir is not None and time.monotonic() - last_write >= cfg.checkpoint_every_s:
             # checkpoint first: a record never points past the checkpoint it continues from
-            with live["interrupts"].deferred():
-                records.save_torch(Path(run_dir) / records.CHECKPOINT_FILE,
+            with run.interrupts.deferred():
+                records.save_torch(run.file(records.CHECKPOINT_FILE),
                                    {**make_checkpoint(), "ssl_history": record.ssl_history})
-                write()
+                run.write()
             last_write = time.monotonic()
 
     result = trainer.fit(model, loss_fn, X_train, y_train, w_train if weighted else None, X_val, y_val,
@@ -400,5 +327,5 @@ def _train(cfg: Config, data: data_lib.PreparedData, device: str, record: RunRec
         test = regression_report(data.y_test, a + b * pred_test)
         record.recalibrated = {"intercept": a, "slope": b, "val": regression_report(data.y_val, a + b * pred_val),
                                "test": test, "raised_test_r2": bool(test["r2"] > record.best["test"]["r2"])}
-    if run_dir is not None and cfg.save_weights:
-        records.save_weights(Path(run_dir) / records.WEIGHTS_FILE, trainer.best_state_)
+    if run.run_dir is not None and cfg.save_weights:
+        records.save_weights(run.file(records.WEIGHTS_FILE), trainer.best_state_)

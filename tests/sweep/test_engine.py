@@ -1,4 +1,4 @@
-"""The default launcher (collapse.launcher, hydra_plugins/collapse_launcher.py) against
+"""The default launcher (collapse.sweep.engine, hydra_plugins/collapse_launcher.py) against
 Hydra's own: the same refusals, the same jobs, with either sweeper. Killed workers and
 interrupted sweeps are in test_faults.py, identical metrics in test_reproducibility.py."""
 import json

@@ -1,19 +1,19 @@
 """The default launcher's engine: a sweep's jobs on a pool of worker processes.
 
-Hydra's joblib launcher reached 0.68 of the 2-core limit on phase4 (README, Performance),
+Hydra's joblib launcher reached 0.68 of the 2-core limit on phase4 (docs/performance.md),
 and three things of its design were why:
 - the sweeper composes every job's config in the launching process, one after another,
   before any job starts, and each worker then composes it again;
 - the workers start only when the first job is sent, so their start-up (python, torch)
   comes after that serial validation instead of beside it;
 - the Hydra state (config loader, config store, task function) travels with every job.
-Here the workers start as soon as the launcher exists (collapse.sweep sized it), each
+Here the workers start as soon as the launcher exists (collapse.sweep.cores sized it), each
 job is composed once, in a worker, in parallel (the composed config comes
 back and goes to whichever worker is free: every job is still composed before any job
 runs, so a cell that cannot compose still refuses the sweep up front), and the Hydra
 state goes to each worker once. A worker that dies (the OOM killer, kill -9) loses
 only its job: the job is reported, a new worker takes the next one, and the sweep goes
-on; its end report (collapse.sweep) counts the job as not done and exits non-zero.
+on; its end report (collapse.sweep.callback) counts the job as not done and exits non-zero.
 
 hydra_plugins/collapse_launcher.py holds the Hydra classes (Hydra requires plugins to
 live there); they delegate to this module. Nothing here imports torch: workers import
@@ -35,18 +35,12 @@ from dataclasses import dataclass
 from multiprocessing.connection import wait
 from typing import Any, Callable, Optional, Sequence
 
+from collapse.errors import Interrupted
+
 log = logging.getLogger(__name__)
 
 COMPOSE, RUN, STOP = "compose", "run", "stop"
 SHUTDOWN_GRACE_S = 15.0     # an interrupted job records itself (history, best weights) in this time
-
-
-class SweepInterrupted(BaseException):
-    """SIGTERM in the launching process, while jobs run."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -55,7 +49,7 @@ def _worker_main(conn) -> None:
     """A worker: receive and unpack the Hydra state once, import torch, then compose or
     run jobs until told to stop or the launching process goes away (the pipe closes)."""
     # Ctrl-C reaches the whole process group: the launching process decides (it forwards
-    # SIGTERM to busy workers); while a job trains, collapse.runner handles SIGINT itself
+    # SIGTERM to busy workers); while a job trains, collapse.run.execute handles SIGINT itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         payload = conn.recv_bytes()                 # first: the launching process is sending it
@@ -194,10 +188,10 @@ class WorkerPool:
                             w.task = queue.popleft()
                             w.conn.send((w.task[1], w.task[2]))
                     self._collect(results, on_lost)
-            except (KeyboardInterrupt, SweepInterrupted) as e:
+            except (KeyboardInterrupt, Interrupted) as e:
                 busy = sum(1 for w in self.workers if w.task is not None)
                 self.shutdown()
-                signum = e.signum if isinstance(e, SweepInterrupted) else signal.SIGINT
+                signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
                 print(f"collapse: sweep interrupted by {signal.Signals(signum).name}: {busy} job(s) in progress "
                       "recorded themselves as interrupted; resume=true continues the sweep", file=sys.stderr)
                 raise SystemExit(128 + signum) from None
@@ -268,7 +262,7 @@ class WorkerPool:
 
 
 class _signals_raise:
-    """SIGTERM raises SweepInterrupted in the launching process (SIGINT already raises
+    """SIGTERM raises Interrupted in the launching process (SIGINT already raises
     KeyboardInterrupt), so the pool can stop its workers before the process exits."""
 
     def __enter__(self):
@@ -279,7 +273,7 @@ class _signals_raise:
 
     @staticmethod
     def _raise(signum, frame):
-        raise SweepInterrupted(signum)
+        raise Interrupted(signum)
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -379,7 +373,7 @@ class Engine:
     def _lost_job(self, task: tuple, code: int):
         from hydra.core.utils import JobReturn, JobStatus
 
-        from collapse.sweep import failed_objective
+        from collapse.sweep.job import failed_objective
 
         job_num, _, overrides = task[2]
         print(f"collapse: error: job {job_num} ({' '.join(overrides)}): its worker process died ({_ended(code)}); "

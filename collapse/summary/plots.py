@@ -10,10 +10,10 @@ import io
 import math
 from pathlib import Path
 
-from collapse.summary_report import write_file
+from collapse.summary.report import write_file
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     write_file(path, buffer.getvalue())     # temp file + os.replace, mode from the umask
@@ -54,7 +54,7 @@ def write_plots(summary: dict, histories: dict[str, list[list[dict]]], out_dir: 
                 ax.text(j, i, "—" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", color="w")
         fig.colorbar(image, ax=ax, label="mean val R²")
         ax.set_title("mean val R² (cell means, unweighted over other factors)")
-        written.append(_save(fig, Path(out_dir) / "summary_heatmap.png"))
+        written.append(save_figure(fig, Path(out_dir) / "summary_heatmap.png"))
         plt.close(fig)
 
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
@@ -66,7 +66,7 @@ def write_plots(summary: dict, histories: dict[str, list[list[dict]]], out_dir: 
         ax.set_ylabel("mean val R²")
         ax.set_title("interaction: parallel lines = additive effects")
         ax.legend(fontsize="small")
-        written.append(_save(fig, Path(out_dir) / "summary_interaction.png"))
+        written.append(save_figure(fig, Path(out_dir) / "summary_interaction.png"))
         plt.close(fig)
 
     effects = summary["main_effects"]
@@ -87,7 +87,7 @@ def write_plots(summary: dict, histories: dict[str, list[list[dict]]], out_dir: 
                 ax.set_ylabel(f"{name} EMM (95% CI)")
                 ax.axhline(0, color="k", lw=0.5)
         fig.tight_layout()
-        written.append(_save(fig, Path(out_dir) / "summary_main_effects.png"))
+        written.append(save_figure(fig, Path(out_dir) / "summary_main_effects.png"))
         plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -108,7 +108,7 @@ def write_plots(summary: dict, histories: dict[str, list[list[dict]]], out_dir: 
     if any(ax.lines for ax in axes):
         axes[1].legend(fontsize="x-small", loc="center left", bbox_to_anchor=(1.02, 0.5))
         fig.tight_layout()
-        written.append(_save(fig, Path(out_dir) / "summary_curves.png"))
+        written.append(save_figure(fig, Path(out_dir) / "summary_curves.png"))
     else:
         notes.append("curves skipped: no run has a history")
     plt.close(fig)

@@ -9,12 +9,12 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 import collapse.train as train
-from collapse.sweep import CONCURRENT_ENV, threads_per_job, usable_cores
+from collapse.sweep.cores import CONCURRENT_ENV, threads_per_job, usable_cores
 
-from conftest import cli
+from conftest import ROOT, cli
 
 TINY = ["data.n_samples=300", "trainer.epochs=2", "model.hidden_dim=16"]
-SWEEPS_DIR = str(Path(train.CONF_DIR).parent / "sweeps")
+SWEEPS_DIR = str(ROOT / "sweeps")
 
 
 def _records(sweep_dir):
@@ -138,7 +138,7 @@ def test_usable_cores_honour_the_cgroup_quota(tmp_path):
 
 @pytest.mark.slow
 def test_usable_cores_honour_the_affinity_mask(tmp_path):
-    script = "from collapse.sweep import usable_cores; print(usable_cores())"
+    script = "from collapse.sweep.cores import usable_cores; print(usable_cores())"
     import subprocess
     import sys
 

@@ -19,10 +19,11 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from collapse import records, stats, sweep_jobs
-from collapse import summary as summary_mod
-from collapse.summary import Thresholds, describe, eta_squared, summarize, t975
-from collapse.summary_report import render_text
+from collapse import records
+from collapse.summary import Thresholds, stats, summarize
+from collapse.summary import jobs as sweep_jobs
+from collapse.summary.report import render_text
+from collapse.summary.stats import describe, eta_squared, t975
 
 FRAMES, LAMBDAS, SEEDS = (1, 7), (0.0, 0.5), (0, 1, 2)
 # (temporal_frames, variance_lambda) -> per-seed val R², val variance ratio, diagnosis labels
@@ -238,7 +239,7 @@ def test_sampled_settings_are_not_taken_for_a_grid(tmp_path):
     sweep = tmp_path / "sweep"                     # as an optimising sweeper would leave it
     for num, (lr, wd) in enumerate(settings):
         write_job(sweep, num, [f"trainer.lr={lr}", f"trainer.weight_decay={wd}", "seed=0"], {})
-    s = summarize(sweep, plots=False)              # one job per cell, numbers: a search (collapse.summary_search)
+    s = summarize(sweep, plots=False)              # one job per cell, numbers: a search (collapse.summary.search)
     assert s["kind"] == "search" and len(s["trials"]) == 4 and s["problems"] == [] and s["jobs"]["total"] == 4
     assert s["best"]["objective"] == 0.5 and [t["rank"] for t in s["trials"]] == [1, 2, 3, 4]
 
@@ -310,7 +311,7 @@ def test_hydra_files_in_another_layout_are_parsed_whole(tmp_path):
     flow_style = "{hydra: {job: {num: 0}, runtime: {choices: {model: gru, ssl: 'off'}}}}\n"
     (job / ".hydra" / "hydra.yaml").write_text(flow_style)
     (job / ".hydra" / "overrides.yaml").write_text("- model=gru\n- 'seed=0'  # quoted, commented\n")
-    parsed = summary_mod.read_job(job)
+    parsed = sweep_jobs.read_job(job)
     assert (parsed.num, parsed.seed, parsed.settings) == (0, "0", {"model": "gru", "ssl": "off"})
     # Hydra's own layout takes the fast path and agrees with a full parse
     job = write_job(tmp_path / "sweep", 1, ["+experiment=run1", "seed=3"], {"experiment": "run1", "ssl": "off",
@@ -323,7 +324,7 @@ def test_hydra_files_in_another_layout_are_parsed_whole(tmp_path):
 def test_tables_skip_histories_without_changing_the_record(tmp_path):
     job = write_job(tmp_path / "sweep", 0, ["seed=0"], {}, ssl_history=[{"epoch": 1, "loss": 0.5}])
     whole = records.read_record(job / "metrics.json")
-    light = summary_mod.read_metrics(job / "metrics.json", histories=False)
+    light = sweep_jobs.read_metrics(job / "metrics.json", histories=False)
     assert light["history"] is None and light["ssl_history"] is None
     assert {k: v for k, v in light.items() if "history" not in k} == \
         {k: v for k, v in whole.items() if "history" not in k}
@@ -404,7 +405,7 @@ def test_plots_are_pngs(tmp_path):
 # ---------------------------------------------------------------- the issue's defects, one test each
 
 def write_manifest(sweep_dir: Path, jobs: list) -> None:
-    """<sweep_dir>/manifest.json as collapse.sweep_dir writes it: job number = position."""
+    """<sweep_dir>/manifest.json as collapse.records writes it: job number = position."""
     records.write_json(sweep_dir / "manifest.json", {"schema": 1, "config_name": "fab", "task_overrides": [],
                                                      "jobs": [{"num": n, "overrides": o} for n, o in enumerate(jobs)]})
 
@@ -469,7 +470,7 @@ def test_defect1_effects_match_statsmodels_on_the_unbalanced_study_sweep(tmp_pat
 def test_defect2_main_effect_intervals_come_from_the_pooled_within_cell_error(grid_summary):
     x = np.array([[GRID[(f, lam)][0] for lam in LAMBDAS] for f in FRAMES])      # [frames, lambda, seed]
     ms_within = ((x - x.mean(axis=2, keepdims=True)) ** 2).sum() / (12 - 4)
-    half = summary_mod.t975(8) * math.sqrt(ms_within * (1 / 3 + 1 / 3) / 4)   # mean of 2 cell means of 3
+    half = t975(8) * math.sqrt(ms_within * (1 / 3 + 1 / 3) / 4)   # mean of 2 cell means of 3
     frames = grid_summary["main_effects"][0]
     for level in frames["levels"]:
         assert level["val.r2"]["ci_high"] - level["val.r2"]["mean"] == pytest.approx(half)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from collapse import records
-from collapse.sweep_dir import DirLock, DirLocked, job_dirs, read_manifest, write_manifest
+from collapse.records import DirLock, DirLocked, job_dirs, read_manifest, write_manifest
 
 from conftest import (
     N_SWEEP_JOBS,
@@ -39,7 +39,7 @@ def test_the_lock_is_exclusive_and_names_its_holder(tmp_path):
 
 
 def test_the_lock_dies_with_its_holder(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from collapse.sweep_dir import DirLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from collapse.records import DirLock; "
                                f"DirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -140,7 +140,7 @@ def test_two_resumes_at_once_never_train_a_job_twice(tmp_path, reference_sweep):
 
 @pytest.mark.slow
 def test_a_sweep_killed_before_its_last_jobs_started_reports_them(tmp_path):
-    from collapse.sweep import SweepStatus
+    from collapse.sweep.callback import SweepStatus
 
     sweep_dir = tmp_path / "sweep"
     proc = start_cli(sweep(sweep_dir), tmp_path, tmp_path / "sweep.log")

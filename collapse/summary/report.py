@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from collapse import records
-from collapse.sweep_jobs import DIAGNOSES, EFFECT_KEYS, PAIRED_KEYS, STAT_KEYS, STATES
+from collapse.summary.jobs import DIAGNOSES, EFFECT_KEYS, PAIRED_KEYS, STAT_KEYS, STATES
 
 NAMES = {"val.r2": "val R²", "val.variance_ratio": "val var ratio", "test.r2": "test R²"}
 
@@ -235,11 +235,12 @@ def render_csv(summary: dict) -> str:
     return out.getvalue()
 
 
-def write_outputs(summary: dict, out_dir: Path) -> None:
-    """summary.csv, summary.md and summary.json into out_dir, each atomically."""
+def write_outputs(summary: dict, out_dir: Path, csv_renderer=None, markdown_renderer=None) -> None:
+    """summary.csv, summary.md and summary.json into out_dir, each atomically (a search
+    passes its own renderers: collapse.summary.search)."""
     out_dir = Path(out_dir)
     summary["files"] = ["summary.csv", "summary.md", "summary.json"] + summary["files"]
-    write_file(out_dir / "summary.csv", render_csv(summary).encode())
-    write_file(out_dir / "summary.md", render_markdown(summary).encode())
+    write_file(out_dir / "summary.csv", (csv_renderer or render_csv)(summary).encode())
+    write_file(out_dir / "summary.md", (markdown_renderer or render_markdown)(summary).encode())
     data = json.dumps(records.finite_or_none(summary), indent=1, allow_nan=False)   # NaN as null
     write_file(out_dir / "summary.json", data.encode())

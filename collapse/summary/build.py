@@ -1,15 +1,12 @@
-"""Summarise a sweep directory: ranked cells, effects of the factors, paired differences.
+"""Build a sweep's summary: ranked cells, effects of the factors, paired differences.
 
-    python -m collapse.summary SWEEP_DIR [--out DIR] [--no-plots] [--effect 0.05]
-                               [--diagnosis-split val|test]
-                               [--thresholds r2=0,0.3,0.5 ratio=0.4,0.7,0.85 collapse=0.1]
+    build_summary(sweep_dir) -> (summary dict, histories)    reads, writes nothing
+    write_summary(summary, histories, out_dir)               summary.{csv,md,json}, plots
+    summarize(sweep_dir)                                     both
 
-Prints the tables first, then writes summary.{csv,md,json} (collapse.summary_report)
-and summary_*.png (collapse.plots) into --out (default: the sweep directory),
-atomically. A directory it cannot write to gets a one-line note, not an error.
-
-This module assembles the summary: jobs come from collapse.sweep_jobs, every statistic
-from collapse.stats. The sweep is a factorial design, seeds are its replicates:
+Jobs come from collapse.summary.jobs, every statistic from collapse.summary.stats, the
+tables from collapse.summary.report, the plots from collapse.summary.plots; a search
+(Optuna) is summarised by collapse.summary.search. The sweep is a factorial design, seeds are its replicates:
 - cell statistics over the cell's *result runs* (completed, stopped_collapse; see
   sweep_jobs.Job.best), each metric with its own n; failure rate = runs that ended
   without a result (diverged, failed, interrupted) / runs that ended.
@@ -23,20 +20,15 @@ from collapse.stats. The sweep is a factorial design, seeds are its replicates:
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from collapse import stats, summary_search
-from collapse.stats import describe, eta_squared, t975  # noqa: F401  (collapse.summary's API before the split)
-from collapse.summary_report import render_text, write_outputs
-from collapse.sweep_dir import job_dirs, read_manifest
-from collapse.sweep_jobs import (
+from collapse.records import job_dirs, read_manifest
+from collapse.summary import search, stats
+from collapse.summary.jobs import (
     DIAGNOSES,
     EFFECT_KEYS,
     FAILURE_STATUSES,
@@ -46,13 +38,14 @@ from collapse.sweep_jobs import (
     Job,
     find_factors,
     level_key,
-    planned_jobs,
+    manifest_jobs,
     read_job,
-    read_metrics,  # noqa: F401  (collapse.summary's API before the split)
     same_level,
     sweep_info,
     unify_numeric_levels,
 )
+from collapse.summary.report import write_outputs
+from collapse.summary.stats import describe
 
 LEVELS = ("minimum", "good", "excellent")
 SCHEMA = 2      # summary.json: 2 = EMMs and design-based eta² in main_effects, anova, power, failure rate
@@ -331,16 +324,16 @@ def build_summary(sweep_dir, thresholds=None, histories: bool = False, diagnosis
         raise SweepDirError(f"{sweep_dir}: holds no job directories")
 
     jobs = [read_job(d, histories=histories) for d in dirs]
-    planned = planned_jobs(read_manifest(sweep_dir))
+    planned = manifest_jobs(read_manifest(sweep_dir))
     info = sweep_info(jobs)
     placed = [j for j in jobs if j.settings is not None]
     notes = unify_numeric_levels([j.settings for j in placed] + [s for _, s, _, _ in planned or []])
     declared = [str(k) for k in info.get("factors") or []]
     factors, factor_notes = find_factors(jobs, declared)
     notes += factor_notes
-    if summary_search.is_search(sweep_dir, jobs, factors, planned is not None):   # --- a search: no grid
+    if search.is_search(sweep_dir, jobs, factors, planned is not None):   # --- a search: no grid
         problems = [f"job {j.num if j.num is not None else j.path.name}: {p}" for j in jobs for p in j.problems]
-        return summary_search.build(sweep_dir, jobs, factors, info, notes, problems), {}
+        return search.build(sweep_dir, jobs, factors, info, notes, problems), {}
     levels, grid, planned_seeds, absent, numbered, plan_notes = _plan(jobs, placed, planned, factors, sweep_dir)
     notes += plan_notes
     by_cell: dict[tuple, list[Job]] = {c: [] for c in grid}
@@ -403,13 +396,13 @@ def build_summary(sweep_dir, thresholds=None, histories: bool = False, diagnosis
 def write_summary(summary: dict, histories: dict, out_dir, plots: bool = True) -> list[str]:
     """Write the plots (when `plots`) and summary.{csv,md,json} into `out_dir`; raises
     OSError when it cannot. Returns the file names."""
-    if summary.get("kind") == "search":                  # --- a search (collapse.summary_search)
-        return summary_search.write(summary, out_dir, plots)
+    if summary.get("kind") == "search":                  # --- a search (collapse.summary.search)
+        return search.write(summary, out_dir, plots)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     summary["files"] = []
     if plots:
-        from collapse.plots import write_plots
+        from collapse.summary.plots import write_plots
 
         written, plot_notes = write_plots(summary, histories, out_dir)
         summary["files"] += [p.name for p in written]
@@ -425,101 +418,3 @@ def summarize(sweep_dir, thresholds=None, plots: bool = True, out=None, diagnosi
     summary, histories = build_summary(sweep_dir, thresholds, plots, diagnosis_split, effect)
     write_summary(summary, histories, out if out is not None else sweep_dir, plots)
     return summary
-
-
-# ---------------------------------------------------------------- pandas
-
-def load_runs(sweep_dir):
-    """A pandas DataFrame of a sweep, one row per job directory: `job`, the factors (one
-    column each, numbers where every value is one), `seed`, `status`, the best epoch's
-    val and test metrics (`val_r2`, `test_variance_ratio`, ...; NaN unless the run is a
-    result), `diagnosis_val`, `diagnosis_test`, `monitor_value`, `epochs_run`, `path`.
-    pandas is imported here only (pip install "collapse[notebook]")."""
-    import pandas as pd
-
-    sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise SweepDirError(f"{sweep_dir}: no such directory")
-    jobs = [read_job(d, histories=False) for d in job_dirs(sweep_dir)]
-    placed = [j for j in jobs if j.settings is not None]
-    unify_numeric_levels([j.settings for j in placed])
-    factors, _ = find_factors(jobs, [str(k) for k in sweep_info(jobs).get("factors") or []])
-    rows = []
-    for job in sorted(jobs, key=lambda j: (j.num is None, j.num or 0)):
-        record = job.record or {}
-        best = job.best or {}
-        row = {"job": job.num, **{f: (job.settings or {}).get(f) for f in factors},
-               "seed": int(job.seed) if job.seed is not None and str(job.seed).isdigit() else job.seed,
-               "status": job.status}
-        for key in STAT_KEYS:
-            row[key.replace(".", "_")] = _metric(best, key) if best else math.nan
-        row.update({"diagnosis_val": job.diagnosis("val"), "diagnosis_test": job.diagnosis("test"),
-                    "monitor_value": record.get("monitor_value") if job.best else math.nan,
-                    "epochs_run": record.get("epochs_run"), "path": str(job.path)})
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=["job", *factors, "seed", "status",
-                                        *(k.replace(".", "_") for k in STAT_KEYS), "diagnosis_val",
-                                        "diagnosis_test", "monitor_value", "epochs_run", "path"])
-    for f in factors:       # "0.5" -> 0.5 where the whole column is numbers
-        numeric = pd.to_numeric(frame[f], errors="coerce")
-        if numeric.notna().sum() == frame[f].notna().sum():
-            frame[f] = numeric
-    return frame
-
-
-# ---------------------------------------------------------------- command line
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="collapse-summary", description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory")
-    parser.add_argument("--out", type=Path, default=None, help="write the files here (default: the sweep dir)")
-    parser.add_argument("--thresholds", nargs="+", action="extend", default=[], metavar="KEY=VALUES",
-                        help="r2=0,0.3,0.5  ratio=0.4,0.7,0.85  collapse=0.1 (the defaults)")
-    parser.add_argument("--diagnosis-split", choices=("val", "test"), default="val",
-                        help="count the diagnoses of this split (default val)")
-    parser.add_argument("--effect", type=float, default=None, metavar="DELTA_R2",
-                        help="also say how many seeds a paired test needs to detect this ΔR² (80%% power)")
-    parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
-    args = parser.parse_args(argv)
-    try:
-        thresholds = Thresholds.parse(args.thresholds)
-    except ValueError as e:
-        parser.error(str(e))
-    if args.effect is not None and not (math.isfinite(args.effect) and args.effect > 0):
-        parser.error(f"--effect {args.effect} is invalid: must be a positive ΔR²")
-    try:
-        summary, histories = build_summary(args.sweep_dir, thresholds, not args.no_plots, args.diagnosis_split,
-                                           args.effect)
-    except SweepDirError as e:
-        print(f"collapse: error: {e}", file=sys.stderr)
-        return 2
-    code = 0
-    try:        # the tables first: a sweep dir nobody can write to still gets them
-        for problem in summary["problems"]:
-            print(f"problem: {problem}", file=sys.stderr)
-        print((summary_search.render_text if summary.get("kind") == "search" else render_text)(summary), end="")
-        sys.stdout.flush()      # a closed pipe must show here, not in the flush at exit
-    except BrokenPipeError:
-        # the reader left early (`| head`). Send what is still buffered to devnull so the
-        # flush at exit does not raise again (Python docs, "Note on SIGPIPE"), write the
-        # files all the same, and exit 1 as they do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 1
-    out_dir = args.out if args.out is not None else args.sweep_dir
-    try:
-        files = write_summary(summary, histories, out_dir, plots=not args.no_plots)
-        message = f"wrote {', '.join(files)} in {out_dir}"
-    except OSError as e:
-        message = f"note: could not write the summary files in {out_dir} ({type(e).__name__}: {e.strerror or e})"
-    if code == 0:
-        try:
-            print(message)
-            sys.stdout.flush()
-        except BrokenPipeError:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            code = 1
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

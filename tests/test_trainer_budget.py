@@ -1,7 +1,7 @@
-"""collapse.budget: the batch cap for small splits, and the under-training flag."""
+"""collapse.trainer's budget: the batch cap for small splits, and the under-training flag."""
 import pytest
 
-from collapse.budget import effective_batch_size
+from collapse.trainer import effective_batch_size
 
 
 @pytest.mark.parametrize("n_train, batch, expected", [
@@ -27,7 +27,7 @@ def test_bad_sizes_name_the_argument():
 
 
 def test_budget_exhausted_only_when_the_last_epoch_was_the_best_at_the_limit():
-    from collapse.budget import budget_exhausted
+    from collapse.trainer import budget_exhausted
 
     assert budget_exhausted(60, 60, "max_epochs")
     assert not budget_exhausted(45, 60, "max_epochs")          # plateaued before the limit

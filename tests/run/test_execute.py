@@ -1,4 +1,4 @@
-"""The one execution path (collapse.runner.execute) through the notebook API and the CLI:
+"""The one execution path (collapse.run.execute) through the notebook API and the CLI:
 run directories that refuse to be overwritten, interrupts that are results, runs that
 continue from their checkpoint, thread counts restored, files that honour the umask."""
 from __future__ import annotations
@@ -9,16 +9,15 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 import torch
 
 from collapse import records
-from collapse.runner import RunExists
+from collapse.errors import RunExists
 from collapse.train import run
 
-from conftest import TIMEOUT, TINY, cli, fingerprint, read_json, start_cli, wait_until
+from conftest import ROOT, TIMEOUT, TINY, cli, fingerprint, read_json, start_cli, wait_until
 
 LONG = ["data.n_samples=2000", "trainer.epochs=40", "trainer.patience=0", "model.hidden_dim=16",
         "checkpoint_every_s=0", "trainer.threads=1"]
@@ -54,7 +53,7 @@ def test_thread_count_is_restored_after_a_run():
 
 
 def test_a_run_dir_in_use_by_a_live_process_is_refused(tmp_path):
-    from collapse.sweep_dir import DirLock
+    from collapse.records import DirLock
 
     with DirLock(tmp_path).acquire():
         with pytest.raises(RunExists, match="in use by another process"):
@@ -144,12 +143,13 @@ def test_config_values_are_recorded_as_resolved_and_interpolations_are_documente
     record = run([*TINY, "study=${oc.env:COLLAPSE_TEST_LABEL}"], run_dir=tmp_path)
     assert record.study == "from-the-environment" and record.config["study"] == "from-the-environment"
     assert "study=${oc.env:COLLAPSE_TEST_LABEL}" in record.overrides
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (ROOT / "docs" / "reliability.md").read_text()
     assert "oc.env" in readme and "trusted code" in readme
 
 
 def test_interrupts_wait_while_a_checkpoint_is_written():
-    from collapse.runner import Interrupted, Interrupts
+    from collapse.errors import Interrupted
+    from collapse.run.interrupts import Interrupts
 
     with Interrupts() as interrupts:
         with pytest.raises(Interrupted):

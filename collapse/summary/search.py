@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import warnings
 from pathlib import Path
@@ -24,20 +23,11 @@ from typing import Optional, Sequence
 
 import yaml
 
-from collapse import records
-from collapse.summary_report import write_file
-from collapse.sweep_jobs import STATISTICS_STATUSES, Job
+from collapse.summary.jobs import STATISTICS_STATUSES, Job, number
+from collapse.summary.report import write_outputs
 
 RESULTS_FILE = "optimization_results.yaml"      # hydra-optuna-sweeper's, in the sweep dir
 SCHEMA = 1
-
-
-def _number(value) -> Optional[float]:
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def is_search(sweep_dir: Path, jobs: Sequence[Job], factors: Sequence[str], has_manifest: bool) -> bool:
@@ -51,7 +41,7 @@ def is_search(sweep_dir: Path, jobs: Sequence[Job], factors: Sequence[str], has_
     cells = {tuple(j.settings.get(f) for f in factors) for j in placed}
     if len(cells) != len(placed):
         return False
-    if not all(_number(j.settings.get(f)) is not None for j in placed for f in factors):
+    if not all(number(j.settings.get(f)) is not None for j in placed for f in factors):
         return False
     levels = [len({j.settings.get(f) for j in placed}) for f in factors]
     return 2 * len(cells) < math.prod(levels)        # collapse.summary._plan's "not a grid"
@@ -66,7 +56,7 @@ def _sweeper_config(sweep_dir: Path) -> dict:
 
 
 def _metric(job: Job, split: str, key: str) -> Optional[float]:
-    return _number((((job.best or {}).get(split)) or {}).get(key))
+    return number((((job.best or {}).get(split)) or {}).get(key))
 
 
 def _importance(trials: list, factors: list, sweeper: dict) -> tuple[Optional[dict], Optional[str]]:
@@ -112,7 +102,7 @@ def _importance(trials: list, factors: list, sweeper: dict) -> tuple[Optional[di
 
 
 def build(sweep_dir: Path, jobs: Sequence[Job], factors: list, info: dict, notes: list, problems: list) -> dict:
-    """The search summary of `jobs` (read by collapse.sweep_jobs.read_job)."""
+    """The search summary of `jobs` (read by collapse.summary.jobs.read_job)."""
     sweep_dir = Path(sweep_dir)
     sweeper = _sweeper_config(sweep_dir)
     trials = []
@@ -124,9 +114,9 @@ def build(sweep_dir: Path, jobs: Sequence[Job], factors: list, info: dict, notes
         diagnosis = {split: job.diagnosis(split) for split in ("val", "test")}
         trials.append({
             "job": job.num, "status": job.status, "seed": job.seed,
-            "params": {f: _number(job.settings.get(f)) for f in factors},
+            "params": {f: number(job.settings.get(f)) for f in factors},
             # a record without monitor_value (older ones) monitored val R²
-            "objective": (_number(record.get("monitor_value")) if record.get("monitor_value") is not None
+            "objective": (number(record.get("monitor_value")) if record.get("monitor_value") is not None
                           or record.get("monitor") == "val_loss" else _metric(job, "val", "r2")) if result else None,
             "val_r2": _metric(job, "val", "r2"), "val_variance_ratio": _metric(job, "val", "variance_ratio"),
             "test_r2": _metric(job, "test", "r2"), "diagnosis": diagnosis})
@@ -194,7 +184,7 @@ def _lines(summary: dict) -> list[str]:
     else:
         lines.append("best: none (no trial finished with a result)")
     if summary.get("optuna_best"):
-        lines.append(f"optuna's best value: {_fmt(_number(summary['optuna_best'].get('best_value')))} "
+        lines.append(f"optuna's best value: {_fmt(number(summary['optuna_best'].get('best_value')))} "
                      f"({RESULTS_FILE})")
     if summary["importance"]:
         lines.append("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["importance"].items()))
@@ -241,7 +231,7 @@ def write_plot(summary: dict, out_dir: Path) -> Optional[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from collapse.plots import _save
+    from collapse.summary.plots import save_figure
 
     factors = [f["key"] for f in summary["factors"]]
     done = [t for t in summary["trials"] if t["objective"] is not None]
@@ -263,7 +253,7 @@ def write_plot(summary: dict, out_dir: Path) -> Optional[Path]:
     if best:
         axes[0][0].legend(fontsize="small")
     fig.suptitle(f"objective against each parameter ({len(done)} trials)")
-    path = _save(fig, Path(out_dir) / "summary_search.png")
+    path = save_figure(fig, Path(out_dir) / "summary_search.png")
     plt.close(fig)
     return path
 
@@ -271,13 +261,10 @@ def write_plot(summary: dict, out_dir: Path) -> Optional[Path]:
 def write(summary: dict, out_dir: Path, plots: bool = True) -> list[str]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary["files"] = ["summary.csv", "summary.md", "summary.json"]
+    summary["files"] = []
     if plots:
         path = write_plot(summary, out_dir)
         if path is not None:
             summary["files"].append(path.name)
-    write_file(out_dir / "summary.csv", render_csv(summary).encode())
-    write_file(out_dir / "summary.md", render_markdown(summary).encode())
-    data = json.dumps(records.finite_or_none(summary), indent=1, allow_nan=False)
-    write_file(out_dir / "summary.json", data.encode())
+    write_outputs(summary, out_dir, render_csv, render_markdown)
     return summary["files"]

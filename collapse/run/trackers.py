@@ -1,6 +1,6 @@
 """Experiment tracking: TensorBoard event files and MLflow runs, beside metrics.json.
 
-    loggers = Loggers.create(["tensorboard", "mlflow"], {"tracking_uri": ...}, run_dir)
+    loggers = Loggers.create(["tensorboard", "mlflow"], cfg.logger, run_dir)
     loggers.start(record)          # before training: MLflow run, params, tags
     loggers.epoch(history)         # after each finished epoch (the history so far)
     loggers.finish(record)         # at the end, whatever the status
@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from collapse.config import ConfigError
+from collapse.config import ConfigError, LoggerConfig
 
 log = logging.getLogger("collapse")
 
@@ -270,7 +270,7 @@ class Loggers:
         self.warnings = warnings if warnings is not None else []
 
     @classmethod
-    def create(cls, names: Sequence[str], options: dict, run_dir: Optional[Path],
+    def create(cls, names: Sequence[str], options: LoggerConfig, run_dir: Optional[Path],
                warnings: Optional[list] = None) -> "Loggers":
         """`warnings`: the list a failure's warning is appended to (the record's).
         Raises LoggerUnavailable naming the package and its install command."""
@@ -286,8 +286,7 @@ class Loggers:
             if name == "tensorboard":
                 made.append(TensorBoardLogger(run_dir))
             else:
-                made.append(MlflowLogger(run_dir, options.get("tracking_uri") or "sqlite:///outputs/mlflow.db",
-                                         options.get("experiment") or "collapse"))
+                made.append(MlflowLogger(run_dir, options.tracking_uri, options.experiment))
         return cls(made, warnings)
 
     def _call(self, logger, method: str, *args) -> None:

@@ -1,0 +1,8 @@
+"""Sweeps under Hydra: the machinery around many runs. Imports collapse's contracts
+only (config, records, errors), never torch or the science.
+
+    callback.py   SweepStatus (hydra.callbacks): the sweep dir's lock, manifest, resume guard, exit status
+    cores.py      usable cores and torch threads per job; sizing the launcher
+    engine.py     the default launcher's worker pool (hydra_plugins/collapse_launcher.py adapts it)
+    job.py        a job's side: exit with a killed sweep; what a failed trial returns
+"""
