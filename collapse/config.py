@@ -6,8 +6,9 @@ Hydra's ConfigStore), an unknown key or a wrong type fails at compose time with 
 key named. Ranges cannot be typed, so `validate` checks them after composition and
 raises `ConfigError` with the key, the bad value and what is allowed.
 
-This module and the entry points (train, summary) are the only ones that know about
-Hydra/OmegaConf; everything downstream receives these plain dataclasses.
+Besides this module (`register_configs`), only the entry point (collapse.train), the
+sweep machinery (collapse.sweep) and the `_target_` mechanism (collapse.targets) touch
+Hydra/OmegaConf; the science and the run path receive these plain dataclasses.
 """
 from __future__ import annotations
 

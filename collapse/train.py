@@ -3,11 +3,12 @@
     python -m collapse.train loss.variance_lambda=0.5
     python -m collapse.train --multirun data.temporal_frames=1,3,7 seed=0,1,2
 
-Flow: compose (Hydra) -> typed Config + range checks -> collapse.run.execute (the one
-execution path, shared with `run()`) -> metrics.json in the job's output dir. Bad input
-fails before anything that looks like a result is written: a single run prints one
-line and exits 2; inside a sweep the job records status `failed` with the error so the
-other jobs carry on. Only this module and collapse.config touch Hydra/OmegaConf.
+Flow: compose (Hydra) -> typed Config + range checks -> collapse.run.execute.execute (the
+one execution path, shared with `run()`) -> metrics.json in the job's output dir. Bad
+input fails before anything that looks like a result is written: a single run prints
+one line and exits 2; inside a sweep the job records status `failed` with the error so
+the other jobs carry on. Hydra and OmegaConf stop here: the run path below receives the
+typed Config (collapse.config) and plain numbers.
 """
 from __future__ import annotations
 

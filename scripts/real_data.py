@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from checked_report import finish  # scripts/checked_report.py (scripts/ is on sys.path)
 
 SPLIT_SEED = 0
 
@@ -174,14 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             checks.append((same, f"{name} seed {s}: lambda 0.5 on y x1000 + 5e4 = on raw y "
                                  f"(R² {b['r2']:.4f} vs {a['r2']:.4f}, {b['label']} vs {a['label']}, "
                                  f"epoch {b['epoch']} vs {a['epoch']})"))
-    report = "\n".join(lines) + "\n\nChecks:\n" + "\n".join(f"- [{'x' if ok else ' '}] {t}" for ok, t in checks)
-    report += f"\n\n{sum(ok for ok, _ in checks)}/{len(checks)} passed ({time.time() - started:.0f} s, " \
-              f"extra: {' '.join(args.extra) or 'none'})\n"
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-    return 0 if all(ok for ok, _ in checks) else 1
+    return finish("\n".join(lines), checks, args.out,
+                  footer=f"({time.time() - started:.0f} s, extra: {' '.join(args.extra) or 'none'})")
 
 
 if __name__ == "__main__":

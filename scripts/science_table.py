@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from checked_report import finish  # scripts/checked_report.py (scripts/ is on sys.path)
+
 # name, overrides, what the case shows
 CASES = [
     ("run1", ["experiment=run1"], "original run 1 (noisy SSL, 7 frames), reported as is"),
@@ -155,17 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:14s} seed {seed}: val R² {val(rec, 'r2'):+.3f}  ratio {val(rec, 'variance_ratio'):.3f}  "
                   f"r {val(rec, 'pearson_r'):+.3f}  {label(rec):9s} ({time.time() - t0:.1f} s)", file=sys.stderr)
 
-    report = table(results, seeds)
-    outcome = checks(results, seeds)
-    failed = [text for ok, text in outcome if not ok]
-    report += "\nChecks:\n" + "\n".join(f"- [{'x' if ok else ' '}] {text}" for ok, text in outcome) + "\n"
-    report += (f"\n{len(outcome) - len(failed)}/{len(outcome)} checks passed "
-               f"({time.time() - started:.0f} s, extra overrides: {' '.join(args.extra) or 'none'})\n")
-    print(report)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report)
-    return 1 if failed else 0
+    return finish(table(results, seeds), checks(results, seeds), args.out,
+                  footer=f"({time.time() - started:.0f} s, extra overrides: {' '.join(args.extra) or 'none'})")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from checked_report import finish  # scripts/checked_report.py (scripts/ is on sys.path)
+
 REPO = Path(__file__).resolve().parent.parent
 CURES = ["none", "variance", "variance_study", "hinge_train", "ccc", "bmc", "lds_sqrt_inverse", "lds_inverse", "dense"]
 CURE_NAMES = {"none": "none", "variance": "variance term λ 2", "variance_study": "variance term λ 0.5 (the study's)",
@@ -137,14 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         table, checks = build(records(sweep_dir))
         report.append(f"### {name} (val R² mean ± sd over seeds, val diagnoses; {sweep_dir})\n\n{table}\n")
         outcome += checks
-    failed = [text for ok, text in outcome if not ok]
-    text = "\n".join(report) + "\nChecks:\n" + "\n".join(f"- [{'x' if ok else ' '}] {t}" for ok, t in outcome)
-    text += f"\n\n{len(outcome) - len(failed)}/{len(outcome)} checks passed\n"
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    return 1 if failed else 0
+    return finish("\n".join(report), outcome, args.out)
 
 
 if __name__ == "__main__":

@@ -393,19 +393,21 @@ def test_pure_noise_runs_with_15_val_samples_are_never_healthy_or_collapsed(tmp_
 
 # --- real data (scikit-learn's bundled diabetes, offline): scripts/real_data.py's core ------
 
-def _real_data_script():
+def _real_data_script(monkeypatch):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parent.parent / "scripts" / "real_data.py"
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    monkeypatch.syspath_prepend(str(scripts))          # as `python scripts/real_data.py` has it
+    path = scripts / "real_data.py"
     spec = importlib.util.spec_from_file_location("real_data", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_diabetes_with_defaults_is_near_ridge_and_units_do_not_matter(tmp_path):
-    rd = _real_data_script()
+def test_diabetes_with_defaults_is_near_ridge_and_units_do_not_matter(tmp_path, monkeypatch):
+    rd = _real_data_script(monkeypatch)
     X, y = rd.bundled("diabetes")                        # 442 samples, target std 77
     split = rd.split_for(len(y))
     ridge = rd.ridge_reference(X, y, split)["test_r2"]   # 0.407 on this split

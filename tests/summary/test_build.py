@@ -5,6 +5,7 @@ Each job dir is written by hand the way Hydra and collapse.train write them:
 metrics.json through collapse.records.write_json. Expected statistics are computed by
 hand (or, for eta squared on the grid, by a separate numpy formula) from the literals.
 """
+import contextlib
 import json
 import math
 import os
@@ -630,14 +631,30 @@ def test_out_dir_modes_and_tables_printed_before_the_files(tmp_path):
     assert proc.stdout.rstrip().splitlines()[-1] == f"wrote summary.csv, summary.md, summary.json in {out}"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
+@contextlib.contextmanager
+def read_only(directory: Path):
+    """`directory` unwritable for this user: mode 0555, and for root (whom modes do not stop)
+    a read-only bind mount of it onto itself."""
+    directory.chmod(0o555)
+    mounted = False
+    try:
+        if os.geteuid() == 0:
+            bind = subprocess.run(["mount", "--bind", str(directory), str(directory)], capture_output=True)
+            mounted = bind.returncode == 0
+            if not mounted or subprocess.run(["mount", "-o", "remount,ro,bind", str(directory)],
+                                             capture_output=True).returncode != 0:
+                pytest.skip(f"root, and no read-only bind mount here: {bind.stderr.decode().strip()}")
+        yield directory
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(directory)], check=True)
+        directory.chmod(0o755)
+
+
 def test_read_only_sweep_dir_still_prints_its_summary(tmp_path):
     sweep = make_grid(tmp_path / "sweep")
-    sweep.chmod(0o555)
-    try:
+    with read_only(sweep):
         proc = _cli(sweep, "--no-plots", cwd=tmp_path)
-    finally:
-        sweep.chmod(0o755)
     assert proc.returncode == 0 and "rank" in proc.stdout
     assert proc.stdout.rstrip().splitlines()[-1].startswith(f"note: could not write the summary files in {sweep}")
 
