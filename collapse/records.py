@@ -141,6 +141,9 @@ class WriteError(OSError):
     """A file could not be written for want of room: the disk (or quota) is full, or the
     file is over the size limit (`ulimit -f`). The message names the file and which."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)           # the message alone, without "[Errno 28]"
+
 
 def _no_room(path: Path, e: OSError) -> Optional[WriteError]:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):

@@ -145,7 +145,7 @@ def _plan(jobs: list[Job], placed: list[Job], planned: Optional[list], factors: 
         absent = [n for n in range(top) if n not in nums]
         problems += [(n, f"job {n}: {sweep_dir / str(n)}: missing (no job directory)") for n in absent]
         if absent:
-            notes.append("no manifest.json: planned jobs inferred from the job numbers and the grid")
+            notes.append("no usable manifest.json: planned jobs inferred from the job numbers and the grid")
     for job in placed:      # a job the plan did not foresee still counts as planned
         seeds_by_cell.setdefault(_cell_of(job.settings, factors), set()).add(job.seed)
     return levels, grid, seeds_by_cell, absent, problems, notes
