@@ -226,7 +226,7 @@ def cli_callable_overrides(args: Sequence[str]) -> list[str]:
     parser = OverridesParser.create()
     found = []
     for arg in args:
-        if arg.startswith("-") or "=" not in arg:
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):
             continue                    # a flag, or a flag's value (--config-dir DIR)
         try:
             [override] = parser.parse_overrides([arg])
