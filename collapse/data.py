@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import zipfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -89,23 +90,95 @@ def make_synthetic(n_samples: int = _D.n_samples, n_frames: int = _D.n_frames, n
     return X.astype(np.float32), y.astype(np.float32)
 
 
-def load_npz(path: str) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
-    """Load a user file holding X (N, T, C), y (N,) and optionally split (N,) in {0,1,2}.
-
-    Refuses pickled object arrays (allow_pickle=False: a data file must not run code)
-    and checks shapes, lengths and finiteness, naming the file and the array.
-    """
+def memory_limit() -> int:
+    """How many bytes of arrays a data file may unpack to: half the memory available now
+    (MemAvailable, capped by the address-space limit, `ulimit -v`), since the arrays are
+    held at least twice while they become float32 splits. Without /proc: no cap from it."""
+    available = None
     try:
-        os.stat(path)
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            available = soft if available is None else min(available, soft)
+    except (ImportError, OSError, ValueError):
+        pass
+    return (available if available is not None else 2 ** 62) // 2
+
+
+_NOT_REGULAR = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+
+
+def _check_file(path: str, limit: int) -> None:
+    """Refuse, before anything opens it, what cannot be an .npz of bounded size: a missing
+    path, a directory, a device (/dev/zero never ends), a FIFO (blocks forever), a socket,
+    and a file whose size or declared unpacked size exceeds `limit`. Symlinks are followed."""
+    try:
+        st = os.stat(path)
     except FileNotFoundError:
         raise DataError(f"data.path={path!r}: file not found") from None
     except OSError as e:      # ELOOP: a symbolic link loop; EACCES, ...
         raise DataError(f"data.path={path!r}: cannot be opened ({e.strerror})") from None
-    if os.path.isdir(path):
-        raise DataError(f"data.path={path!r} is a directory, not an .npz file")
+    target = f" (-> {os.path.realpath(path)})" if os.path.islink(path) else ""
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"data.path={path!r}{target} is a directory, not an .npz file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _NOT_REGULAR if test(st.st_mode)), "not a regular file")
+        raise DataError(f"data.path={path!r}{target} is {kind}, size {st.st_size} bytes: refused "
+                        f"(only regular .npz files are read, up to {limit} bytes)")
+    if st.st_size > limit:
+        raise DataError(f"data.path={path!r}{target} is {st.st_size} bytes, over the limit of {limit} bytes "
+                        "(half the memory available): refused")
+
+
+def _unpacked_size(path: str) -> int:
+    """The bytes the archive's arrays will take once loaded: each .npy header's shape times
+    its item size (np.load allocates that before reading a byte of data, whatever the zip
+    holds), or the zip's declared size for a member that is not an .npy."""
+    from numpy.lib import format as npy
+
+    total = 0
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                total += info.file_size
+                continue
+            with archive.open(info) as member:
+                version = npy.read_magic(member)
+                read_header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                shape, _, dtype = read_header(member)
+                total += math.prod(shape) * dtype.itemsize
+    return total
+
+
+def load_npz(path: str, limit: Optional[int] = None) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Load a user file holding X (N, T, C), y (N,) and optionally split (N,) in {0,1,2}.
+
+    Reads regular files only, and only when the file and the arrays it unpacks to (the
+    sizes its zip directory declares) fit in `limit` bytes (default `memory_limit()`).
+    Refuses pickled object arrays (allow_pickle=False: a data file must not run code)
+    and checks shapes, lengths and finiteness, naming the file and the array.
+    """
+    limit = memory_limit() if limit is None else limit
+    _check_file(path, limit)
     if not zipfile.is_zipfile(path):
         # np.load would take any other file for a pickle and suggest allow_pickle=True
         raise DataError(f"{path}: not an .npz file (np.savez writes a zip archive of X, y[, split])")
+    try:
+        unpacked = _unpacked_size(path)
+    except Exception as e:  # noqa: BLE001 - zip/format errors come as many types
+        raise DataError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
+    if unpacked > limit:
+        raise DataError(f"{path}: its arrays unpack to {unpacked} bytes, over the limit of {limit} bytes "
+                        "(half the memory available): refused")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}

@@ -18,7 +18,9 @@ allows (0644 under umask 022), not mkstemp's private 0600.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import math
 import os
@@ -80,6 +82,7 @@ class RunRecord:
     best_epoch: Optional[int] = None
     epochs_run: int = 0
     resumed_from_epoch: Optional[int] = None   # set when a run continued from its checkpoint
+    stage: Optional[str] = None            # where a failed/interrupted run stopped: prepare | train
     best: Optional[dict] = None            # {"epoch", "val": report, "test": report}
     final: Optional[dict] = None           # {"epoch", "val": report} of the last epoch run
     recalibrated: Optional[dict] = None    # affine refit on val, applied to test
@@ -99,6 +102,7 @@ class RunRecord:
     started_at: Optional[float] = None
     wall_time_s: Optional[float] = None
     warnings: list = field(default_factory=list)
+    weights_sha256: Optional[str] = None   # of model.pt as written: resume and the summary check it
     provenance: dict = field(default_factory=dict)
     schema: int = SCHEMA_VERSION
 
@@ -133,24 +137,63 @@ def finite_or_none(obj: Any) -> Any:
     return obj
 
 
+class WriteError(OSError):
+    """A file could not be written for want of room: the disk (or quota) is full, or the
+    file is over the size limit (`ulimit -f`). The message names the file and which."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)           # the message alone, without "[Errno 28]"
+
+
+def _no_room(path: Path, e: OSError) -> Optional[WriteError]:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return WriteError(e.errno, f"{path}: disk full ({e.strerror}) while writing it")
+    if e.errno == errno.EFBIG:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        limit = "unlimited" if soft == resource.RLIM_INFINITY else f"{soft} bytes"
+        return WriteError(e.errno, f"{path}: file too large (the file size limit, ulimit -f, is {limit})")
+    return None
+
+
 def _atomic_write_bytes(path: Path, write) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         # the half-written temp file is ours to remove; the target is untouched
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        named = _no_room(path, e) if isinstance(e, OSError) else None
+        if named is not None:
+            raise named from None
         raise
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+def remove_temp_files(directory: Path) -> list[Path]:
+    """Remove the temp files a writer killed mid-write left in `directory` (`.NAME.*.tmp`).
+    Only for the holder of the directory's lock: nobody else is writing there."""
+    removed = []
+    for tmp in Path(directory).glob(f".*{TEMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def write_bytes(path: Path, data: bytes) -> None:
@@ -161,15 +204,50 @@ def write_json(path: Path, record: dict) -> None:
     write_bytes(path, json.dumps(finite_or_none(record), indent=1, allow_nan=False).encode())
 
 
-def save_torch(path: Path, obj: Any) -> None:
-    """torch.save, atomically (weights, checkpoints)."""
+def save_torch(path: Path, obj: Any) -> str:
+    """torch.save, atomically (weights, checkpoints); returns the file's sha256. Serialised
+    in memory first: a failed write is then an OSError that says why (torch's own writer
+    says only "file write failed"), and the hash costs no second read."""
     import torch
 
-    _atomic_write_bytes(path, lambda f: torch.save(obj, f))
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getvalue()
+    _atomic_write_bytes(path, lambda f: f.write(data))
+    return hashlib.sha256(data).hexdigest()
 
 
-def save_weights(path: Path, state_dict: dict) -> None:
-    save_torch(path, {k: v.detach().cpu() for k, v in state_dict.items()})
+def save_weights(path: Path, state_dict: dict) -> str:
+    """Write a state_dict's tensors (on CPU) to `path`; returns the file's sha256."""
+    return save_torch(path, {k: v.detach().cpu() for k, v in state_dict.items()})
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_problem(run_dir: Path, record: dict) -> Optional[str]:
+    """Why the weights of a recorded run cannot be trusted, or None: model.pt missing or
+    not the file the record's `weights_sha256` names. Records without a hash (older ones,
+    save_weights=false) are not checked."""
+    expected = record.get("weights_sha256")
+    if not expected:
+        return None
+    path = Path(run_dir) / WEIGHTS_FILE
+    try:
+        actual = file_sha256(path)
+    except FileNotFoundError:
+        return f"{path}: missing, though {METRICS_FILE} records its sha256"
+    except OSError as e:
+        return f"{path}: unreadable ({e.strerror})"
+    if actual != expected:
+        return (f"{path}: sha256 {actual[:12]}... is not the {expected[:12]}... that {METRICS_FILE} "
+                "records: the weights were changed or damaged after the run")
+    return None
 
 
 def read_record(path: Path) -> dict:
@@ -311,16 +389,24 @@ def write_manifest(sweep_dir: Path, config_name: Optional[str], task_overrides: 
         "jobs": [{"num": num, "overrides": list(overrides)} for num, overrides in enumerate(jobs)]})
 
 
+class ManifestError(RecordError):
+    """A manifest.json that exists but cannot be used (the message names it and why)."""
+
+
 def read_manifest(sweep_dir: Path) -> Optional[dict]:
     """The manifest, or None when the sweep has none (an old sweep, or a sweeper that
-    decides its jobs as it goes, such as Optuna). A damaged one is treated as absent."""
+    decides its jobs as it goes, such as Optuna). Raises ManifestError naming the file
+    when one exists but is damaged: never mistaken for "no manifest"."""
+    path = Path(sweep_dir) / MANIFEST_FILE
     try:
-        manifest = json.loads((Path(sweep_dir) / MANIFEST_FILE).read_text())
-    except (OSError, ValueError):
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
     if not isinstance(manifest, dict) or manifest.get("schema") != MANIFEST_SCHEMA \
             or not isinstance(manifest.get("jobs"), list):
-        return None
+        raise ManifestError(f"{path}: not a manifest of schema {MANIFEST_SCHEMA} (an object with a list of jobs)")
     return manifest
 
 
@@ -348,3 +434,26 @@ def job_dirs(sweep_dir: Path, max_depth: int = 3) -> list[Path]:
     walk(Path(sweep_dir), 1)
     numbered = sorted((p for p in found if NUMBER.fullmatch(p.name)), key=lambda p: int(p.name))
     return numbered + [p for p in found if not NUMBER.fullmatch(p.name)]
+
+
+def interrupt_orphaned(sweep_dir: Path, pid: int, reason: str) -> list[Path]:
+    """Mark `interrupted` the records a dead process (`pid`, this host) left `running` in
+    `sweep_dir`'s job directories, and remove its temp files there. Only for the process
+    that owns the sweep: the dead one held those directories' locks, nobody else does.
+    Returns the job directories changed."""
+    changed = []
+    host = socket.gethostname()
+    for job in job_dirs(sweep_dir):
+        try:
+            record = read_record(job / METRICS_FILE)
+        except (OSError, RecordError):
+            continue
+        prov = record.get("provenance") or {}
+        if record["status"] != "running" or prov.get("pid") != pid or prov.get("hostname") != host:
+            continue
+        remove_temp_files(job)
+        record.update(status="interrupted", stop_reason="interrupted", error=f"Killed: {reason}",
+                      stage=record.get("stage") or "train")
+        write_json(job / METRICS_FILE, record)
+        changed.append(job)
+    return changed

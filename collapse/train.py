@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import Optional, Sequence
@@ -82,6 +83,27 @@ def _prepare(cfg: DictConfig, record: RunRecord) -> Config:
     return typed
 
 
+def _recorded(metrics_path: Path, *statuses: str) -> bool:
+    """Whether `metrics_path` exists and records one of `statuses`: a message names the
+    file only then."""
+    try:
+        return records.read_record(metrics_path)["status"] in statuses
+    except (OSError, records.RecordError):
+        return False
+
+
+def _refused(e: BaseException) -> "SystemExit":
+    """A single run refused as bad input: its one line; the run directory as it was
+    before Hydra wrote its job files (collapse.sweep.callback.RunDirSnapshot)."""
+    from collapse.sweep.callback import restore_run_dir
+
+    restore_run_dir()
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        traceback.print_exc()
+    print(f"collapse: error: {_one_line(e)}", file=sys.stderr)
+    return SystemExit(2)
+
+
 def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: dict,
              job: dict, multirun: bool, launcher: Optional[DictConfig]) -> float:
     """The CLI's (and every sweep job's) side of runner.execute: bad input is one line
@@ -108,24 +130,24 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
                          record_bad_input=multirun)
     except (*BAD_INPUT, OmegaConfBaseException) as e:
         if not multirun:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
-                traceback.print_exc()
-            print(f"collapse: error: {_one_line(e)}", file=sys.stderr)
-            raise SystemExit(2) from None
+            raise _refused(e) from None
         log.error(f"collapse: error: {_one_line(e)}")
         return math.nan
     except (KeyboardInterrupt, Interrupted) as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        print(f"collapse: interrupted by {signal.Signals(signum).name}: recorded in {metrics_path}",
-              file=sys.stderr)
+        where = (f"recorded in {metrics_path}" if _recorded(metrics_path, "interrupted")
+                 else "nothing recorded (it stopped before its record was written)")
+        print(f"collapse: interrupted by {signal.Signals(signum).name}: {where}", file=sys.stderr)
         if parent_gone():           # an orphaned worker: nobody is left to report to
             os._exit(128 + signum)
         raise SystemExit(128 + signum) from None
     except Exception as e:  # noqa: BLE001 - recorded by execute; a sweep goes on
-        log.error(f"run failed: {type(e).__name__}: {e}")
+        # a full disk names itself and its file (records.WriteError); else the exception
+        what = str(e) if isinstance(e, records.WriteError) else f"run failed: {type(e).__name__}: {e}"
+        log.error(what)
         if not multirun:
-            print(f"collapse: error: run failed: {type(e).__name__}: {e} (traceback in {metrics_path})",
-                  file=sys.stderr)
+            where = f" (traceback in {metrics_path})" if _recorded(metrics_path, "failed") else ""
+            print(f"collapse: error: {what}{where}", file=sys.stderr)
             raise SystemExit(1) from None
         return math.nan
 
@@ -147,8 +169,7 @@ def _num(value) -> str:
     return f"{_num_or_nan(value):.3f}"
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
+def task(cfg: DictConfig) -> float:
     """Hydra task function. Returns the monitored val metric (for Hydra sweepers)."""
     from hydra.core.hydra_config import HydraConfig
 
@@ -164,6 +185,77 @@ def main(cfg: DictConfig) -> float:
     value = _run_job(cfg, Path(hc.runtime.output_dir), overrides, choices, job,
                      multirun, hc.launcher if multirun else None)
     return _objective(value, hc.sweeper) if multirun else value
+
+
+_hydra_main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")(task)
+
+# Command-line override keys that make Hydra (or logging) call a Python callable; refused
+# unless the user opts in (docs/reliability.md, "What runs code").
+ALLOW_CLI_TARGETS = "COLLAPSE_ALLOW_CLI_TARGETS"
+_CUSTOM_TARGET_KEYS = ("model._target_", "data._target_")       # model=custom, data=custom: checked by the schema
+_CUSTOM_KWARGS = ("model.kwargs", "data.kwargs")
+
+
+def _names_callable(key: str, value) -> bool:
+    parts = key.split(".")
+    if key == "hydra.callbacks" or key.startswith("hydra.callbacks.") or "_target_" in parts:
+        return True
+    logging_config = key.startswith(("hydra.job_logging", "hydra.hydra_logging"))
+    if logging_config and parts[-1] in ("class", "()"):
+        return True
+    tokens = ("_target_", "class", "()") if logging_config else ("_target_",)
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if any(str(k) in tokens for k in node):
+                return True
+            stack += list(node.values())
+        elif isinstance(node, list):
+            stack += node
+    return False
+
+
+def cli_callable_overrides(args: Sequence[str]) -> list[str]:
+    """The command-line overrides in `args` that name a Python callable for Hydra to call:
+    `hydra.callbacks...`, any `_target_` (in the key or inside a dict value) except
+    model._target_ / data._target_ and their kwargs (model=custom and data=custom, which
+    the schema refuses for any other option), and logging's `class`/`()`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    found = []
+    for arg in args:
+        if arg.startswith("-") or ("=" not in arg and not arg.startswith("~")):
+            continue                    # a flag, or a flag's value (--config-dir DIR)
+        try:
+            [override] = parser.parse_overrides([arg])
+        except (HydraException, ValueError):
+            continue                    # Hydra reports it when it parses the command line
+        key = override.key_or_group
+        if key in _CUSTOM_TARGET_KEYS or key.startswith(tuple(k + "." for k in _CUSTOM_KWARGS)) \
+                or key in _CUSTOM_KWARGS:
+            continue
+        try:
+            value = override.value()
+        except Exception:  # noqa: BLE001 - a sweep (x=a,b) or a deletion: its key decides
+            value = None
+        if _names_callable(key, value):
+            found.append(arg)
+    return found
+
+
+def main() -> float:
+    """The command line (python -m collapse.train, collapse-train): refuses overrides that
+    name a callable unless COLLAPSE_ALLOW_CLI_TARGETS=1, then runs Hydra."""
+    found = cli_callable_overrides(sys.argv[1:])
+    if found and os.environ.get(ALLOW_CLI_TARGETS) != "1":
+        print(f"collapse: error: {found[0]!r} names a Python callable for Hydra to call (hydra.callbacks / "
+              f"_target_ outside model=custom and data=custom); refused from the command line - put it in a "
+              f"config file, or set {ALLOW_CLI_TARGETS}=1 to allow it", file=sys.stderr)
+        raise SystemExit(2)
+    return _hydra_main()
 
 
 def _objective(value: float, sweeper: DictConfig) -> float:
@@ -183,6 +275,16 @@ def run(overrides: Sequence[str] = (), run_dir: Optional[str | Path] = None) -> 
     finished result or continues an interrupted run. Raises ConfigError, DataError or
     RunExists for bad input (the message names the key or file); a KeyboardInterrupt
     is recorded as `interrupted`, then re-raised. Torch's thread count is restored."""
+    # Hydra's global state (initialize_config_dir) and torch's thread count are per
+    # process: calls from several threads take turns
+    with _RUN_LOCK:
+        return _run(overrides, run_dir)
+
+
+_RUN_LOCK = threading.Lock()
+
+
+def _run(overrides: Sequence[str], run_dir: Optional[str | Path]) -> RunRecord:
     from hydra import compose, initialize_config_dir
 
     from collapse.run.execute import execute

@@ -321,3 +321,131 @@ def test_package_never_unpickles_or_evaluates():
                     for alias in node.names} | {node.module for node in ast.walk(tree)
                                                 if isinstance(node, ast.ImportFrom)}
         assert not ({"dill"} if ipc_only else {"pickle", "dill", "cloudpickle"}) & imported, source.name
+
+
+# ---------------------------------------------------------------- files that are not files, and files too big
+
+def _capped_cli(args, cwd, env=None):
+    """cli() under a 4 GB address-space cap: a data path that never ends must not be able
+    to take the machine down even if the loader regresses."""
+    import resource
+    import subprocess
+    import sys
+
+    from conftest import TIMEOUT, _env
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+
+    return subprocess.run([sys.executable, "-m", "collapse.train", *args], cwd=cwd, env=_env(env),
+                          capture_output=True, text=True, timeout=TIMEOUT, preexec_fn=cap)
+
+
+def _special_file(kind: str, tmp_path: Path) -> Path:
+    path = tmp_path / f"{kind}.npz"
+    if kind == "dev_zero_symlink":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        import socket
+
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))          # the file stays after close
+        server.close()
+    return path
+
+
+@pytest.mark.parametrize("kind, what", [("dev_zero_symlink", "character device"), ("fifo", "FIFO"),
+                                        ("socket", "socket")])
+def test_a_data_path_that_is_no_regular_file_is_refused_before_it_is_opened(kind, what, tmp_path):
+    path = _special_file(kind, tmp_path)
+    run_dir = tmp_path / "run"
+    line = assert_ours(_capped_cli([*TINY, "data=npz", f"data.path={path}", f"hydra.run.dir={run_dir}"], tmp_path),
+                       str(path), what, "refused", "bytes")
+    assert "(-> /dev/zero)" in line if kind == "dev_zero_symlink" else True
+    assert not run_dir.exists()                 # a refused run leaves no directory behind
+
+
+def test_a_file_that_unpacks_past_the_limit_is_refused_before_loading(tmp_path):
+    """The limit is checked against what np.load would allocate: each array's header
+    (shape x item size), not the compressed file - a 1 kB file can declare 8 TB."""
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    from collapse.data import load_npz, memory_limit
+    from collapse.errors import DataError
+
+    forged = tmp_path / "forged.npz"
+    with zipfile.ZipFile(forged, "w") as archive:
+        with archive.open("X.npy", "w") as f:
+            npy.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (10 ** 12, 1, 1)})
+            f.write(b"\0" * 64)
+        with archive.open("y.npy", "w") as f:
+            npy.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (10 ** 12,)})
+    with pytest.raises(DataError, match=r"unpack to 16000000000000 bytes, over the limit of \d+ bytes"):
+        load_npz(str(forged))
+    X, y = xy()
+    ok = write_npz(tmp_path / "ok.npz", X=X, y=y)
+    assert load_npz(str(ok))[0].shape == X.shape
+    with pytest.raises(DataError, match=rf"{ok}' is \d+ bytes, over the limit of 100 bytes"):
+        load_npz(str(ok), limit=100)
+    assert 0 < memory_limit() < 2 ** 62
+
+
+# ---------------------------------------------------------------- a refused run touches nothing
+
+def test_a_refused_run_leaves_no_directory_and_an_existing_one_unchanged(tmp_path):
+    new = tmp_path / "outputs" / "new" / "run"
+    for bad in (["data.temporal_frames=0"], ["trainer.epochs=abc"], ["trainer.device=cuda"]):
+        proc = cli([*TINY, *bad, f"hydra.run.dir={new}"], cwd=tmp_path)
+        assert proc.returncode in (1, 2), proc.stderr[-2000:]
+        if proc.returncode == 2:
+            assert not (tmp_path / "outputs").exists(), (bad, sorted(tmp_path.rglob("*")))
+    used = tmp_path / "used"
+    assert cli([*TINY, f"hydra.run.dir={used}"], cwd=tmp_path).returncode == 0
+    before = {p: p.read_bytes() for p in used.rglob("*") if p.is_file()}
+    # another config's result is there: refused, and its .hydra/ still says what ran
+    assert_ours(cli([*TINY, "seed=7", f"hydra.run.dir={used}"], cwd=tmp_path), "another config")
+    assert {p: p.read_bytes() for p in used.rglob("*") if p.is_file()} == before
+    assert "seed=7" not in (used / ".hydra" / "overrides.yaml").read_text()
+
+
+# ---------------------------------------------------------------- the command line runs no callables
+
+@pytest.mark.parametrize("override", [
+    "+hydra.callbacks.x._target_=shutil.copyfile",
+    "+hydra.callbacks.x={_target_:builtins.open,file:PWNED,mode:w}",
+    "hydra.launcher._target_=pathlib.Path.touch",
+    "+model.encoder._target_=pathlib.Path.touch",
+    "+study={_target_:pathlib.Path.touch}",
+    "~hydra.callbacks.sweep_status",
+    "hydra.job_logging.handlers.console.class=pathlib.Path",
+])
+def test_overrides_that_name_a_callable_are_found(override):
+    from collapse.train import cli_callable_overrides
+
+    assert cli_callable_overrides(["-m", override, "seed=1"]) == [override]
+
+
+@pytest.mark.parametrize("override", [
+    "model._target_=examples.nets.FrameAttention", "+model.kwargs.width=32", "+data.kwargs.net={_target_:a.b}",
+    "data._target_=examples.datasets.make_waves", "study=_target_", "seed=0,1", "hydra.sweep.dir=x",
+])
+def test_overrides_that_name_no_callable_or_a_custom_one_pass(override):
+    from collapse.train import cli_callable_overrides
+
+    assert cli_callable_overrides(["--config-dir", "sweeps", override]) == []
+
+
+def test_a_callback_from_the_command_line_is_refused_unless_allowed(tmp_path):
+    source, copied = tmp_path / "source.txt", tmp_path / "COPIED"
+    source.write_text("x")
+    args = [*TINY, "trainer.epochs=1", "+hydra.callbacks.x._target_=shutil.copyfile",
+            f"+hydra.callbacks.x.src={source}",
+            f"+hydra.callbacks.x.dst={copied}", f"hydra.run.dir={tmp_path / 'run'}"]
+    assert_ours(cli(args, cwd=tmp_path), "hydra.callbacks.x._target_", "COLLAPSE_ALLOW_CLI_TARGETS=1")
+    assert not copied.exists() and not (tmp_path / "run").exists()
+    proc = cli(args, cwd=tmp_path, env={"COLLAPSE_ALLOW_CLI_TARGETS": "1"})        # opted in: as documented
+    assert proc.returncode == 0 and copied.read_text() == "x", proc.stderr[-2000:]

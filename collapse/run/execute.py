@@ -85,7 +85,12 @@ def _prior(run_dir: Path, config_hash: Optional[str], resume: bool) -> tuple[Opt
         if not resume:
             raise RunExists(f"{path} already holds a result of this config; pass resume=true to skip it "
                             "or use another output dir")
-        return RunRecord.from_dict(old), None
+        damaged = records.weights_problem(run_dir, old)
+        if damaged is None:
+            return RunRecord.from_dict(old), None
+        # the metrics stand, but a result is its weights too: run it again (seeded: the same result)
+        log.warning(f"collapse: warning: {damaged}; running this config again")
+        return None, None
     if old["status"] in ("interrupted", "running"):      # running: its process is gone (we hold the lock)
         checkpoint = run_dir / records.CHECKPOINT_FILE
         if checkpoint.is_file():
@@ -137,17 +142,25 @@ def execute(cfg: Config, record: RunRecord, run_dir: Optional[Path] = None, thre
                 lock = DirLock(run.run_dir).acquire("run directory")
             except DirLocked as e:
                 raise RunExists(str(e)) from None
+            # we hold the lock: a temp file here is a killed writer's, never a live one's
+            records.remove_temp_files(run.run_dir)
             previous, run.checkpoint = _prior(run.run_dir, record.config_hash, cfg.resume)
             if previous is not None:
                 log.info(f"resume: {run.file(records.METRICS_FILE)} already holds a {previous.status} "
                          "run of this config; skipped")
                 return previous
         try:
-            _prepare(run)
+            with Interrupts():          # SIGTERM while the data loads is a recorded interrupt too
+                _prepare(run)
         except BAD_INPUT as e:
             if lock is not None and record_bad_input and not isinstance(e, RunExists):
                 record.status, record.stop_reason, record.error = "failed", "bad_input", f"{type(e).__name__}: {e}"
+                record.stage = "prepare"
                 run.write()
+            raise
+        except (Exception, KeyboardInterrupt, Interrupted, SystemExit) as e:
+            # not bad input (a MemoryError, an interrupt while the data loads): a record says so
+            _record_stop(run, e, "prepare", time.time())
             raise
         return _run_tracked(run, threads)
     finally:
@@ -168,10 +181,36 @@ def _prepare(run: _Run) -> None:
             record.warnings.append(warning)
             log.warning(f"collapse: warning: {warning}")
     if cfg.logger.names:                                   # imported only when chosen
-        from collapse.run.trackers import Loggers
+        from collapse.run.trackers import Loggers, LoggerUnavailable
 
-        run.trackers = Loggers.create(cfg.logger.names, cfg.logger, run.run_dir,
-                                      record.warnings)
+        made = []
+        for name in dict.fromkeys(cfg.logger.names):
+            try:
+                made += Loggers.create([name], cfg.logger, run.run_dir, record.warnings).loggers
+            except LoggerUnavailable:
+                raise                                      # a missing package is bad input
+            except Exception as e:  # noqa: BLE001 - a tracker that cannot start never costs the run
+                warning = (f"logger {name} could not start ({type(e).__name__}: "
+                           f"{(str(e).splitlines() or [''])[0][:300]}); it is off for this run, "
+                           "metrics.json is unaffected")
+                log.warning(f"collapse: warning: {warning}")
+                record.warnings.append(warning)
+        run.trackers = Loggers(made, record.warnings) if made else None
+
+
+def _record_stop(run: _Run, e: BaseException, stage: str, started: float) -> None:
+    """Record what stopped the run (an interrupt, or a failure) and at which stage, in
+    metrics.json when the run has a directory. The caller re-raises."""
+    record = run.record
+    interrupted = isinstance(e, (KeyboardInterrupt, Interrupted, SystemExit))
+    record.status = "interrupted" if interrupted else "failed"
+    record.stop_reason = "interrupted" if interrupted else "exception"
+    record.error = type(e).__name__ + (f": {e}" if str(e) else "")
+    record.traceback = None if interrupted else traceback.format_exc()
+    record.stage, record.wall_time_s = stage, time.time() - started
+    if not record.provenance:
+        record.provenance = records.provenance()
+    run.write()
 
 
 def _run_tracked(run: _Run, threads: int) -> RunRecord:
@@ -198,7 +237,7 @@ def _run_recorded(run: _Run, threads: int) -> RunRecord:
     if threads > 0:
         torch.set_num_threads(threads)
     started = time.time()
-    record.status, record.error, record.traceback = "running", None, None
+    record.status, record.error, record.traceback, record.stage = "running", None, None, None
     record.device, record.threads, record.started_at = run.device, torch.get_num_threads(), started
     record.provenance = records.provenance()
     try:
@@ -210,21 +249,15 @@ def _run_recorded(run: _Run, threads: int) -> RunRecord:
                 # handler. Recorded with the handlers still installed: a second signal (Ctrl-C
                 # reaches the whole process group, and the sweep then forwards SIGTERM) is dropped
                 with run.interrupts.recording():
-                    record.status, record.stop_reason = "interrupted", "interrupted"
-                    record.error = type(e).__name__ + (f": {e}" if str(e) else "")
                     best = getattr(run.trainer, "best_state_", None)
                     if run.run_dir is not None and cfg.save_weights and best is not None:
-                        records.save_weights(run.file(records.WEIGHTS_FILE), best)
-                    record.wall_time_s = time.time() - started
-                    run.write()
+                        record.weights_sha256 = records.save_weights(run.file(records.WEIGHTS_FILE), best)
+                    _record_stop(run, e, "train", started)
                 log.warning(f"run interrupted ({record.error}) after {record.epochs_run} epochs: recorded; "
                             "resume=true continues it from its last checkpoint")
                 raise
     except Exception as e:  # noqa: BLE001 - a crash mid-run is a recorded result
-        record.status, record.stop_reason = "failed", "exception"
-        record.error, record.traceback = f"{type(e).__name__}: {e}", traceback.format_exc()
-        record.wall_time_s = time.time() - started
-        run.write()
+        _record_stop(run, e, "train", started)
         raise
     finally:
         torch.set_num_threads(previous_threads)
@@ -328,4 +361,4 @@ def _train(run: _Run) -> None:
         record.recalibrated = {"intercept": a, "slope": b, "val": regression_report(data.y_val, a + b * pred_val),
                                "test": test, "raised_test_r2": bool(test["r2"] > record.best["test"]["r2"])}
     if run.run_dir is not None and cfg.save_weights:
-        records.save_weights(run.file(records.WEIGHTS_FILE), trainer.best_state_)
+        record.weights_sha256 = records.save_weights(run.file(records.WEIGHTS_FILE), trainer.best_state_)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from collapse.records import job_dirs, read_manifest
+from collapse.records import ManifestError, job_dirs, read_manifest
 from collapse.summary import search, stats
 from collapse.summary.jobs import (
     DIAGNOSES,
@@ -145,7 +145,7 @@ def _plan(jobs: list[Job], placed: list[Job], planned: Optional[list], factors: 
         absent = [n for n in range(top) if n not in nums]
         problems += [(n, f"job {n}: {sweep_dir / str(n)}: missing (no job directory)") for n in absent]
         if absent:
-            notes.append("no manifest.json: planned jobs inferred from the job numbers and the grid")
+            notes.append("no usable manifest.json: planned jobs inferred from the job numbers and the grid")
     for job in placed:      # a job the plan did not foresee still counts as planned
         seeds_by_cell.setdefault(_cell_of(job.settings, factors), set()).add(job.seed)
     return levels, grid, seeds_by_cell, absent, problems, notes
@@ -324,14 +324,19 @@ def build_summary(sweep_dir, thresholds=None, histories: bool = False, diagnosis
         raise SweepDirError(f"{sweep_dir}: holds no job directories")
 
     jobs = [read_job(d, histories=histories) for d in dirs]
-    planned = manifest_jobs(read_manifest(sweep_dir))
+    try:
+        manifest, manifest_problem = read_manifest(sweep_dir), None
+    except ManifestError as e:     # not "no manifest": the jobs it planned are inferred below
+        manifest, manifest_problem = None, f"{e}: planned jobs inferred from the job numbers and the grid"
+    planned = manifest_jobs(manifest)
     info = sweep_info(jobs)
     placed = [j for j in jobs if j.settings is not None]
     notes = unify_numeric_levels([j.settings for j in placed] + [s for _, s, _, _ in planned or []])
     declared = [str(k) for k in info.get("factors") or []]
     factors, factor_notes = find_factors(jobs, declared)
     notes += factor_notes
-    if search.is_search(sweep_dir, jobs, factors, planned is not None):   # --- a search: no grid
+    has_manifest = planned is not None or manifest_problem is not None
+    if search.is_search(sweep_dir, jobs, factors, has_manifest):   # --- a search: no grid
         problems = [f"job {j.num if j.num is not None else j.path.name}: {p}" for j in jobs for p in j.problems]
         return search.build(sweep_dir, jobs, factors, info, notes, problems), {}
     levels, grid, planned_seeds, absent, numbered, plan_notes = _plan(jobs, placed, planned, factors, sweep_dir)
@@ -343,6 +348,7 @@ def build_summary(sweep_dir, thresholds=None, histories: bool = False, diagnosis
     numbered += [(j.num if j.num is not None else math.inf,
                   f"job {j.num if j.num is not None else j.path.name}: {p}") for j in jobs for p in j.problems]
     problems = [p for _, p in sorted(numbered, key=lambda item: item[0])]
+    problems[:0] = [manifest_problem] if manifest_problem else []
     problems += [f"cell {_label(factors, cell)}: no jobs at all" for cell in grid if not by_cell[cell]]
 
     # per-run best metrics of the result runs, by seed (for pairing)
@@ -378,7 +384,8 @@ def build_summary(sweep_dir, thresholds=None, histories: bool = False, diagnosis
         "schema": SCHEMA, "sweep_dir": str(sweep_dir), "sweep_name": info.get("name"),
         "thresholds": {"r2": list(th.r2), "ratio": list(th.ratio), "collapse": th.collapse, "levels": list(LEVELS)},
         "jobs": {"total": len(jobs) + len(absent), "by_status": by_status, "absent": absent,
-                 "planned": len(planned) if planned is not None else None, "manifest": planned is not None},
+                 "planned": len(planned) if planned is not None else None,
+                 "manifest": True if planned is not None else ("unreadable" if manifest_problem else False)},
         "factors": [{"key": f, "levels": levels[f], "declared": f in declared} for f in factors],
         "seeds": sorted({s for seeds in planned_seeds.values() for s in seeds}, key=level_key),
         "baseline": {"label": _label(factors, baseline), "settings": dict(zip(factors, baseline)),

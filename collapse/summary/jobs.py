@@ -200,6 +200,10 @@ def read_job(job_dir: Path, histories: bool = True) -> Job:
         job.problems.append(f"{metrics}: failed: {error.splitlines()[0][:200]}")
     elif job.status == "diverged":
         job.problems.append(f"{metrics}: diverged at epoch {record.get('epochs_run')} (counted, not in the statistics)")
+    if job.status in records.RESULT_STATUSES:
+        damaged = records.weights_problem(job_dir, record)     # the metrics stand; the weights do not
+        if damaged is not None:
+            job.problems.append(damaged)
     return job
 
 

@@ -154,7 +154,8 @@ def _header_lines(summary: dict) -> list[str]:
     statuses = ", ".join(f"{n} {s}" for s, n in j["by_status"].items() if n)
     factors = "; ".join(f"{f['key']} ({', '.join(map(str, f['levels']))})" for f in summary["factors"]) or "none"
     ve = summary["variance_explained"]
-    planned = "planned by manifest.json" if j.get("manifest") else "no manifest: planned = the seeds seen"
+    planned = {True: "planned by manifest.json", "unreadable": "manifest.json unreadable: planned = inferred"}.get(
+        j.get("manifest"), "no manifest: planned = the seeds seen")
     lines = [f"sweep {summary['sweep_dir']}: {j['total']} jobs ({statuses}); {len(summary['cells'])} cells "
              f"x {len(summary['seeds'])} seeds ({planned})",
              f"factors: {factors}",

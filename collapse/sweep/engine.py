@@ -97,7 +97,10 @@ def _send(conn, message: tuple) -> None:
     except Exception as e:  # noqa: BLE001 - a reply that will not travel: its text does
         data = cloudpickle.dumps(("error", RuntimeError(f"the worker's reply cannot be sent: "
                                                         f"{type(e).__name__}: {e}")))
-    conn.send_bytes(data)
+    try:
+        conn.send_bytes(data)
+    except OSError:             # BrokenPipeError: the launching process is gone (SIGKILLed)
+        os._exit(1)             # nobody is left to tell: no traceback, no teardown
 
 
 def _compose(state: dict, overrides: Sequence[str]) -> bytes:
@@ -175,9 +178,9 @@ class WorkerPool:
                          name="collapse-worker-payload").start()
         self.workers.append(_Worker(process, parent_end))
 
-    def map(self, tasks: Sequence[tuple], on_lost: Callable[[tuple, int], Any]) -> dict:
+    def map(self, tasks: Sequence[tuple], on_lost: Callable[[tuple, int, int], Any]) -> dict:
         """tasks: (key, kind, data). Returns {key: ("ok" | "error", value)}; a task whose
-        worker died gets on_lost(task, exit code) and a new worker takes the rest."""
+        worker died gets on_lost(task, exit code, the worker's pid) and a new worker takes the rest."""
         queue, results = deque(tasks), {}
         with _signals_raise():
             try:
@@ -234,7 +237,7 @@ class WorkerPool:
                   "printed is above; hydra/launcher=basic runs the jobs in this process", file=sys.stderr)
             raise SystemExit(1)
         if w.task is not None:
-            results[w.task[0]] = ("lost", on_lost(w.task, code))
+            results[w.task[0]] = ("lost", on_lost(w.task, code, w.process.pid))
         self._start()                           # the pool keeps its size for the rest of the sweep
 
     def shutdown(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
@@ -336,7 +339,7 @@ class Engine:
                 self._composed[key] = _compose({"hydra_context": self.hydra_context, "config": self.config}, key)
             return
         todo = [(i, COMPOSE, key) for i, key in enumerate(keys)]
-        replies = self.pool.map(todo, on_lost=lambda task, code: None)
+        replies = self.pool.map(todo, on_lost=lambda task, code, pid: None)
         for i, key in enumerate(keys):
             kind, value = replies[i]
             if kind == "error":
@@ -370,12 +373,15 @@ class Engine:
             returns.append(value)
         return returns
 
-    def _lost_job(self, task: tuple, code: int):
+    def _lost_job(self, task: tuple, code: int, pid: int):
         from hydra.core.utils import JobReturn, JobStatus
 
+        from collapse.records import interrupt_orphaned
         from collapse.sweep.job import failed_objective
 
         job_num, _, overrides = task[2]
+        # the dead worker's record says `running` (and a write may have left its temp file)
+        interrupt_orphaned(str(self.config.hydra.sweep.dir), pid, f"its worker process died ({_ended(code)})")
         print(f"collapse: error: job {job_num} ({' '.join(overrides)}): its worker process died ({_ended(code)}); "
               "the sweep goes on without it and resume=true runs it again", file=sys.stderr)
         # collapse's convention for a job without a result: a completed Hydra job whose

@@ -161,3 +161,138 @@ def test_interrupts_wait_while_a_checkpoint_is_written():
             with interrupts.deferred():
                 os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL      # restored
+
+
+# ---------------------------------------------------------------- every way out of execute releases the lock
+
+def _lock_is_free(run_dir) -> bool:
+    try:
+        records.DirLock(run_dir).acquire().release()
+    except records.DirLocked:
+        return False
+    return True
+
+
+def test_every_exit_of_execute_releases_the_run_directory_lock(tmp_path, monkeypatch):
+    import collapse.run.execute as execute_module
+    from collapse.errors import DataError
+
+    # completed
+    run(TINY, run_dir=tmp_path / "a")
+    assert _lock_is_free(tmp_path / "a")
+    # an existing result returned by resume=true (the return inside the try)
+    run([*TINY, "resume=true"], run_dir=tmp_path / "a")
+    assert _lock_is_free(tmp_path / "a")
+    # and the directory is usable again from this process, and from another one
+    assert run([*TINY, "resume=true"], run_dir=tmp_path / "a").status == "completed"
+    proc = cli([*TINY, "resume=true", f"hydra.run.dir={tmp_path / 'a'}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # refused: another config's result
+    with pytest.raises(RunExists):
+        run([*TINY, "seed=3"], run_dir=tmp_path / "a")
+    assert _lock_is_free(tmp_path / "a")
+    # bad input found while preparing (a data file)
+    with pytest.raises(DataError):
+        run([*TINY, "data=npz", f"data.path={tmp_path / 'none.npz'}"], run_dir=tmp_path / "b")
+    assert _lock_is_free(tmp_path / "b")
+    # a failure, and an interrupt, before training: recorded with their stage
+    for exc, status in ((MemoryError("Unable to allocate"), "failed"), (KeyboardInterrupt(), "interrupted")):
+        def boom(*args, exc=exc, **kwargs):
+            raise exc
+        monkeypatch.setattr(execute_module.data_lib, "load", boom)
+        with pytest.raises(type(exc)):
+            run(TINY, run_dir=tmp_path / status)
+        assert _lock_is_free(tmp_path / status)
+        record = read_json(tmp_path / status / records.METRICS_FILE)
+        assert (record["status"], record["stage"]) == (status, "prepare"), record
+        assert record["error"].startswith(type(exc).__name__) and record["seed"] == 0
+    monkeypatch.undo()
+    # a failure while training
+    monkeypatch.setattr(execute_module, "_train", lambda run_: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError):
+        run(TINY, run_dir=tmp_path / "c")
+    assert _lock_is_free(tmp_path / "c")
+    record = read_json(tmp_path / "c" / records.METRICS_FILE)
+    assert (record["status"], record["stage"], record["error"]) == ("failed", "train", "RuntimeError: boom")
+
+
+def test_a_cli_failure_before_training_names_the_record_it_wrote(tmp_path):
+    """A message names metrics.json only once it exists: here a MemoryError while the data
+    is generated (under an address-space cap) is recorded first."""
+    import resource
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "collapse.train", "data.n_samples=300000000",
+                           f"hydra.run.dir={run_dir}"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=TIMEOUT, preexec_fn=cap)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "MemoryError" in line and f"(traceback in {run_dir / 'metrics.json'})" in line, line
+    record = read_json(run_dir / "metrics.json")
+    assert (record["status"], record["stage"]) == ("failed", "prepare") and "MemoryError" in record["traceback"]
+
+
+def test_a_tracker_that_cannot_start_is_switched_off_and_the_run_completes(tmp_path):
+    record = run([*TINY, "logger=mlflow", "logger.tracking_uri=sqlite:////proc/nope/mlflow.db"], run_dir=tmp_path)
+    assert record.status == "completed"
+    [warning] = [w for w in read_json(tmp_path / records.METRICS_FILE)["warnings"] if "mlflow" in w]
+    assert "could not start" in warning and "/proc/nope" in warning
+
+
+def test_run_from_two_threads_gives_two_records():
+    out = {}
+
+    def go(seed):
+        out[seed] = run([*TINY, f"seed={seed}"]).status
+
+    threads = [threading.Thread(target=go, args=(seed,)) for seed in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == {1: "completed", 2: "completed"}
+
+
+def test_weights_hash_is_recorded_and_garbage_weights_are_noticed(tmp_path):
+    from collapse.summary.jobs import read_job
+
+    first = run(TINY, run_dir=tmp_path)
+    weights = tmp_path / records.WEIGHTS_FILE
+    assert first.weights_sha256 == records.file_sha256(weights)
+    assert records.weights_problem(tmp_path, read_json(tmp_path / records.METRICS_FILE)) is None
+    weights.write_bytes(b"garbage")
+    # the summary's reader says so
+    assert any("sha256" in p and str(weights) in p for p in read_job(tmp_path).problems)
+    # resume does not hand the damaged result back: it runs the config again, to the same result
+    again = run([*TINY, "resume=true"], run_dir=tmp_path)
+    assert again.provenance["pid"] == os.getpid() and again.started_at != first.started_at
+    assert again.best == first.best and records.file_sha256(weights) == first.weights_sha256
+    assert torch.load(weights, weights_only=True)
+
+
+def test_a_killed_writers_temp_file_does_not_outlive_the_next_run(tmp_path):
+    run(TINY, run_dir=tmp_path)
+    stray = tmp_path / ".metrics.json.k1ll3d.tmp"
+    stray.write_text('{"schema": 2, "sta')
+    run([*TINY, "resume=true"], run_dir=tmp_path)
+    assert not stray.exists()
+
+
+def test_a_full_disk_or_a_file_size_limit_is_named(tmp_path):
+    code = ("import resource, sys\n"
+            "from collapse import records\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
+            "records.write_json(sys.argv[1], {'pad': 'x' * 10000})\n")
+    target = tmp_path / "metrics.json"
+    proc = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == \
+        f"collapse.records.WriteError: {target}: file too large (the file size limit, ulimit -f, is 4096 bytes)"
+    assert not target.exists() and not list(tmp_path.iterdir())       # no temp file left either
+    import errno
+
+    error = records._no_room(target, OSError(errno.ENOSPC, "No space left on device"))
+    assert str(error) == f"{target}: disk full (No space left on device) while writing it"

@@ -103,14 +103,17 @@ def test_parallel_sweep_survives_a_killed_worker(tmp_path, reference_sweep):
         kill_quietly(proc)
     log = (tmp_path / "stage1.log").read_text()
     after_kill = statuses(sweep_dir)                  # every file that exists is whole JSON
-    assert after_kill[victim] in ("running", "completed"), after_kill   # completed: it won the race
+    # the launching process marks the dead worker's job interrupted (completed: it won the race)
+    assert after_kill[victim] in ("interrupted", "completed"), after_kill
+    assert not list((sweep_dir / str(victim)).glob(".*.tmp"))
     others = {n: s for n, s in after_kill.items() if n != victim}
     assert set(others.values()) == {"completed"}, after_kill
     kept = completed_fingerprints(sweep_dir)
-    if after_kill[victim] == "running":
+    if after_kill[victim] == "interrupted":
         assert proc.returncode == 1, log[-3000:]
         assert f"job {victim} (" in log and "its worker process died (signal SIGKILL)" in log, log[-3000:]
-        assert f"jobs that did not complete: {victim} (running)" in log, log[-3000:]
+        assert f"jobs that did not complete: {victim} (interrupted)" in log, log[-3000:]
+        assert "its worker process died" in read_json(sweep_dir / str(victim) / "metrics.json")["error"]
         summary = summarize(sweep_dir, plots=False)
         assert any(p.startswith(f"job {victim}:") and "interrupted" in p for p in summary["problems"])
 

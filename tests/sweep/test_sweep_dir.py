@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from collapse import records
-from collapse.records import DirLock, DirLocked, job_dirs, read_manifest, write_manifest
+from collapse.records import DirLock, DirLocked, ManifestError, job_dirs, read_manifest, write_manifest
 
 from conftest import (
     N_SWEEP_JOBS,
+    ROOT,
     SWEEP_GRID,
     SWEEP_TINY,
     TIMEOUT,
@@ -64,12 +67,58 @@ def test_job_dirs_whatever_their_names_and_stray_dirs_ignored(tmp_path):
         ["2", "10", "lr=0.1,seed=0", "nested/deeper"]
 
 
-def test_manifest_round_trips_and_a_damaged_one_reads_as_absent(tmp_path):
+def test_manifest_round_trips_and_a_damaged_one_is_named_never_absent(tmp_path):
+    assert read_manifest(tmp_path) is None                     # absent: no manifest
     write_manifest(tmp_path, "config", ["a=1,2"], [["a=1"], ["a=2"]])
     manifest = read_manifest(tmp_path)
     assert [(j["num"], j["overrides"]) for j in manifest["jobs"]] == [(0, ["a=1"]), (1, ["a=2"])]
-    (tmp_path / "manifest.json").write_text('{"schema": 1, "jobs": ')
-    assert read_manifest(tmp_path) is None
+    for damaged in ('{"schema": 1, "jobs": ', '{"schema": 1, "jobs": 3}', "[]"):
+        (tmp_path / "manifest.json").write_text(damaged)
+        with pytest.raises(ManifestError, match=str(tmp_path / "manifest.json")):
+            read_manifest(tmp_path)
+
+
+def test_a_damaged_manifest_is_a_problem_line_and_missing_jobs_are_still_found(tmp_path, reference_sweep):
+    from collapse.summary.build import build_summary
+
+    sweep_dir = tmp_path / "sweep"
+    shutil.copytree(reference_sweep, sweep_dir)
+    manifest = sweep_dir / "manifest.json"
+    manifest.write_text(manifest.read_text()[:100])            # truncated
+    shutil.rmtree(sweep_dir / "3")                              # and the last job gone
+    summary, _ = build_summary(sweep_dir)
+    assert summary["problems"][0].startswith(f"{manifest}: unreadable")
+    assert any(p.startswith("job 3:") and "missing" in p for p in summary["problems"]), summary["problems"]
+    assert summary["jobs"]["manifest"] == "unreadable" and summary["jobs"]["absent"] == [3]
+
+
+def test_resume_rewrites_a_damaged_manifest_and_says_so(tmp_path, reference_sweep):
+    sweep_dir = tmp_path / "sweep"
+    shutil.copytree(reference_sweep, sweep_dir)
+    (sweep_dir / "manifest.json").write_text("{")
+    proc = cli(sweep(sweep_dir, "resume=true"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"{sweep_dir / 'manifest.json'}: unreadable" in proc.stderr and "rewrote it" in proc.stderr
+    assert len(read_manifest(sweep_dir)["jobs"]) == N_SWEEP_JOBS
+
+
+def test_a_dead_workers_running_record_becomes_interrupted_and_its_temp_file_goes(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    job = tmp_path / "0"
+    (job / ".hydra").mkdir(parents=True)
+    base = {"schema": 2, "status": "running", "provenance": {"pid": dead.pid, "hostname": socket.gethostname()}}
+    records.write_json(job / "metrics.json", base)
+    (job / ".metrics.json.abc.tmp").write_text("{")
+    other = tmp_path / "1"
+    (other / ".hydra").mkdir(parents=True)
+    records.write_json(other / "metrics.json", {**base, "provenance": {"pid": os.getpid(),
+                                                                       "hostname": socket.gethostname()}})
+    assert records.interrupt_orphaned(tmp_path, dead.pid, "its worker process died (signal SIGKILL)") == [job]
+    record = read_json(job / "metrics.json")
+    assert record["status"] == "interrupted" and "worker process died" in record["error"]
+    assert not list(job.glob(".*.tmp"))
+    assert read_json(other / "metrics.json")["status"] == "running"       # another process's job: untouched
 
 
 # ---------------------------------------------------------------- real sweeps
@@ -198,3 +247,37 @@ def test_submitit_requeues_a_preempted_job_which_continues_from_its_checkpoint(t
     assert [{k: v for k, v in h.items() if k != "seconds"} for h in final["history"]] == \
         [{k: v for k, v in h.items() if k != "seconds"} for h in reference.history]
     assert final["best"] == json.loads(json.dumps(records.finite_or_none(reference.best)))
+
+
+# ---------------------------------------------------------------- launchers and sweepers that cannot start
+
+def test_slurm_without_sbatch_is_one_line(tmp_path):
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if not (Path(p) / "sbatch").exists())
+    proc = cli(["-m", "seed=0,1", "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path,
+               env={"PATH": path})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "sbatch" in proc.stderr
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_an_unusable_optuna_storage_is_one_line(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    storage = f"sqlite:///{tmp_path}/no/such/dir/x.db"
+    proc = cli(["--config-dir", str(ROOT / "sweeps"), "--config-name", "tune", "hydra.sweeper.n_trials=2",
+                f"hydra.sweeper.storage={storage}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("collapse: error: hydra.sweeper.storage=") and storage in line
+
+
+def test_a_worker_whose_sweep_is_gone_exits_without_a_traceback():
+    """What each worker did when its sweep was SIGKILLed while they started: writing to
+    the dead parent's pipe raised BrokenPipeError with a traceback."""
+    code = ("import multiprocessing as mp\n"
+            "from collapse.sweep.engine import _send\n"
+            "a, b = mp.Pipe()\n"
+            "a.close()\n"
+            "_send(b, ('ready', 1))\n"
+            "print('not reached')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 1 and proc.stderr == "" and proc.stdout == "", (proc.stdout, proc.stderr)

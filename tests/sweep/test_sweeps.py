@@ -26,7 +26,7 @@ def _records(sweep_dir):
 def test_in_process_multirun(hydra_sweep_runner, tmp_path, launcher, monkeypatch):
     monkeypatch.delenv(CONCURRENT_ENV, raising=False)      # the sweep sets it in this process
     sweep = hydra_sweep_runner(
-        calling_file=train.__file__, calling_module=None, task_function=train.main.__wrapped__,
+        calling_file=train.__file__, calling_module=None, task_function=train.task,
         config_path=train.CONF_DIR, config_name="config",
         overrides=TINY + ["data.temporal_frames=1,3", "seed=0,1"] + launcher, temp_dir=tmp_path / "sweep")
     with sweep:
