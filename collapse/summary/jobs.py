@@ -231,22 +231,54 @@ def sweep_info(jobs: Sequence[Job]) -> dict:
 
 # ---------------------------------------------------------------- factors and levels
 
+# Hydra's override grammar (hydra/grammar/OverrideLexer.g4) for the primitive values a
+# level can be: its INT and FLOAT (underscores between digits, "1." and ".5", inf, nan;
+# "01" and "0x10" are strings), BOOL and NULL in any case. `~` is YAML's null (Hydra's
+# own files, choices written as YAML).
+_DIGITS = r"(?:0|[1-9](?:_?[0-9])*)"
+_POINT_FLOAT = rf"(?:{_DIGITS}\.|{_DIGITS}?\.[0-9](?:_?[0-9])*)"
+_NUMBER = re.compile(rf"[+-]?(?:(?:{_DIGITS}|{_POINT_FLOAT})[eE][+-]?[0-9](?:_?[0-9])*|{_POINT_FLOAT}|{_DIGITS}"
+                     r"|[Ii][Nn][Ff]|[Nn][Aa][Nn])")
+_BOOL = {"true": True, "false": False}
+
+
+def level_value(text: Optional[str]) -> tuple:
+    """The value Hydra reads from an override's value text, tagged so that True and 1 stay
+    apart: ("missing",) for no value, ("null",), ("bool", b), ("number", x) (ints and
+    floats alike: 1 and 1.0 are one level; NaN as the string "nan"), ("string", s) (a
+    quoted value is the string inside its quotes)."""
+    if text is None:
+        return ("missing",)
+    value = str(text).strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return ("string", value[1:-1])
+    lower = value.lower()
+    if lower == "null" or value == "~":
+        return ("null",)
+    if lower in _BOOL:
+        return ("bool", _BOOL[lower])
+    if _NUMBER.fullmatch(value):
+        x = float(value.replace("_", ""))
+        return ("number", "nan" if math.isnan(x) else x)
+    return ("string", value)
+
+
+_ORDER = {"missing": 0, "null": 1, "bool": 2, "number": 3, "string": 4}
+
+
 def level_key(value: Optional[str]):
-    """Numbers in numeric order, before strings; a missing value first."""
-    if value is None:
-        return (0, 0.0, "")
-    try:
-        return (1, float(value), value)
-    except ValueError:
-        return (2, 0.0, value)
+    """Sort key of a level: a missing value first, then null, false, true, numbers in
+    numeric order (NaN last), strings."""
+    kind, *rest = level_value(value)
+    x = rest[0] if rest else 0.0
+    if kind == "number":
+        return (_ORDER[kind], math.inf if x == "nan" else x, 0 if x != "nan" else 1, str(value))
+    return (_ORDER[kind], float(x) if kind == "bool" else 0.0, 0, x if kind == "string" else str(value))
 
 
 def same_level(a: Optional[str], b: Optional[str]) -> bool:
-    """Equal as written or as numbers ("0" and "0.0")."""
-    try:
-        return a == b or float(a) == float(b)
-    except (TypeError, ValueError):
-        return False
+    """One value to Hydra: "0" and "0.0", "1e-3" and "0.001", "true" and "True", "null" and "NULL"."""
+    return a == b or level_value(a) == level_value(b)
 
 
 def find_factors(jobs: Sequence[Job], declared: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -291,27 +323,25 @@ def number(value) -> Optional[float]:
 
 
 def unify_numeric_levels(settings_lists: Sequence[dict]) -> list[str]:
-    """Make values that are the same number one level ("0" and "0.0", "1e-3" and
-    "0.001"), in place: each key's spellings of a number become its most common one.
-    Returns a note per key changed."""
-    spellings: dict[str, dict[float, dict[str, int]]] = {}
+    """Make spellings of one value (as Hydra parses it: "0" and "0.0", "1e-3" and "0.001",
+    "true" and "True", "null" and "~") one level, in place: each key's spellings of a
+    value become its most common one. Returns a note per value with several spellings."""
+    spellings: dict[str, dict[tuple, dict[str, int]]] = {}
     for settings in settings_lists:
         for key, value in settings.items():
-            x = number(value)
-            if x is not None:
-                counts = spellings.setdefault(key, {}).setdefault(x, {})
+            if value is not None:
+                counts = spellings.setdefault(key, {}).setdefault(level_value(value), {})
                 counts[value] = counts.get(value, 0) + 1
-    canon = {}
+    canon: dict[str, dict[str, str]] = {}
     notes = []
-    for key, by_number in spellings.items():
-        for counts in by_number.values():
+    for key, by_value in spellings.items():
+        for counts in by_value.values():
             if len(counts) > 1:
-                best = sorted(counts, key=lambda v: (-counts[v], len(v), v))[0]
+                best = sorted(counts, key=lambda v: (-counts[v], len(v), v != v.lower(), v))[0]
                 canon.setdefault(key, {}).update({v: best for v in counts})
-                notes.append(f"{key}: {', '.join(sorted(counts))} are the same number: one level {best}")
+                notes.append(f"{key}: {', '.join(sorted(counts))} are one value to Hydra: one level {best}")
     for settings in settings_lists:
         for key, mapping in canon.items():
             if settings.get(key) in mapping:
                 settings[key] = mapping[settings[key]]
     return notes
-
