@@ -11,6 +11,7 @@ power against the baseline; the factors come from each record's overrides and ch
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -22,8 +23,6 @@ from benchmarks.common import PY, Result, median, run_cmd
 LEVELS = {"data.temporal_frames": ("1", "3", "7"),
           "loss.variance_lambda": ("0.0", "0.25", "0.5", "1.0"),
           "model.init_std": ("0.1", "0.25", "0.5", "1.0", "2.0")}
-_CELLS = [(a, b, c) for a in LEVELS["data.temporal_frames"] for b in LEVELS["loss.variance_lambda"]
-          for c in LEVELS["model.init_std"]]
 # time the summary call apart from the interpreter's start-up, in a fresh process
 _TIMER = ("import json, sys, time\n"
           "t0 = time.perf_counter()\n"
@@ -58,20 +57,32 @@ def _hydra_template(text: str) -> list:
     return parts
 
 
-def fabricate(template_dir: Path, sweep_dir: Path, n: int, seed: int = 0) -> Path:
-    """Write `n` job directories 0..n-1 into `sweep_dir`, copied from `template_dir`."""
+def grid_levels(cells: int) -> dict:
+    """A 3-factor grid of about `cells` cells (10 x 10 x 10 for 1,000): the three factors of
+    LEVELS, each with as many levels as it takes."""
+    side = max(2, round(cells ** (1 / 3)))
+    return {"data.temporal_frames": tuple(str(1 + 2 * i) for i in range(side)),
+            "loss.variance_lambda": tuple(f"{0.1 * i:g}" for i in range(side)),
+            "model.init_std": tuple(f"{0.05 * (i + 1):g}" for i in range(side))}
+
+
+def fabricate(template_dir: Path, sweep_dir: Path, n: int, seed: int = 0, levels: dict = LEVELS) -> Path:
+    """Write `n` job directories 0..n-1 into `sweep_dir`, copied from `template_dir`: job i
+    is cell i % cells, seed i // cells of the grid `levels` (Hydra's order)."""
     rng = random.Random(seed)
+    keys = list(levels)
+    cells = [tuple(c) for c in itertools.product(*(levels[k] for k in keys))]
     record = json.loads((template_dir / "metrics.json").read_text())
     hydra_parts = _hydra_template((template_dir / ".hydra" / "hydra.yaml").read_text())
     config_text = (template_dir / ".hydra" / "config.yaml").read_text()
-    keep = [o for o in record["overrides"] if o.split("=")[0].lstrip("+~") not in (*LEVELS, "seed")]
+    keep = [o for o in record["overrides"] if o.split("=")[0].lstrip("+~") not in (*keys, "seed")]
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if (template_dir.parent / "multirun.yaml").exists():
         shutil.copy(template_dir.parent / "multirun.yaml", sweep_dir / "multirun.yaml")
     best = record.get("best") or {}
     for i in range(n):
-        cell, seed_i = _CELLS[i % len(_CELLS)], i // len(_CELLS)
-        overrides = [f"{k}={v}" for k, v in zip(LEVELS, cell)] + [f"seed={seed_i}"] + keep
+        cell, seed_i = cells[i % len(cells)], i // len(cells)
+        overrides = [f"{k}={v}" for k, v in zip(keys, cell)] + [f"seed={seed_i}"] + keep
         job_dir = sweep_dir / str(i)
         (job_dir / ".hydra").mkdir(parents=True, exist_ok=True)
         values = {"task": "".join(f"    - {o}\n" for o in overrides),
@@ -82,9 +93,9 @@ def fabricate(template_dir: Path, sweep_dir: Path, n: int, seed: int = 0) -> Pat
             "".join(p if isinstance(p, str) else values[p[0]] for p in hydra_parts))
         (job_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
         (job_dir / ".hydra" / "config.yaml").write_text(config_text)
-        shift = 0.05 * _CELLS.index(cell) / len(_CELLS) + rng.gauss(0, 0.02)
+        shift = 0.05 * (i % len(cells)) / len(cells) + rng.gauss(0, 0.02)
         config = dict(record["config"])
-        for key, value in zip(LEVELS, cell):
+        for key, value in zip(keys, cell):
             group, name = key.split(".")
             config[group] = {**config[group], name: float(value) if "." in value else int(value)}
         fake = {**record, "overrides": overrides, "config": config, "seed": seed_i,

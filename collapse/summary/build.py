@@ -165,12 +165,16 @@ def _below(value: Optional[float], threshold: float) -> bool:
     return not (isinstance(value, (int, float)) and value >= threshold)
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and x.__class__ is not bool and math.isfinite(x)
+
+
 def _paired(cell_runs: dict, base_runs: dict, key: str, effect: Optional[float]) -> dict:
     """Per-seed differences cell - baseline over the seeds with a value in both: mean,
     t-interval, p (paired t), and what the seeds can detect (80% power, alpha 0.05)."""
     shared = sorted(cell_runs.keys() & base_runs.keys(), key=level_key)
-    diffs = [cell_runs[s][key] - base_runs[s][key] for s in shared
-             if stats.finite([cell_runs[s][key], base_runs[s][key]]).size == 2]
+    diffs = [a - b for a, b in ((cell_runs[s][key], base_runs[s][key]) for s in shared)
+             if _number(a) and _number(b)]
     t = stats.paired_t(diffs)
     return {"n_pairs": t["n"], "mean": t["mean"], "std": t["std"], "ci_low": t["ci_low"], "ci_high": t["ci_high"],
             "p": t["p"], "p_holm": math.nan, "detectable": stats.detectable_difference(t["std"], t["n"]),

@@ -11,6 +11,7 @@ Also the vocabulary the statistics (collapse.summary.build) and the tables
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -86,15 +87,39 @@ def _hydra_job_info(path: Path) -> tuple[Optional[int], dict]:
 
 
 # The per-epoch histories are ~85% of a 60-epoch metrics.json, and json.loads of 1,000
-# whole records took 1.2 s here. Tables do not need them: they are cut out before
-# parsing (they are lists of flat dicts, so the first "]" ends one). Anything unusual
-# goes through records.read_record, which also words every error.
-_HISTORIES = re.compile(r'"(history|ssl_history)": \[[^\]]*\]')
+# whole records took 1.2 s here. Tables need neither them nor the resolved config or the
+# last epoch's metrics: these are cut out before parsing and read as None
+# (records.write_json writes with indent=1, so a top-level list or dict ends at the first
+# line "\n ]" or "\n }" after it). Anything unusual goes through the whole parse, which
+# also words every error.
+TRIMMED = ("history", "ssl_history", "config", "final")
+
+
+def _trim(text: str) -> str:
+    """`text` with the TRIMMED top-level lists and dicts replaced by null (str.find: a
+    regular expression over the same 24 kB took 3x longer)."""
+    found = []
+    for key in TRIMMED:
+        at = text.find(f'"{key}": ')
+        while at > 0 and text[at - 2:at] != "\n ":      # a nested key of that name: look on
+            at = text.find(f'"{key}": ', at + 1)
+        if at > 0:
+            found.append((at, key))
+    parts, pos = [], 0
+    for at, key in sorted(found):
+        start = at + len(key) + 4
+        closer = {"[": "\n ]", "{": "\n }"}.get(text[start:start + 1])
+        end = text.find(closer, start) if closer else -1
+        if end < 0 or at < pos:
+            continue        # null, or not this layout: parsed as it is
+        parts += [text[pos:start], "null"]
+        pos = end + 3
+    return "".join(parts) + text[pos:]
 
 
 def read_metrics(path: Path, histories: bool = True) -> dict:
-    """A metrics.json of a readable schema (histories None unless `histories`); raises
-    FileNotFoundError, or records.RecordError naming the file."""
+    """A metrics.json of a readable schema (without `histories`, the TRIMMED keys are
+    None); raises FileNotFoundError, or records.RecordError naming the file."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -104,7 +129,7 @@ def read_metrics(path: Path, histories: bool = True) -> dict:
         raise records.RecordError(f"{path}: not valid JSON ({e})") from None
     if not histories:
         try:
-            return records.check_record(path, json.loads(_HISTORIES.sub(r'"\1": null', text)))
+            return records.check_record(path, json.loads(_trim(text)))
         except ValueError:
             pass        # anything unusual: parse it whole, which words the error
     try:
@@ -217,6 +242,11 @@ def manifest_jobs(manifest: Optional[dict]) -> Optional[list[tuple[int, dict, se
 def sweep_info(jobs: Sequence[Job]) -> dict:
     """The runs' `sweep` config (name, factors, baseline), from a record or .hydra/config.yaml."""
     for job in jobs:
+        if job.record is not None and job.record.get("config") is None and "config" in job.record:
+            try:        # read without its config (TRIMMED): this one record, whole
+                job.record = {**job.record, "config": read_metrics(job.path / records.METRICS_FILE).get("config")}
+            except (OSError, records.RecordError):
+                pass
         config = (job.record or {}).get("config")
         if isinstance(config, dict):
             return config.get("sweep") or {}
@@ -242,6 +272,7 @@ _NUMBER = re.compile(rf"[+-]?(?:(?:{_DIGITS}|{_POINT_FLOAT})[eE][+-]?[0-9](?:_?[
 _BOOL = {"true": True, "false": False}
 
 
+@functools.lru_cache(maxsize=None)       # a sweep spells each level thousands of times
 def level_value(text: Optional[str]) -> tuple:
     """The value Hydra reads from an override's value text, tagged so that True and 1 stay
     apart: ("missing",) for no value, ("null",), ("bool", b), ("number", x) (ints and
@@ -266,6 +297,7 @@ def level_value(text: Optional[str]) -> tuple:
 _ORDER = {"missing": 0, "null": 1, "bool": 2, "number": 3, "string": 4}
 
 
+@functools.lru_cache(maxsize=None)
 def level_key(value: Optional[str]):
     """Sort key of a level: a missing value first, then null, false, true, numbers in
     numeric order (NaN last), strings."""

@@ -16,6 +16,7 @@ Undefined is NaN, never 0: one value has no SD and no interval.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
@@ -35,12 +36,17 @@ FAILURE_SCREEN_ALPHA = 0.10
 REL_TOL = 1e-9
 
 
+def _finite_list(values) -> list[float]:
+    return [float(v) for v in values
+            if isinstance(v, (int, float)) and v.__class__ is not bool and math.isfinite(v)]
+
+
 def finite(values) -> np.ndarray:
     """The finite numbers among `values` (None, NaN, inf and non-numbers left out)."""
-    return np.array([float(v) for v in values
-                     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)], dtype=float)
+    return np.array(_finite_list(values), dtype=float)
 
 
+@functools.lru_cache(maxsize=4096)
 def t_quantile(q: float, df: float) -> float:
     """Student t quantile t_{q, df} (NaN for df < 1: no interval without a variance)."""
     return float(special.stdtrit(df, q)) if df >= 1 else math.nan
@@ -57,19 +63,24 @@ def _negligible(ss: float, x: np.ndarray) -> bool:
     return ss <= x.size * (REL_TOL * max(scale, 1e-300)) ** 2
 
 
+def _equal_list(x: list[float]) -> bool:
+    return bool(x) and max(x) - min(x) <= REL_TOL * max(max(map(abs, x)), 1e-300)
+
+
 def all_equal(values) -> bool:
     """The finite values are one number up to REL_TOL of their size."""
-    x = finite(values)
-    return x.size > 0 and float(np.ptp(x)) <= REL_TOL * max(float(np.max(np.abs(x))), 1e-300)
+    return _equal_list(_finite_list(values))
 
 
 def describe(values) -> dict:
-    """n, mean, sample SD (n - 1) and the 95% t-interval of the finite values."""
-    x = finite(values)
-    n = int(x.size)
-    mean = float(math.fsum(x) / n) if n else math.nan
-    std = float(math.sqrt(math.fsum((x - mean) ** 2) / (n - 1))) if n > 1 else math.nan
-    if n > 1 and all_equal(x):
+    """n, mean, sample SD (n - 1) and the 95% t-interval of the finite values. (Plain
+    Python: a summary calls this ~14 times a cell, on a few values, where numpy's per-call
+    overhead was most of the cost.)"""
+    x = _finite_list(values)
+    n = len(x)
+    mean = math.fsum(x) / n if n else math.nan
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in x) / (n - 1)) if n > 1 else math.nan
+    if n > 1 and _equal_list(x):
         std = 0.0           # equal values: no spread, not floating-point noise
     half = t975(n - 1) * std / math.sqrt(n) if n > 1 else math.nan
     return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
@@ -263,50 +274,65 @@ class _CellModels:
     the residual of the cell means weighted by their counts. The weighted design of the
     largest model (cells x p) and its Gram matrix are built once; a sub-model is a set of
     its columns, solved on p x p (Cholesky when the columns are independent, else an
-    eigendecomposition that also gives the rank). 1,000 cells: ~3 ms a model, where a
-    least-squares refit on the cells x p design took ~300 ms."""
+    eigendecomposition that also gives the rank). 1,000 cells: a few ms a model, where a
+    least-squares refit on the cells x p design took ~300 ms. The factorizations depend
+    on the design only, so the next metric over the same cells reuses them."""
 
-    def __init__(self, codes, cell_keys, counts, cell_means, terms):
+    _last: Optional["_CellModels"] = None
+
+    @classmethod
+    def of(cls, codes, cell_keys, counts, terms) -> "_CellModels":
+        key = (tuple(len(c) for c in codes), cell_keys.tobytes(), counts.tobytes(), tuple(terms))
+        if cls._last is None or cls._last.key != key:
+            cls._last = cls(codes, cell_keys, counts, terms)
+            cls._last.key = key
+        return cls._last
+
+    def __init__(self, codes, cell_keys, counts, terms):
         self.terms = list(terms)
-        root_n = np.sqrt(counts)
+        self.root_n = np.sqrt(counts)
         blocks = [np.ones((len(cell_keys), 1))] + [_term_columns(codes, cell_keys, t) for t in self.terms]
         self.columns, start = {}, 1
         for t, block in zip(self.terms, blocks[1:]):
             self.columns[t] = np.arange(start, start + block.shape[1])
             start += block.shape[1]
-        self.X = np.hstack(blocks) * root_n[:, None]
-        # centred: the intercept is in every model, and a centred response keeps the
-        # weighted residuals free of the cancellation of a large mean
-        grand = float((counts * cell_means).sum() / counts.sum())
-        self.y = (cell_means - grand) * root_n
+        self.X = np.hstack(blocks) * self.root_n[:, None]
         self.gram = self.X.T @ self.X
-        self.xty = self.X.T @ self.y
+        self.solved: dict[bytes, tuple] = {}
 
     def cols(self, terms) -> np.ndarray:
         return np.concatenate([np.array([0])] + [self.columns[t] for t in terms])
 
-    def solve(self, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, Optional[np.ndarray]]:
-        """(beta, generalized inverse of the Gram block, rank, null-space basis or None)."""
-        g = self.gram[np.ix_(cols, cols)]
+    def solve(self, cols: np.ndarray) -> tuple[np.ndarray, int, Optional[np.ndarray]]:
+        """(generalized inverse of the Gram block, rank, null-space basis or None)."""
+        key = cols.tobytes()
+        if key not in self.solved:
+            self.solved[key] = self._solve(self.gram[np.ix_(cols, cols)])
+        return self.solved[key]
+
+    @staticmethod
+    def _solve(g: np.ndarray) -> tuple[np.ndarray, int, Optional[np.ndarray]]:
         try:
             chol = np.linalg.cholesky(g)
-            inv = np.linalg.inv(chol)
-            ginv = inv.T @ inv
             # Cholesky succeeds on nearly singular blocks too: trust it only when well conditioned
             if np.all(np.diag(chol) ** 2 > 1e-10 * np.max(np.diag(g))):
-                return ginv @ self.xty[cols], ginv, len(cols), None
+                inv = np.linalg.inv(chol)
+                return inv.T @ inv, len(g), None
         except np.linalg.LinAlgError:
             pass
         vals, vecs = np.linalg.eigh(g)
         keep = vals > 1e-10 * max(float(vals.max()), 1e-300)
-        ginv = (vecs[:, keep] / vals[keep]) @ vecs[:, keep].T
-        return ginv @ self.xty[cols], ginv, int(keep.sum()), vecs[:, ~keep]
+        return (vecs[:, keep] / vals[keep]) @ vecs[:, keep].T, int(keep.sum()), vecs[:, ~keep]
 
-    def rss(self, terms) -> tuple[float, int]:
-        """(weighted residual SS of the cell means, rank) of the model of `terms`."""
+    def rss(self, terms, y: np.ndarray) -> tuple[float, int]:
+        """(weighted residual SS of the cell means y, rank) of the model of `terms`; y is
+        centred (the intercept is in every model, and a centred response keeps the
+        residuals free of the cancellation of a large mean)."""
         cols = self.cols(terms)
-        beta, _, rank, _ = self.solve(cols)
-        resid = self.y - self.X[:, cols] @ beta
+        ginv, rank, _ = self.solve(cols)
+        yw = y * self.root_n
+        X = self.X[:, cols]
+        resid = yw - X @ (ginv @ (X.T @ yw))
         return float(resid @ resid), rank
 
 
@@ -375,13 +401,15 @@ def factorial_anova(y, levels, n_levels: Sequence[int], alpha: float = ALPHA) ->
 
     mains = [(f,) for f in range(k) if n_levels[f] > 1]
     pairs = [(a, b) for (a,), (b,) in itertools.combinations(mains, 2)]
-    models = _CellModels(codes, cell_keys, counts, cell_means, mains + pairs)
+    models = _CellModels.of(codes, cell_keys, counts, mains + pairs)
+    centred = cell_means - float((counts * cell_means).sum() / counts.sum())
     cache: dict[tuple, tuple[float, int]] = {}
 
     def fit(terms: tuple) -> tuple[float, int]:
         """(RSS over the runs, rank) of the model of `terms`."""
         if terms not in cache:
-            rss, rank = models.rss(terms)
+            with _one_blas_thread():
+                rss, rank = models.rss(terms, centred)
             cache[terms] = (ss_within + rss, rank)
         return cache[terms]
 
@@ -434,8 +462,21 @@ def factorial_anova(y, levels, n_levels: Sequence[int], alpha: float = ALPHA) ->
     else:
         out["emm_model"] = "main effects + two-factor interactions" if any(len(t) == 2 for t in tested) \
             else "main effects"
-        out["emms"] = _model_emms(models, tested, codes, idx, grand, n_levels, error, crit)
+        with _one_blas_thread():
+            out["emms"] = _model_emms(models, tested, centred, codes, idx, grand, n_levels, error, crit)
     return out
+
+
+def _one_blas_thread():
+    """BLAS on one thread: matrices of a few hundred columns gain nothing from more, and
+    on a shared machine spinning BLAS threads made the linear algebra 5x slower
+    (measured: 17 vs 87 ms at load 5 on 2 cores). threadpoolctl comes with scikit-learn;
+    without it, nothing is limited."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 def undefined_emm(n: int) -> dict:
@@ -479,12 +520,14 @@ def _average_row(codes, terms, f: int, lv: int) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _model_emms(models: _CellModels, terms, codes, idx, grand, n_levels, error, crit):
+def _model_emms(models: _CellModels, terms, centred, codes, idx, grand, n_levels, error, crit):
     """EMMs per factor level from the model of `terms` (see factorial_anova): c @ beta for
     the level's average row c of the grid's design, when c lies in the row space of the
     observed cells' design (estimable); else undefined."""
     cols = models.cols(terms)
-    beta, ginv, _, null = models.solve(cols)
+    ginv, _, null = models.solve(cols)
+    X = models.X[:, cols]
+    beta = ginv @ (X.T @ (centred * models.root_n))
 
     def estimate(c: np.ndarray, shift: float) -> dict:
         # estimable: c has no component in the null space of the observed cells' design
@@ -509,8 +552,7 @@ def paired_t(differences) -> dict:
     against)."""
     out = describe(differences)
     out["p"] = math.nan
-    x = finite(differences)
-    if out["n"] > 1 and not all_equal(x) and out["std"] > 0:
+    if out["n"] > 1 and out["std"] > 0:         # describe's SD is 0 when the values are all equal
         t = out["mean"] / (out["std"] / math.sqrt(out["n"]))
         out["p"] = float(2 * special.stdtr(out["n"] - 1, -abs(t)))
     return out

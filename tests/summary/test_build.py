@@ -322,12 +322,18 @@ def test_hydra_files_in_another_layout_are_parsed_whole(tmp_path):
 
 
 def test_tables_skip_histories_without_changing_the_record(tmp_path):
-    job = write_job(tmp_path / "sweep", 0, ["seed=0"], {}, ssl_history=[{"epoch": 1, "loss": 0.5}])
+    job = write_job(tmp_path / "sweep", 0, ["seed=0"], {}, ssl_history=[{"epoch": 1, "loss": 0.5}],
+                    final={"epoch": 3, "val": {"r2": 0.1, "x": [1, 2]}}, traceback='Traceback "x"\n  y\\')
     whole = records.read_record(job / "metrics.json")
     light = sweep_jobs.read_metrics(job / "metrics.json", histories=False)
-    assert light["history"] is None and light["ssl_history"] is None
-    assert {k: v for k, v in light.items() if "history" not in k} == \
-        {k: v for k, v in whole.items() if "history" not in k}
+    assert all(light[k] is None for k in ("history", "ssl_history", "config", "final"))
+    assert {k: v for k, v in light.items() if k not in sweep_jobs.TRIMMED} == \
+        {k: v for k, v in whole.items() if k not in sweep_jobs.TRIMMED}
+    # a record of another layout (one line) is parsed whole, and still trimmed of nothing it needs
+    (job / "metrics.json").write_text(json.dumps(whole))
+    assert sweep_jobs.read_metrics(job / "metrics.json", histories=False)["best"] == whole["best"]
+    # the sweep's config is still found (one record is read whole for it)
+    assert sweep_jobs.sweep_info([sweep_jobs.read_job(job, histories=False)]) == {"name": "adhoc"}
 
 
 # ---------------------------------------------------------------- CLI and plots
