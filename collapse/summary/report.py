@@ -102,7 +102,8 @@ def _effect_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         for i, lvl in enumerate(e["levels"]):
             r2, ratio = lvl["val.r2"], lvl["val.variance_ratio"]
             rate = (fail.get("rate") or [math.nan] * len(e["levels"]))[i]
-            test = ("SURVIVORS ONLY" if fail.get("survivors_only") else "no") + f" ({_p(fail.get('p'))})"
+            test = "—" if _p(fail.get("p")) == "—" else \
+                ("SURVIVORS ONLY" if fail.get("survivors_only") else "no") + f" ({_p(fail.get('p'))})"
             rows.append([e["factor"] if i == 0 else "", str(lvl["value"]), str(r2["n"]),
                          _mean_ci(r2), _mean_ci(r2["vs_first"], "+") if i else "",
                          _mean_ci(ratio), _mean_ci(ratio["vs_first"], "+") if i else "", _fmt(rate, 2),
