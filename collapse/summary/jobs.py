@@ -110,7 +110,9 @@ def _trim(text: str) -> str:
         start = at + len(key) + 4
         closer = {"[": "\n ]", "{": "\n }"}.get(text[start:start + 1])
         end = text.find(closer, start) if closer else -1
-        if end < 0 or at < pos:
+        # the closer must end this value: no top-level key line before it (an empty or
+        # one-line value would otherwise reach into the next one's closer)
+        if end < 0 or at < pos or text.find('\n "', start, end) >= 0:
             continue        # null, or not this layout: parsed as it is
         parts += [text[pos:start], "null"]
         pos = end + 3

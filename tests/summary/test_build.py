@@ -332,6 +332,15 @@ def test_tables_skip_histories_without_changing_the_record(tmp_path):
     # a record of another layout (one line) is parsed whole, and still trimmed of nothing it needs
     (job / "metrics.json").write_text(json.dumps(whole))
     assert sweep_jobs.read_metrics(job / "metrics.json", histories=False)["best"] == whole["best"]
+    # empty or one-line values are left to the parser, never cut into the next key
+    for layout in ({"config": {}, "final": {}}, {"config": {"a": 1}, "history": []}):
+        records.write_json(job / "metrics.json", {**whole, **layout})
+        text = (job / "metrics.json").read_text().replace('"config": {\n  "a": 1\n }', '"config": {"a": 1}')
+        (job / "metrics.json").write_text(text)
+        light = sweep_jobs.read_metrics(job / "metrics.json", histories=False)
+        assert {k: v for k, v in light.items() if k not in sweep_jobs.TRIMMED} == \
+            {k: v for k, v in whole.items() if k not in sweep_jobs.TRIMMED}
+    records.write_json(job / "metrics.json", whole)
     # the sweep's config is still found (one record is read whole for it)
     assert sweep_jobs.sweep_info([sweep_jobs.read_job(job, histories=False)]) == {"name": "adhoc"}
 
