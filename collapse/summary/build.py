@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
+
 from collapse.records import ManifestError, job_dirs, read_manifest
 from collapse.summary import search, stats
 from collapse.summary.jobs import (
@@ -163,12 +165,16 @@ def _below(value: Optional[float], threshold: float) -> bool:
     return not (isinstance(value, (int, float)) and value >= threshold)
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and x.__class__ is not bool and math.isfinite(x)
+
+
 def _paired(cell_runs: dict, base_runs: dict, key: str, effect: Optional[float]) -> dict:
     """Per-seed differences cell - baseline over the seeds with a value in both: mean,
     t-interval, p (paired t), and what the seeds can detect (80% power, alpha 0.05)."""
     shared = sorted(cell_runs.keys() & base_runs.keys(), key=level_key)
-    diffs = [cell_runs[s][key] - base_runs[s][key] for s in shared
-             if stats.finite([cell_runs[s][key], base_runs[s][key]]).size == 2]
+    diffs = [a - b for a, b in ((cell_runs[s][key], base_runs[s][key]) for s in shared)
+             if _number(a) and _number(b)]
     t = stats.paired_t(diffs)
     return {"n_pairs": t["n"], "mean": t["mean"], "std": t["std"], "ci_low": t["ci_low"], "ci_high": t["ci_high"],
             "p": t["p"], "p_holm": math.nan, "detectable": stats.detectable_difference(t["std"], t["n"]),
@@ -239,40 +245,86 @@ def _holm_and_warnings(cells: list) -> tuple[list[str], list[str]]:
         r2, ratio = c["vs_baseline"]["val.r2"], c["vs_baseline"]["val.variance_ratio"]
         if not (r2["n_pairs"] and ratio["n_pairs"] and ratio["mean"] > 0 and r2["mean"] < 0):
             continue
-        text = (f"{c['label']}: val variance ratio {ratio['mean']:+.3f} [{ratio['ci_low']:+.3f}, "
-                f"{ratio['ci_high']:+.3f}] but val R² {r2['mean']:+.3f} [{r2['ci_low']:+.3f}, {r2['ci_high']:+.3f}] "
+        text = (f"{c['label']}: val variance ratio {_with_interval(ratio)} but val R² {_with_interval(r2)} "
                 f"vs baseline (paired by seed, n {r2['n_pairs']})")
         if ratio["ci_low"] > 0 and r2["ci_high"] < 0:
             c["warning"] = True
             warnings.append(text + ": variance forced up on weak signal?")
         else:
             c["warning_tentative"] = True
-            tentative.append(f"tentative: {text}: the intervals do not exclude 0")
+            reason = "the intervals do not exclude 0" if math.isfinite(r2["ci_low"]) and math.isfinite(
+                ratio["ci_low"]) else "one pair gives no interval"
+            tentative.append(f"tentative: {text}: {reason}")
     return warnings, tentative
+
+
+def _with_interval(d: dict) -> str:
+    """`+0.120 [+0.050, +0.190]`, or the mean alone where one pair gives no interval."""
+    if math.isfinite(d["ci_low"]) and math.isfinite(d["ci_high"]):
+        return f"{d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+    return f"{d['mean']:+.3f}"
 
 
 # ---------------------------------------------------------------- effects of the factors
 
-def _effects(factors: list, levels: dict, grid: list, runs: dict) -> tuple[list, dict, dict, list]:
-    """Type II ANOVA and EMMs of each EFFECT_KEY over the result runs ->
+def _failures(factors: list, levels: dict, grid: list, cell_info: dict) -> tuple[list, list]:
+    """Per factor: the failure rate at each level over every cell (incomplete ones too)
+    and the test of whether it differs between levels (stats.failure_rate_test); where it
+    does (p < stats.FAILURE_SCREEN_ALPHA) the factor's effects rest on the survivors only.
+    -> (one dict per factor, notes)."""
+    out, notes = [], []
+    for i, f in enumerate(factors):
+        failed = [sum(sum(cell_info[c]["counts"][s] for s in FAILURE_STATUSES) for c in grid if c[i] == v)
+                  for v in levels[f]]
+        ended = [x + sum(cell_info[c]["n_results"] for c in grid if c[i] == v) for x, v in zip(failed, levels[f])]
+        test = stats.failure_rate_test(failed, ended)
+        flagged = bool(math.isfinite(test["p"]) and test["p"] < stats.FAILURE_SCREEN_ALPHA)
+        out.append({"failed": failed, "ended": ended, "rate": test["rates"], "test": test["test"], "p": test["p"],
+                    "survivors_only": flagged})
+        if flagged:
+            rates = ", ".join(f"{v} {r:.2f}" for v, r in zip(levels[f], test["rates"]) if math.isfinite(r))
+            name = "Fisher's exact" if test["test"] == "fisher" else "chi-squared"
+            notes.append(f"{f} changes the failure rate ({rates}; {name} p {test['p']:.3g} < "
+                         f"{stats.FAILURE_SCREEN_ALPHA:g}): its effects are computed on the survivors only, "
+                         "a sample the failures chose")
+    return out, notes
+
+
+def _effects(factors: list, levels: dict, grid: list, runs: dict, cell_info: dict) -> tuple[list, dict, dict, list]:
+    """Type II ANOVA and EMMs of each EFFECT_KEY over the result runs of the cells that are
+    not incomplete, the failure-rate test of each factor ->
     (main_effects, anova, variance_explained, notes)."""
     nan = {k: math.nan for k in EFFECT_KEYS}
     if not factors:
         return [], {}, {"cells": nan, "within_cells": dict(nan)}, []
     fits, emms, notes = {}, {}, []
+    # incomplete cells are listed apart from the ANOVA as from the ranking: a cell where
+    # most runs failed is a sample of its survivors
+    apart = [c for c in grid if cell_info[c]["incomplete"] and runs[c]]
+    if apart:
+        notes.append(f"incomplete cells left out of the ANOVA and EMMs: {'; '.join(_label(factors, c) for c in apart)}")
+    counted = [c for c in grid if not cell_info[c]["incomplete"]]
     for key in EFFECT_KEYS:
-        values = [(cell, r[key]) for cell in grid for r in runs[cell].values() if stats.finite([r[key]]).size]
+        values = [(cell, r[key]) for cell in counted for r in runs[cell].values() if stats.finite([r[key]]).size]
         # a level with no value at all is left out of the model (its EMM is undefined):
         # kept, it would make every EMM of every factor inestimable
         used = [[v for v in levels[f] if any(cell[i] == v for cell, _ in values)] for i, f in enumerate(factors)]
         index = [{v: j for j, v in enumerate(u)} for u in used]
         idx = [tuple(index[i][v] for i, v in enumerate(cell)) for cell, _ in values]
-        fits[key] = stats.factorial_anova([y for _, y in values], idx, [len(u) for u in used])
-        emms[key] = [[fits[key]["emms"][i][index[i][v]] if v in index[i] else stats.undefined_emm(0)
+        fit = fits[key] = stats.factorial_anova([y for _, y in values], idx, [len(u) for u in used])
+        emms[key] = [[fit["emms"][i][index[i][v]] if v in index[i] else stats.undefined_emm(0)
                       for v in levels[f]] for i, f in enumerate(factors)]
-        notes += [f"{key}: {n}" for n in fits[key]["notes"]]
+        notes += [f"{key}: {n}" for n in fit["notes"]]
         notes += [f"{key}: {f}={v} has no values: left out of the model" for i, f in enumerate(factors)
                   for v in levels[f] if v not in index[i]]
+        lost = [f"{f}={used[i][lv]}" for i, f in enumerate(factors) for lv, e in enumerate(fit["emms"][i])
+                if not e["estimable"] and e["n"]]
+        if lost and fit["empty_cells"]:
+            empty = "; ".join(_label(factors, tuple(used[i][j] for i, j in enumerate(c))) for c in fit["empty_cells"])
+            notes.append(f"{key}: no results in {empty}: the {fit['emm_model']} model the ANOVA tests cannot "
+                         f"estimate the EMMs of {', '.join(lost)} (—), and no smaller model stands in for it")
+    failures, failure_notes = _failures(factors, levels, grid, cell_info)
+    notes += failure_notes
     terms = {key: {tuple(t["factors"]): t for t in fits[key]["terms"]} for key in EFFECT_KEYS}
     main = []
     for i, f in enumerate(factors):
@@ -282,12 +334,14 @@ def _effects(factors: list, levels: dict, grid: list, runs: dict) -> tuple[list,
                        for j, v in enumerate(levels[f])],
             **{name: {key: terms[key].get((i,), {}).get(field, math.nan) for key in EFFECT_KEYS}
                for name, field in (("eta_squared", "eta_sq"), ("partial_eta_squared", "partial_eta_sq"),
-                                   ("f", "f"), ("df", "df"), ("p", "p"))}})
+                                   ("f", "f"), ("df", "df"), ("p", "p"))},
+            "failures": failures[i], "survivors_only": failures[i]["survivors_only"]})
     anova = {key: {"terms": [{"term": " × ".join(factors[i] for i in t["factors"]),
                               **{k: v for k, v in t.items() if k != "factors"},
                               "factors": [factors[i] for i in t["factors"]]} for t in fits[key]["terms"]],
                    "error": fits[key]["error"], "ss_total": fits[key]["ss_total"], "n": fits[key]["n"],
-                   "emm_model": fits[key]["emm_model"]} for key in EFFECT_KEYS}
+                   "emm_model": fits[key]["emm_model"], "cells_left_out": [_label(factors, c) for c in apart]}
+             for key in EFFECT_KEYS}
     explained = {"cells": {k: fits[k]["cells"]["share"] for k in EFFECT_KEYS},
                  "within_cells": {k: fits[k]["cells"]["within_share"] for k in EFFECT_KEYS}}
     return main, anova, explained, list(dict.fromkeys(notes))
@@ -295,15 +349,20 @@ def _effects(factors: list, levels: dict, grid: list, runs: dict) -> tuple[list,
 
 def _two_way_means(factors: list, levels: dict, grid: list, runs: dict) -> Optional[dict]:
     """Mean val R² over the first two factors' cells, unweighted over the other factors'
-    cells (each cell's mean counts once): the heatmap and the interaction plot."""
+    cells (each cell's mean counts once); undefined where one of those cells has no mean
+    (an average of the others would be a different quantity): the heatmap and the
+    interaction plot."""
     if len(factors) < 2:
         return None
     cell_means = {c: describe(r["val.r2"] for r in runs[c].values())["mean"] for c in grid}
     rows, cols = levels[factors[0]], levels[factors[1]]
+    by_pair: dict[tuple, list] = {}
+    for c in itertools.product(*(levels[f] for f in factors)):
+        by_pair.setdefault(c[:2], []).append(cell_means.get(c, math.nan))
 
     def mean(a, b):
-        xs = stats.finite(cell_means[c] for c in grid if c[:2] == (a, b))
-        return float(xs.mean()) if xs.size else math.nan
+        xs = by_pair.get((a, b), [])
+        return float(np.mean(xs)) if xs and all(math.isfinite(x) for x in xs) else math.nan
 
     return {"rows": factors[0], "cols": factors[1], "row_levels": rows, "col_levels": cols,
             "mean_val_r2": [[mean(a, b) for b in cols] for a in rows]}
@@ -373,7 +432,10 @@ def build_summary(sweep_dir, thresholds=None, histories: bool = False, diagnosis
                                           if math.isfinite(c["metrics"]["val.r2"]["mean"]) else math.inf))
     for rank, c in enumerate(ranked, 1):
         c["rank"] = None if c["incomplete"] else rank
-    main, anova, explained, effect_notes = _effects(factors, levels, grid, runs)
+    main, anova, explained, effect_notes = _effects(factors, levels, grid, runs,
+                                                    {cell: c for cell, c in zip(grid, cells)})
+    if len(grid) > 1 and not runs.get(baseline):
+        notes.append(f"the baseline {_label(factors, baseline)} has no results: no paired differences (—)")
     notes += effect_notes + tentative
 
     by_status = dict.fromkeys(STATES, 0)

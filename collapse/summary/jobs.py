@@ -11,6 +11,7 @@ Also the vocabulary the statistics (collapse.summary.build) and the tables
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -86,15 +87,41 @@ def _hydra_job_info(path: Path) -> tuple[Optional[int], dict]:
 
 
 # The per-epoch histories are ~85% of a 60-epoch metrics.json, and json.loads of 1,000
-# whole records took 1.2 s here. Tables do not need them: they are cut out before
-# parsing (they are lists of flat dicts, so the first "]" ends one). Anything unusual
-# goes through records.read_record, which also words every error.
-_HISTORIES = re.compile(r'"(history|ssl_history)": \[[^\]]*\]')
+# whole records took 1.2 s here. Tables need neither them nor the resolved config or the
+# last epoch's metrics: these are cut out before parsing and read as None
+# (records.write_json writes with indent=1, so a top-level list or dict ends at the first
+# line "\n ]" or "\n }" after it). Anything unusual goes through the whole parse, which
+# also words every error.
+TRIMMED = ("history", "ssl_history", "config", "final")
+
+
+def _trim(text: str) -> str:
+    """`text` with the TRIMMED top-level lists and dicts replaced by null (str.find: a
+    regular expression over the same 24 kB took 3x longer)."""
+    found = []
+    for key in TRIMMED:
+        at = text.find(f'"{key}": ')
+        while at > 0 and text[at - 2:at] != "\n ":      # a nested key of that name: look on
+            at = text.find(f'"{key}": ', at + 1)
+        if at > 0:
+            found.append((at, key))
+    parts, pos = [], 0
+    for at, key in sorted(found):
+        start = at + len(key) + 4
+        closer = {"[": "\n ]", "{": "\n }"}.get(text[start:start + 1])
+        end = text.find(closer, start) if closer else -1
+        # the closer must end this value: no top-level key line before it (an empty or
+        # one-line value would otherwise reach into the next one's closer)
+        if end < 0 or at < pos or text.find('\n "', start, end) >= 0:
+            continue        # null, or not this layout: parsed as it is
+        parts += [text[pos:start], "null"]
+        pos = end + 3
+    return "".join(parts) + text[pos:]
 
 
 def read_metrics(path: Path, histories: bool = True) -> dict:
-    """A metrics.json of a readable schema (histories None unless `histories`); raises
-    FileNotFoundError, or records.RecordError naming the file."""
+    """A metrics.json of a readable schema (without `histories`, the TRIMMED keys are
+    None); raises FileNotFoundError, or records.RecordError naming the file."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -104,7 +131,7 @@ def read_metrics(path: Path, histories: bool = True) -> dict:
         raise records.RecordError(f"{path}: not valid JSON ({e})") from None
     if not histories:
         try:
-            return records.check_record(path, json.loads(_HISTORIES.sub(r'"\1": null', text)))
+            return records.check_record(path, json.loads(_trim(text)))
         except ValueError:
             pass        # anything unusual: parse it whole, which words the error
     try:
@@ -221,6 +248,11 @@ def manifest_jobs(manifest: Optional[dict]) -> Optional[list[tuple[int, dict, se
 def sweep_info(jobs: Sequence[Job]) -> dict:
     """The runs' `sweep` config (name, factors, baseline), from a record or .hydra/config.yaml."""
     for job in jobs:
+        if job.record is not None and job.record.get("config") is None and "config" in job.record:
+            try:        # read without its config (TRIMMED): this one record, whole
+                job.record = {**job.record, "config": read_metrics(job.path / records.METRICS_FILE).get("config")}
+            except (OSError, records.RecordError):
+                pass
         config = (job.record or {}).get("config")
         if isinstance(config, dict):
             return config.get("sweep") or {}
@@ -235,22 +267,56 @@ def sweep_info(jobs: Sequence[Job]) -> dict:
 
 # ---------------------------------------------------------------- factors and levels
 
+# Hydra's override grammar (hydra/grammar/OverrideLexer.g4) for the primitive values a
+# level can be: its INT and FLOAT (underscores between digits, "1." and ".5", inf, nan;
+# "01" and "0x10" are strings), BOOL and NULL in any case. `~` is YAML's null (Hydra's
+# own files, choices written as YAML).
+_DIGITS = r"(?:0|[1-9](?:_?[0-9])*)"
+_POINT_FLOAT = rf"(?:{_DIGITS}\.|{_DIGITS}?\.[0-9](?:_?[0-9])*)"
+_NUMBER = re.compile(rf"[+-]?(?:(?:{_DIGITS}|{_POINT_FLOAT})[eE][+-]?[0-9](?:_?[0-9])*|{_POINT_FLOAT}|{_DIGITS}"
+                     r"|[Ii][Nn][Ff]|[Nn][Aa][Nn])")
+_BOOL = {"true": True, "false": False}
+
+
+@functools.lru_cache(maxsize=None)       # a sweep spells each level thousands of times
+def level_value(text: Optional[str]) -> tuple:
+    """The value Hydra reads from an override's value text, tagged so that True and 1 stay
+    apart: ("missing",) for no value, ("null",), ("bool", b), ("number", x) (ints and
+    floats alike: 1 and 1.0 are one level; NaN as the string "nan"), ("string", s) (a
+    quoted value is the string inside its quotes)."""
+    if text is None:
+        return ("missing",)
+    value = str(text).strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return ("string", value[1:-1])
+    lower = value.lower()
+    if lower == "null" or value == "~":
+        return ("null",)
+    if lower in _BOOL:
+        return ("bool", _BOOL[lower])
+    if _NUMBER.fullmatch(value):
+        x = float(value.replace("_", ""))
+        return ("number", "nan" if math.isnan(x) else x)
+    return ("string", value)
+
+
+_ORDER = {"missing": 0, "null": 1, "bool": 2, "number": 3, "string": 4}
+
+
+@functools.lru_cache(maxsize=None)
 def level_key(value: Optional[str]):
-    """Numbers in numeric order, before strings; a missing value first."""
-    if value is None:
-        return (0, 0.0, "")
-    try:
-        return (1, float(value), value)
-    except ValueError:
-        return (2, 0.0, value)
+    """Sort key of a level: a missing value first, then null, false, true, numbers in
+    numeric order (NaN last), strings."""
+    kind, *rest = level_value(value)
+    x = rest[0] if rest else 0.0
+    if kind == "number":
+        return (_ORDER[kind], math.inf if x == "nan" else x, 0 if x != "nan" else 1, str(value))
+    return (_ORDER[kind], float(x) if kind == "bool" else 0.0, 0, x if kind == "string" else str(value))
 
 
 def same_level(a: Optional[str], b: Optional[str]) -> bool:
-    """Equal as written or as numbers ("0" and "0.0")."""
-    try:
-        return a == b or float(a) == float(b)
-    except (TypeError, ValueError):
-        return False
+    """One value to Hydra: "0" and "0.0", "1e-3" and "0.001", "true" and "True", "null" and "NULL"."""
+    return a == b or level_value(a) == level_value(b)
 
 
 def find_factors(jobs: Sequence[Job], declared: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -295,27 +361,25 @@ def number(value) -> Optional[float]:
 
 
 def unify_numeric_levels(settings_lists: Sequence[dict]) -> list[str]:
-    """Make values that are the same number one level ("0" and "0.0", "1e-3" and
-    "0.001"), in place: each key's spellings of a number become its most common one.
-    Returns a note per key changed."""
-    spellings: dict[str, dict[float, dict[str, int]]] = {}
+    """Make spellings of one value (as Hydra parses it: "0" and "0.0", "1e-3" and "0.001",
+    "true" and "True", "null" and "~") one level, in place: each key's spellings of a
+    value become its most common one. Returns a note per value with several spellings."""
+    spellings: dict[str, dict[tuple, dict[str, int]]] = {}
     for settings in settings_lists:
         for key, value in settings.items():
-            x = number(value)
-            if x is not None:
-                counts = spellings.setdefault(key, {}).setdefault(x, {})
+            if value is not None:
+                counts = spellings.setdefault(key, {}).setdefault(level_value(value), {})
                 counts[value] = counts.get(value, 0) + 1
-    canon = {}
+    canon: dict[str, dict[str, str]] = {}
     notes = []
-    for key, by_number in spellings.items():
-        for counts in by_number.values():
+    for key, by_value in spellings.items():
+        for counts in by_value.values():
             if len(counts) > 1:
-                best = sorted(counts, key=lambda v: (-counts[v], len(v), v))[0]
+                best = sorted(counts, key=lambda v: (-counts[v], len(v), v != v.lower(), v))[0]
                 canon.setdefault(key, {}).update({v: best for v in counts})
-                notes.append(f"{key}: {', '.join(sorted(counts))} are the same number: one level {best}")
+                notes.append(f"{key}: {', '.join(sorted(counts))} are one value to Hydra: one level {best}")
     for settings in settings_lists:
         for key, mapping in canon.items():
             if settings.get(key) in mapping:
                 settings[key] = mapping[settings[key]]
     return notes
-

@@ -95,14 +95,19 @@ def _md_table(headers, rows) -> list[str]:
 
 def _effect_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     headers = ["factor", "level", "n", "val R² EMM (95% CI)", "Δ vs first level", "val var ratio EMM (95% CI)",
-               "Δ vs first level"]
+               "Δ vs first level", "failure rate", "failures differ? (p)"]
     rows = []
     for e in summary["main_effects"]:
+        fail = e.get("failures") or {}
         for i, lvl in enumerate(e["levels"]):
             r2, ratio = lvl["val.r2"], lvl["val.variance_ratio"]
+            rate = (fail.get("rate") or [math.nan] * len(e["levels"]))[i]
+            test = "—" if _p(fail.get("p")) == "—" else \
+                ("SURVIVORS ONLY" if fail.get("survivors_only") else "no") + f" ({_p(fail.get('p'))})"
             rows.append([e["factor"] if i == 0 else "", str(lvl["value"]), str(r2["n"]),
                          _mean_ci(r2), _mean_ci(r2["vs_first"], "+") if i else "",
-                         _mean_ci(ratio), _mean_ci(ratio["vs_first"], "+") if i else ""])
+                         _mean_ci(ratio), _mean_ci(ratio["vs_first"], "+") if i else "", _fmt(rate, 2),
+                         test if i == 0 else ""])
     return headers, rows
 
 

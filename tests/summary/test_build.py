@@ -323,12 +323,27 @@ def test_hydra_files_in_another_layout_are_parsed_whole(tmp_path):
 
 
 def test_tables_skip_histories_without_changing_the_record(tmp_path):
-    job = write_job(tmp_path / "sweep", 0, ["seed=0"], {}, ssl_history=[{"epoch": 1, "loss": 0.5}])
+    job = write_job(tmp_path / "sweep", 0, ["seed=0"], {}, ssl_history=[{"epoch": 1, "loss": 0.5}],
+                    final={"epoch": 3, "val": {"r2": 0.1, "x": [1, 2]}}, traceback='Traceback "x"\n  y\\')
     whole = records.read_record(job / "metrics.json")
     light = sweep_jobs.read_metrics(job / "metrics.json", histories=False)
-    assert light["history"] is None and light["ssl_history"] is None
-    assert {k: v for k, v in light.items() if "history" not in k} == \
-        {k: v for k, v in whole.items() if "history" not in k}
+    assert all(light[k] is None for k in ("history", "ssl_history", "config", "final"))
+    assert {k: v for k, v in light.items() if k not in sweep_jobs.TRIMMED} == \
+        {k: v for k, v in whole.items() if k not in sweep_jobs.TRIMMED}
+    # a record of another layout (one line) is parsed whole, and still trimmed of nothing it needs
+    (job / "metrics.json").write_text(json.dumps(whole))
+    assert sweep_jobs.read_metrics(job / "metrics.json", histories=False)["best"] == whole["best"]
+    # empty or one-line values are left to the parser, never cut into the next key
+    for layout in ({"config": {}, "final": {}}, {"config": {"a": 1}, "history": []}):
+        records.write_json(job / "metrics.json", {**whole, **layout})
+        text = (job / "metrics.json").read_text().replace('"config": {\n  "a": 1\n }', '"config": {"a": 1}')
+        (job / "metrics.json").write_text(text)
+        light = sweep_jobs.read_metrics(job / "metrics.json", histories=False)
+        assert {k: v for k, v in light.items() if k not in sweep_jobs.TRIMMED} == \
+            {k: v for k, v in whole.items() if k not in sweep_jobs.TRIMMED}
+    records.write_json(job / "metrics.json", whole)
+    # the sweep's config is still found (one record is read whole for it)
+    assert sweep_jobs.sweep_info([sweep_jobs.read_job(job, histories=False)]) == {"name": "adhoc"}
 
 
 # ---------------------------------------------------------------- CLI and plots
@@ -411,10 +426,10 @@ def write_manifest(sweep_dir: Path, jobs: list) -> None:
                                                      "jobs": [{"num": n, "overrides": o} for n, o in enumerate(jobs)]})
 
 
-def make_study_sweep(sweep_dir: Path, manifest: bool = True) -> Path:
+def make_study_sweep(sweep_dir: Path, manifest: bool = True, kept: int = 1) -> Path:
     """study=a,b x data.temporal_frames=1,7 x seed=0..5 where `study` is a label that changes
-    nothing; cells (b, 1 frame) and (a, 7 frames) keep only seed 0 (the rest diverged or
-    never started). R² = 0.8 with 1 frame, 0.3 with 7, plus seed noise."""
+    nothing; cells (b, 1 frame) and (a, 7 frames) keep only seeds below `kept` (the rest
+    diverged or never started). R² = 0.8 with 1 frame, 0.3 with 7, plus seed noise."""
     rng = np.random.default_rng(1)
     plan, num = [], 0
     for study in ("a", "b"):
@@ -422,7 +437,7 @@ def make_study_sweep(sweep_dir: Path, manifest: bool = True) -> Path:
             for seed in range(6):
                 overrides = [f"study={study}", f"data.temporal_frames={frames}", f"seed={seed}"]
                 plan.append(overrides)
-                lost = (study, frames) in (("b", 1), ("a", 7)) and seed > 0
+                lost = (study, frames) in (("b", 1), ("a", 7)) and seed >= kept
                 r2 = (0.8 if frames == 1 else 0.3) + rng.normal(0, 0.03)
                 if not lost:
                     write_job(sweep_dir, num, overrides, {}, val_r2=r2, val_ratio=0.7 + rng.normal(0, 0.03), seed=seed)
@@ -435,7 +450,8 @@ def make_study_sweep(sweep_dir: Path, manifest: bool = True) -> Path:
 
 
 def test_defect1_a_label_that_changes_nothing_has_no_effect_in_an_unbalanced_sweep(tmp_path):
-    s = summarize(make_study_sweep(tmp_path / "sweep"), plots=False)
+    # 3 of 6 seeds in two cells: unbalanced, not incomplete
+    s = summarize(make_study_sweep(tmp_path / "sweep", kept=3), plots=False)
     study = next(e for e in s["main_effects"] if e["factor"] == "study")
     a, b = study["levels"]
     assert abs(a["val.r2"]["mean"] - b["val.r2"]["mean"]) < 0.05     # old: pooled means 0.63 vs 0.37
@@ -453,7 +469,7 @@ def test_defect1_effects_match_statsmodels_on_the_unbalanced_study_sweep(tmp_pat
     pd = pytest.importorskip("pandas")
     smf = pytest.importorskip("statsmodels.formula.api")
     anova_lm = pytest.importorskip("statsmodels.stats.anova").anova_lm
-    sweep = make_study_sweep(tmp_path / "sweep")
+    sweep = make_study_sweep(tmp_path / "sweep", kept=3)
     s = summarize(sweep, plots=False)
     rows = [(r["overrides"][0].split("=")[1], r["overrides"][1].split("=")[1], r["best"]["val"]["r2"])
             for r in (json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")) if r["status"] == "completed"]
@@ -702,3 +718,184 @@ def test_a_level_without_results_leaves_the_other_emms_defined(tmp_path):
     assert frames["levels"][0]["val.r2"]["mean"] == pytest.approx(0.53)
     assert lam["levels"][1]["val.r2"]["vs_first"]["mean"] == pytest.approx(0.05)
     assert any("data.temporal_frames=7 has no values" in n for n in s["notes"])
+
+
+# ---------------------------------------------------------------- issue 19: statistics that never invent an effect
+
+def make_empty_cell_sweep(sweep_dir: Path) -> Path:
+    """loss.variance_lambda 0, 0.1, 0.5 x model gru, mean_pool x 4 seeds. λ has no effect; the one
+    interaction is +0.3 at (0.1, mean_pool); the cell (0.5, mean_pool) never ran."""
+    rng = np.random.default_rng(7)
+    num = 0
+    for lam in ("0", "0.1", "0.5"):
+        for model in ("gru", "mean_pool"):
+            for seed in range(4):
+                if (lam, model) != ("0.5", "mean_pool"):
+                    r2 = 0.5 + (0.1 if model == "mean_pool" else 0.0) + (0.3 if (lam, model) == ("0.1", "mean_pool")
+                                                                         else 0.0) + rng.normal(0, 0.01)
+                    write_job(sweep_dir, num, [f"loss.variance_lambda={lam}", f"model={model}", f"seed={seed}"],
+                              {"model": model}, val_r2=r2, val_ratio=0.8 + rng.normal(0, 0.01), seed=seed)
+                num += 1
+    return sweep_dir
+
+
+def test_issue19_an_empty_cell_under_an_interaction_gives_no_emm(tmp_path):
+    pd = pytest.importorskip("pandas")
+    smf = pytest.importorskip("statsmodels.formula.api")
+    s = summarize(make_empty_cell_sweep(tmp_path / "sweep"), plots=False)
+    lam, model = s["main_effects"]
+    assert s["anova"]["val.r2"]["emm_model"] == "main effects + two-factor interactions"
+    # old: λ 0.5 vs 0 +0.076 ± 0.010 (truth 0) from a silently smaller (main-effects) model
+    half = lam["levels"][2]["val.r2"]
+    assert not half["estimable"] and math.isnan(half["mean"]) and math.isnan(half["vs_first"]["mean"])
+    assert not model["levels"][1]["val.r2"]["estimable"]
+    assert any("no results in loss.variance_lambda=0.5 model=mean_pool" in n and "loss.variance_lambda=0.5" in n
+               and "model=mean_pool" in n for n in s["notes"])
+    # levels whose cells all ran: exactly the interaction model's estimates (statsmodels), which
+    # for these levels are the means of their cell means (old: shifted by the smaller model)
+    rows = [(r["overrides"][0].split("=")[1], r["overrides"][1].split("=")[1], r["best"]["val"]["r2"])
+            for r in (json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/metrics.json"))]
+    data = pd.DataFrame(rows, columns=["lam", "model", "y"])
+    fit = smf.ols("y ~ C(lam) * C(model)", data).fit()
+    for j, level in ((0, "0"), (1, "0.1")):
+        grid = pd.DataFrame({"lam": [level, level], "model": ["gru", "mean_pool"]})
+        expected = float(fit.predict(grid).mean())
+        assert lam["levels"][j]["val.r2"]["mean"] == pytest.approx(expected, rel=1e-9)
+    assert lam["levels"][1]["val.r2"]["vs_first"]["mean"] == pytest.approx(0.15, abs=0.02)     # the planted 0.3 / 2
+    text = render_text(s)
+    effects = text.split("main effects:")[1].split("type II ANOVA")[0]
+    row = next(line for line in effects.splitlines() if line.strip().startswith("0.5"))
+    assert "—" in row and "nan" not in text
+    saved = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert saved["main_effects"][0]["levels"][2]["val.r2"]["mean"] is None
+
+
+def make_survivor_sweep(sweep_dir: Path, seeds: int, failing: dict, seed: int = 0) -> Path:
+    """loss.variance_lambda 0, 0.5 x model gru, mean_pool x `seeds` seeds. Neither factor changes
+    R²; at each λ the `failing[λ]` runs of a cell with the lowest R² diverge (no result)."""
+    rng = np.random.default_rng(seed)
+    num = 0
+    for lam in ("0", "0.5"):
+        for model in ("gru", "mean_pool"):
+            r2s = 0.5 + rng.normal(0, 0.05, size=seeds)
+            lowest = set(np.argsort(r2s)[:failing[lam]].tolist())
+            for s in range(seeds):
+                kwargs = {"status": "diverged", "best": None} if s in lowest else {}
+                write_job(sweep_dir, num, [f"loss.variance_lambda={lam}", f"model={model}", f"seed={s}"],
+                          {"model": model}, val_r2=float(r2s[s]), seed=s, **kwargs)
+                num += 1
+    return sweep_dir
+
+
+@pytest.mark.parametrize("seeds, failing, p_failures", [
+    (8, {"0": 0, "0.5": 4}, 0.002447163515),         # half the runs at λ 0.5 fail: Fisher 0/16 vs 8/16
+    (16, {"0": 3, "0.5": 7}, 0.057676663098),        # failure rates 0.19 vs 0.44: 6/32 vs 14/32
+], ids=["8-seeds-half-failing", "16-seeds-0.19-vs-0.44"])
+def test_issue19_a_factor_that_chooses_the_survivors_is_flagged(tmp_path, seeds, failing, p_failures):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    s = summarize(make_survivor_sweep(tmp_path / "sweep", seeds, failing), plots=False)
+    lam = next(e for e in s["main_effects"] if e["factor"] == "loss.variance_lambda")
+    model = next(e for e in s["main_effects"] if e["factor"] == "model")
+    ended = 2 * seeds
+    table = [[2 * failing["0"], ended - 2 * failing["0"]], [2 * failing["0.5"], ended - 2 * failing["0.5"]]]
+    assert lam["failures"]["p"] == pytest.approx(scipy_stats.fisher_exact(table)[1], rel=1e-9)
+    assert lam["failures"]["p"] == pytest.approx(p_failures, rel=1e-6)
+    assert lam["failures"]["test"] == "fisher" and lam["survivors_only"]
+    assert lam["failures"]["rate"] == pytest.approx([failing["0"] / seeds, failing["0.5"] / seeds])
+    assert not model["survivors_only"] and model["failures"]["p"] == pytest.approx(1.0)
+    assert all(not c["incomplete"] for c in s["cells"])                  # half or more of each cell has results
+    assert any(n.startswith("loss.variance_lambda changes the failure rate") and "survivors only" in n
+               for n in s["notes"])
+    effects = render_text(s).split("main effects:")[1].split("type II ANOVA")[0]
+    assert "SURVIVORS ONLY" in next(line for line in effects.splitlines() if line.startswith("loss.variance_lambda"))
+    assert json.loads((tmp_path / "sweep" / "summary.json").read_text())["main_effects"][0]["survivors_only"]
+
+
+def test_issue19_incomplete_cells_stay_out_of_the_anova(tmp_path):
+    # 13 of 16 runs fail in each λ 0.5 cell: those cells are incomplete, their 3 survivors no
+    # longer enter the ANOVA (old: they did, p 0.041 for a factor with no effect)
+    s = summarize(make_survivor_sweep(tmp_path / "sweep", 16, {"0": 0, "0.5": 13}), plots=False)
+    lam = next(e for e in s["main_effects"] if e["factor"] == "loss.variance_lambda")
+    assert all(c["incomplete"] for c in s["cells"] if c["settings"]["loss.variance_lambda"] == "0.5")
+    assert s["anova"]["val.r2"]["n"] == 32 and math.isnan(lam["p"]["val.r2"])
+    assert math.isnan(lam["levels"][1]["val.r2"]["mean"]) and lam["survivors_only"]
+    assert len(s["anova"]["val.r2"]["cells_left_out"]) == 2
+    assert any(n.startswith("incomplete cells left out of the ANOVA and EMMs") for n in s["notes"])
+
+
+def test_issue19_power_at_two_pairs(tmp_path):
+    # 2 seeds per cell: the smallest ΔR² found with 80% power is 11.55 SDs of the differences
+    sweep = tmp_path / "sweep"
+    for num, (lam, seed, r2) in enumerate([("0", 0, 0.50), ("0", 1, 0.60), ("0.5", 0, 0.53), ("0.5", 1, 0.61)]):
+        write_job(sweep, num, [f"loss.variance_lambda={lam}", f"seed={seed}"], {}, val_r2=r2, seed=seed)
+    s = summarize(sweep, plots=False, effect=0.06)
+    d = next(c for c in s["cells"] if not c["baseline"])["vs_baseline"]["val.r2"]
+    sd = float(np.std([0.03, 0.01], ddof=1))
+    assert d["n_pairs"] == 2 and d["std"] == pytest.approx(sd)
+    assert d["detectable"] / sd == pytest.approx(11.5499, abs=1e-3)           # old: 5.4705
+    TTestPower = pytest.importorskip("statsmodels.stats.power").TTestPower
+    assert d["detectable"] / sd == pytest.approx(TTestPower().solve_power(None, nobs=2, alpha=0.05, power=0.8),
+                                                 rel=1e-5)
+    assert stats.paired_power(0.06, sd, d["seeds_needed"]) >= 0.8
+
+
+def test_issue19_spellings_of_one_value_are_one_level(tmp_path):
+    sweep, num = tmp_path / "sweep", 0
+    spell = {"on": ("true", "True", "TRUE"), "off": ("false", "False", "FALSE"), "small": ("1e-3", "0.001", "1e-3"),
+             "big": ("0.01", "1e-2", "0.010")}
+    for flag in ("on", "off"):
+        for lr in ("small", "big"):
+            for seed in range(3):
+                write_job(sweep, num, [f"+data.flag={spell[flag][seed]}", f"trainer.lr={spell[lr][seed]}",
+                                       f"seed={seed}"], {}, seed=seed, val_r2=0.5 + 0.01 * seed)
+                num += 1
+    s = summarize(sweep, plots=False)
+    assert len(s["cells"]) == 4 and all(c["n_results"] == 3 for c in s["cells"])      # old: 16 cells (and 18 for lr)
+    assert [len(f["levels"]) for f in s["factors"]] == [2, 2] and s["problems"] == []
+    assert any("are one value to Hydra" in n for n in s["notes"])
+
+
+def test_issue19_levels_are_read_as_hydras_override_grammar_reads_them():
+    parser = pytest.importorskip("hydra.core.override_parser.overrides_parser").OverridesParser.create()
+    spellings = ["true", "True", "TRUE", "false", "fAlSe", "null", "NULL", "1e-3", "0.001", "1_000", "1000", "1.",
+                 ".5", "+1", "1", "1.0", "inf", "-inf", "1E3", "'true'", '"1"', "mean_pool", "0x10", "01", "-0",
+                 "0.0", "1.5e+2", "150"]
+    values = {v: parser.parse_override(f"k={v}").value() for v in spellings}
+    for a in spellings:
+        for b in spellings:
+            hydra_same = type(values[a]) is type(values[b]) or {type(values[a]), type(values[b])} == {int, float}
+            hydra_same = hydra_same and values[a] == values[b]
+            assert sweep_jobs.same_level(a, b) == hydra_same, (a, b)
+    assert sorted(["b", "1", "null", "true", "false", "0.5", "a"], key=sweep_jobs.level_key) == \
+        ["null", "false", "true", "0.5", "1", "a", "b"]
+
+
+def test_issue19_minor_printing(tmp_path):
+    # one pair: the tentative note has no [+nan, +nan]; a baseline without results says why the
+    # paired table is empty
+    sweep, num = tmp_path / "sweep", 0
+    for lam, seed, r2, ratio in (("0.0", 0, 0.6, 0.5), ("0.0", 1, 0.6, 0.5), ("0.5", 0, 0.5, 0.7)):
+        write_job(sweep, num, [f"loss.variance_lambda={lam}", f"seed={seed}"], {}, val_r2=r2, val_ratio=ratio,
+                  seed=seed)
+        num += 1
+    s = summarize(sweep, plots=False)
+    (tentative,) = [n for n in s["notes"] if n.startswith("tentative:")]
+    assert "nan" not in tentative and "one pair gives no interval" in tentative and "+0.200" in tentative
+
+    sweep = tmp_path / "nobase"
+    for num, (lam, status) in enumerate((("0.0", "failed"), ("0.5", "completed"))):
+        write_job(sweep, num, [f"loss.variance_lambda={lam}", "seed=0"], {}, status=status,
+                  **({"best": None} if status == "failed" else {}))
+    s = summarize(sweep, plots=False)
+    assert "the baseline loss.variance_lambda=0.0 has no results: no paired differences (—)" in s["notes"]
+
+    # a term with no degrees of freedom prints — for its shares, not 0.000
+    sweep = tmp_path / "aliased"
+    for num, (a, b, seed, r2) in enumerate((("1", "x", 0, 0.1), ("1", "x", 1, 0.2), ("2", "y", 0, 0.5),
+                                            ("2", "y", 1, 0.6), ("1", "x", 2, 0.15), ("2", "y", 2, 0.55))):
+        write_job(sweep, num, [f"a={a}", f"b={b}", f"seed={seed}"], {}, val_r2=r2, seed=seed)
+    s = summarize(sweep, plots=False)
+    b_term = next(t for t in s["anova"]["val.r2"]["terms"] if t["term"] == "b")
+    assert b_term["df"] == 0 and math.isnan(b_term["eta_sq"])
+    row = next(line for line in render_text(s).split("type II ANOVA")[1].splitlines() if line.startswith("b "))
+    assert "0.000" not in row and "—" in row
