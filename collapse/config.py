@@ -158,7 +158,8 @@ class DiagnosisConfig:
     # * |r| is collapsed (squeezed harder than calibrated shrinkage would: fixable).
     # Each label must hold across `confidence` intervals for r (Fisher z) and for the
     # calibration slope r / ratio (OLS t), else `inconclusive`; a ratio above
-    # `inflate_ratio_of_r` * |r| is inflated (spread the signal cannot support: R² < 0).
+    # `inflate_ratio_of_r` * |r| is inflated (spread the signal cannot support: R² < 0); a
+    # significant mean offset that alone makes R² < 0 while r >= min_r is biased.
     # `correct_selection`: the val split chose the best of E epochs, so its intervals
     # are Bonferroni-widened by E (test's are not).
     min_r: float = 0.2

@@ -12,9 +12,10 @@ two kinds of collapse: under MSE with calibrated predictions the variance ratio 
 about r, so a ratio far *below* r (calibration slope >> 1) is a squeeze that a
 variance term or recalibration can undo, whereas r ~ 0 means there is no signal
 to recover. `diagnose` turns that into a label only where the sample size allows:
-every test is on an interval (Fisher z for r, OLS t for the slope), so 15 samples
+every test is on an interval (Fisher z for r, OLS t for the slope and the offset), so 15 samples
 say `inconclusive` rather than a guess. Everything here is invariant to an affine
-change of units of y_true and y_pred together, except pred_std, rmse, mae, ranges.
+change of units of y_true and y_pred together, except pred_std, rmse, mae, ranges
+and the diagnosis' offset (in target units; `offset_sds` is the invariant form).
 """
 from __future__ import annotations
 
@@ -198,6 +199,18 @@ def ratio_interval(ratio: float, r: float, n: int, confidence: float = 0.95) -> 
     return ratio * math.exp(-half), ratio * math.exp(half)
 
 
+def offset_interval(y_true, y_pred, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean offset d = mean(y_pred - y_true) with its one-sample t interval
+    d -+ t_{n-1} sd(y_pred - y_true) / sqrt(n): (d, low, high), in target units."""
+    y_true, y_pred = _pair(y_true, y_pred)
+    diff, n = y_pred - y_true, y_true.size
+    d = float(diff.mean()) if n else math.nan
+    if n < 2:
+        return d, -math.inf, math.inf
+    half = t_quantile(0.5 + confidence / 2, n - 1) * float(diff.std(ddof=1)) / math.sqrt(n)
+    return d, d - half, d + half
+
+
 def diagnose(y_true, y_pred, cfg: DiagnosisConfig, candidates: int = 1, split: Optional[str] = None) -> dict:
     """Tell a fixable collapse from an honest lack of signal and from inflated spread,
     with intervals that know the sample size. y_true, y_pred: (n,) in any units
@@ -219,6 +232,12 @@ def diagnose(y_true, y_pred, cfg: DiagnosisConfig, candidates: int = 1, split: O
       With ratio rho and matched means R² = rho (2r - rho), which is < 0 exactly when
       rho > 2r: the default threshold 2 is where the spread costs more than the signal
       gives (an over-weighted variance term does this, with either sign).
+    - biased (checked after collapsed: a squeeze is the more specific finding): r >= min_r
+      over its interval, the mean offset d = mean(pred - y) is
+      significant (its t interval excludes 0) and it is what makes R² < 0: R² =
+      R²_centred - d² / var(y), with R²_centred >= 0. Correlated but shifted predictions (a
+      trend, a test range outside the train range) are not healthy; the reason names d in
+      target units and target sds.
     - healthy: r >= min_r and 1 / inflate_ratio_of_r <= b <= 1 / collapse_ratio_of_r, over
       both intervals.
     - inconclusive: anything else: too few samples (n = 15 gives r -+ 0.5), constant
@@ -238,10 +257,16 @@ def diagnose(y_true, y_pred, cfg: DiagnosisConfig, candidates: int = 1, split: O
     r_lo, r_hi = r_interval(r, n, level)
     b_lo, b_hi = slope_interval(y_true, y_pred, level)
     q_lo, q_hi = ratio_interval(ratio, r, n, level)
+    offset, d_lo, d_hi = offset_interval(y_true, y_pred, level)
+    target_sd = float(y_true.std())
+    offset_sds = offset / target_sd if target_sd > 0 else math.nan
+    r2_value = r2(y_true, y_pred)
+    offset_cost = offset_sds * offset_sds        # R² lost to the offset alone: d² / var(y)
     b_collapse, b_inflate = 1.0 / collapse_ratio_of_r, 1.0 / inflate_ratio_of_r
     used = {"split": split, "n": int(n), "confidence": level, "candidates": int(candidates),
             "pearson_r": r, "r_ci": [r_lo, r_hi], "variance_ratio": ratio, "variance_ratio_ci": [q_lo, q_hi],
-            "calibration_slope": slope, "slope_ci": [b_lo, b_hi], "r2": r2(y_true, y_pred),
+            "calibration_slope": slope, "slope_ci": [b_lo, b_hi], "r2": r2_value,
+            "offset": offset, "offset_ci": [d_lo, d_hi], "offset_sds": offset_sds,
             "r2_recalibrated": r * r if math.isfinite(r) else math.nan,
             "min_r": min_r, "collapse_ratio_of_r": collapse_ratio_of_r, "inflate_ratio_of_r": inflate_ratio_of_r}
     ci = f"{100 * level:.4g}% CI"
@@ -267,6 +292,10 @@ def diagnose(y_true, y_pred, cfg: DiagnosisConfig, candidates: int = 1, split: O
     elif b_lo > b_collapse:
         label, why = "collapsed", (f"slope {ci} [{b_lo:.2f}, {b_hi:.2f}] > {b_collapse:g}: ratio {ratio:.2f} < "
                                    f"{collapse_ratio_of_r:g} r = {collapse_ratio_of_r * r:.2f}, squeezed, fixable")
+    elif (d_lo > 0 or d_hi < 0) and r2_value < 0 <= r2_value + offset_cost:
+        label, why = "biased", (f"mean offset {offset:+.4g} target units ({offset_sds:+.2f} target sds), {ci} "
+                                f"[{d_lo:+.4g}, {d_hi:+.4g}]: it costs {offset_cost:.2f} R² (R² {r2_value:.2f}, "
+                                f"{r2_value + offset_cost:.2f} without it) although r {ci} [{r_lo:.2f}, {r_hi:.2f}]")
     elif b_inflate <= b_lo and b_hi <= b_collapse:
         label, why = "healthy", (f"r {ci} [{r_lo:.2f}, {r_hi:.2f}], slope {ci} [{b_lo:.2f}, {b_hi:.2f}]: "
                                  "spread fits the signal")

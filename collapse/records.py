@@ -43,7 +43,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 RESULT_STATUSES = ("completed", "diverged", "stopped_collapse")
 STATUSES = RESULT_STATUSES + ("failed", "interrupted", "running")
 # what collapse.metrics.diagnose may call a split (diagnosis.<split>.label)
-LABELS = ("healthy", "collapsed", "no_signal", "inflated", "inconclusive")
+LABELS = ("healthy", "collapsed", "no_signal", "inflated", "biased", "inconclusive")
 
 
 def _read_umask() -> int:

@@ -79,3 +79,36 @@ def test_every_dimensionless_metric_and_the_diagnosis_ignore_units(scale, offset
     assert got["label"] == base["label"]
     np.testing.assert_allclose(got["r_ci"] + got["slope_ci"] + got["variance_ratio_ci"],
                                base["r_ci"] + base["slope_ci"] + base["variance_ratio_ci"], rtol=1e-9)
+
+
+def test_offset_interval_matches_scipys_one_sample_t_interval():
+    from scipy import stats
+
+    d, low, high = metrics.offset_interval(Y_TRUE, Y_PRED, 0.9)
+    ci = stats.ttest_1samp(Y_PRED - Y_TRUE, 0.0).confidence_interval(0.9)
+    assert d == pytest.approx(float(np.mean(Y_PRED - Y_TRUE)), rel=1e-12)
+    assert (low, high) == (pytest.approx(ci.low, rel=1e-9), pytest.approx(ci.high, rel=1e-9))
+
+
+def test_correlated_but_shifted_predictions_are_biased_never_healthy():
+    """The issue's case: r ~ 0.97, predictions 1.3 target sds too low (a test range above
+    the train range): R² < 0 from the offset alone."""
+    g = np.random.default_rng(1)
+    y = 50.0 + 4.0 * g.normal(size=300)
+    good = y + 1.0 * g.normal(size=300)                 # r ~ 0.97, slope ~ 1
+    assert metrics.diagnose(y, good, DiagnosisConfig(), split="test")["label"] == "healthy"
+    shifted = good - 1.3 * y.std()
+    got = metrics.diagnose(y, shifted, DiagnosisConfig(), split="test")
+    assert got["label"] == "biased" and got["r2"] < 0 < got["pearson_r"] - 0.9
+    assert got["offset"] == pytest.approx(float(np.mean(shifted - y)))
+    assert got["offset_sds"] == pytest.approx(got["offset"] / y.std()) and got["offset_sds"] < -1.2
+    assert f"{got['offset']:+.4g} target units" in got["reason"]
+    assert f"{got['offset_sds']:+.2f} target sds" in got["reason"]
+    # a shift too small to make R² negative is not bias; a squeeze that is shifted stays collapsed
+    small = metrics.diagnose(y, good - 0.3 * y.std(), DiagnosisConfig(), split="test")
+    assert small["label"] == "healthy"
+    squeezed = y.mean() + 0.1 * (good - y.mean()) - 1.5 * y.std()
+    assert metrics.diagnose(y, squeezed, DiagnosisConfig(), split="test")["label"] == "collapsed"
+    # units: the label and offset_sds ignore an affine change of both
+    scaled = metrics.diagnose(1e3 * y + 7.0, 1e3 * shifted + 7.0, DiagnosisConfig(), split="test")
+    assert scaled["label"] == "biased" and scaled["offset_sds"] == pytest.approx(got["offset_sds"], rel=1e-9)
