@@ -57,7 +57,8 @@ class SweepDirError(ValueError):
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Phase-1 verdict levels (minimum, good, excellent) and the collapse cut-off."""
+    """Phase-1 verdict levels (minimum, good, excellent) and the variance-ratio cut-off of
+    the study's "ratio below 10 %" column (`collapse`, its CLI name)."""
     r2: tuple = (0.0, 0.3, 0.5)
     ratio: tuple = (0.40, 0.70, 0.85)
     collapse: float = 0.1
@@ -187,9 +188,10 @@ def _cell_summary(cell_jobs: list, cell_runs: dict, base_runs: dict, planned_see
     results = [r["_job"] for r in cell_runs.values()]
     metrics = {k: describe(r[k] for r in cell_runs.values()) for k in STAT_KEYS}
     failures = sum(counts[s] for s in FAILURE_STATUSES)
-    collapsed = [j.diagnosis("val") == "collapsed" or _below(_metric(j.best, "val.variance_ratio"), th.collapse)
-                 for j in results]
     labels = [j.diagnosis(split) for j in results]
+    # collapse is the diagnosis' word only: a small ratio is also what honest no-signal
+    # shrinkage looks like, so the study's "variance ratio below the cut-off" is its own column
+    low_ratio = [_below(_metric(j.best, "val.variance_ratio"), th.collapse) for j in results]
     promised = [j for j in results if j.diagnosis("val") == "collapsed"]
     held = [j.recalibration_held() for j in promised]
     n_planned = max(len(planned_seeds), len(results))
@@ -199,7 +201,8 @@ def _cell_summary(cell_jobs: list, cell_runs: dict, base_runs: dict, planned_see
             "counts": counts, "n_results": len(results), "n_planned": n_planned, "incomplete": incomplete,
             "metrics": metrics,
             "failure_rate": failures / (failures + len(results)) if failures + len(results) else math.nan,
-            "collapse_rate": sum(collapsed) / len(collapsed) if collapsed else math.nan,
+            "collapse_rate": labels.count("collapsed") / len(labels) if labels else math.nan,
+            "ratio_below_cutoff_rate": sum(low_ratio) / len(low_ratio) if low_ratio else math.nan,
             "diagnosis": {d: labels.count(d) for d in DIAGNOSES}, "diagnosis_split": split,
             "recalibration": {"collapsed_on_val": len(promised), "known": sum(h is not None for h in held),
                               "raised_test_r2": sum(h is True for h in held)},

@@ -67,7 +67,8 @@ def _cell_rows(summary: dict, incomplete: bool) -> tuple[list[str], list[list[st
     factors = [f["key"] for f in summary["factors"]]
     split = summary.get("diagnosis_split", "val")
     headers = ["rank", *factors, "results/planned", "val R² (95% CI)", "test R²", "val var ratio (95% CI)",
-               "failure", "collapse", f"diagnoses ({split})", "recal held", "verdict", "ΔR² vs base (paired)",
+               "failure", f"collapsed ({split})", f"var ratio < {summary['thresholds']['collapse']:g}",
+               f"diagnoses ({split})", "recal held", "verdict", "ΔR² vs base (paired)",
                "flags"]
     rows = []
     for c in summary["cells"]:
@@ -78,7 +79,7 @@ def _cell_rows(summary: dict, incomplete: bool) -> tuple[list[str], list[list[st
         rows.append(["—" if c["rank"] is None else str(c["rank"]), *(str(c["settings"][f]) for f in factors),
                      f"{n}/{c['n_planned']}", _mean_ci(m["val.r2"], n_of=n), _fmt(m["test.r2"]["mean"]),
                      _mean_ci(m["val.variance_ratio"], n_of=n), _fmt(c["failure_rate"], 2),
-                     _fmt(c["collapse_rate"], 2), _diagnoses(c), _recalibration(c), c["verdict"], delta,
+                     _fmt(c["collapse_rate"], 2), _fmt(c["ratio_below_cutoff_rate"], 2), _diagnoses(c), _recalibration(c), c["verdict"], delta,
                      _cell_flags(c)])
     return headers, rows
 
@@ -160,8 +161,9 @@ def _header_lines(summary: dict) -> list[str]:
              f"factors: {factors}",
              f"baseline: {summary['baseline']['label']} ({summary['baseline']['source']})",
              f"verdict on mean val R² > {'/'.join(map(str, th['r2']))} and val variance ratio > "
-             f"{'/'.join(map(str, th['ratio']))} (minimum/good/excellent); collapse: val variance ratio "
-             f"< {th['collapse']:g} or val diagnosis collapsed; incomplete: results for fewer than half "
+             f"{'/'.join(map(str, th['ratio']))} (minimum/good/excellent); collapsed: the share of runs "
+             f"diagnosed collapsed ({summary.get('diagnosis_split', 'val')}); var ratio < {th['collapse']:g}: the share "
+             f"with val variance ratio below it (no-signal shrinkage too); incomplete: results for fewer than half "
              "the planned seeds (no verdict, not ranked)",
              f"share of the variance of val R² between cells: {_fmt(ve['cells']['val.r2'], 2)}, "
              f"within cells (seeds): {_fmt(ve['within_cells']['val.r2'], 2)}"]
@@ -216,7 +218,7 @@ def render_csv(summary: dict) -> str:
     pair_fields = ("mean", "ci_low", "ci_high", "n_pairs", "p", "p_holm", "detectable")
     header = ["rank", "cell", *factors, "baseline", "n_results", "n_planned", "incomplete", *STATES,
               *(f"{k.replace('.', '_')}_{s}" for k in STAT_KEYS for s in stat_fields),
-              "failure_rate", "collapse_rate", *DIAGNOSES, "verdict",
+              "failure_rate", "collapse_rate", "ratio_below_cutoff_rate", *DIAGNOSES, "verdict",
               *(f"delta_{k.replace('.', '_')}_{s}" for k in PAIRED_KEYS for s in pair_fields), "warning"]
 
     def num(x):
@@ -229,7 +231,8 @@ def render_csv(summary: dict) -> str:
         writer.writerow([num(c["rank"]), c["label"], *(c["settings"][f] for f in factors), c["baseline"],
                          c["n_results"], c["n_planned"], c["incomplete"], *(c["counts"][s] for s in STATES),
                          *(num(c["metrics"][k][s]) for k in STAT_KEYS for s in stat_fields),
-                         num(c["failure_rate"]), num(c["collapse_rate"]), *(c["diagnosis"][d] for d in DIAGNOSES),
+                         num(c["failure_rate"]), num(c["collapse_rate"]),
+                         num(c["ratio_below_cutoff_rate"]), *(c["diagnosis"][d] for d in DIAGNOSES),
                          c["verdict"], *(num(c["vs_baseline"][k][s]) for k in PAIRED_KEYS for s in pair_fields),
                          c["warning"]])
     return out.getvalue()
