@@ -210,7 +210,7 @@ def test_outputs_written_and_custom_thresholds(tmp_path):
     assert json.loads((sweep / "summary.json").read_text())["cells"][0]["rank"] == 1
     rows = (sweep / "summary.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[0].startswith("rank,cell,data.temporal_frames,loss.variance_lambda")
-    assert "## Cells, ranked by mean val R²" in (sweep / "summary.md").read_text()
+    assert "## Cells, ranked by mean test R²" in (sweep / "summary.md").read_text()
     assert not list(sweep.glob(".summary*.tmp")) and not list(sweep.glob("*.png"))
 
 
