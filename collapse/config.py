@@ -159,12 +159,15 @@ class DiagnosisConfig:
     # Each label must hold across `confidence` intervals for r (Fisher z) and for the
     # calibration slope r / ratio (OLS t), else `inconclusive`; a ratio above
     # `inflate_ratio_of_r` * |r| is inflated (spread the signal cannot support: R² < 0); a
-    # significant mean offset that alone makes R² < 0 while r >= min_r is biased.
+    # significant mean offset that alone makes R² < 0 while r >= min_r is biased; an R²
+    # below the linear reference's (metrics.json `reference`) by more than
+    # `underfit_r2_gap` over the gap's interval is underfit (the signal exists, the model missed it).
     # `correct_selection`: the val split chose the best of E epochs, so its intervals
     # are Bonferroni-widened by E (test's are not).
     min_r: float = 0.2
     collapse_ratio_of_r: float = 0.5
     inflate_ratio_of_r: float = 2.0
+    underfit_r2_gap: float = 0.05
     confidence: float = 0.95
     correct_selection: bool = True
 
@@ -300,6 +303,8 @@ def validate(cfg: Config) -> Config:
            cfg.diagnosis.collapse_ratio_of_r, "in (0, 1]")
     _check(math.isfinite(cfg.diagnosis.inflate_ratio_of_r) and cfg.diagnosis.inflate_ratio_of_r > 1,
            "diagnosis.inflate_ratio_of_r", cfg.diagnosis.inflate_ratio_of_r, "> 1")
+    _check(math.isfinite(cfg.diagnosis.underfit_r2_gap) and cfg.diagnosis.underfit_r2_gap >= 0,
+           "diagnosis.underfit_r2_gap", cfg.diagnosis.underfit_r2_gap, ">= 0")
     _check(0.5 <= cfg.diagnosis.confidence < 1, "diagnosis.confidence", cfg.diagnosis.confidence, "in [0.5, 1)")
     return cfg
 

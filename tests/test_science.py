@@ -364,6 +364,31 @@ def test_a_large_offset_stored_as_float64_changes_nothing(tmp_path):
     assert np.array_equal(prepared.y_test - 1e8, (y64 + 1e8)[split == 2] - 1e8)
 
 
+def test_every_record_carries_its_linear_reference_and_an_undertrained_run_is_underfit():
+    """reference: RidgeCV on the standardised, flattened frames the model saw, fitted on the
+    train split, scored in original units; one epoch at a tiny lr trails it: underfit."""
+    from sklearn.linear_model import RidgeCV
+
+    from collapse.config import DataConfig
+    from collapse.metrics import RIDGE_ALPHAS, regression_report
+    from collapse.train import run
+
+    rec = run(["data.n_samples=800", "trainer.epochs=1", "trainer.lr=1e-5", "model.hidden_dim=16",
+               "trainer.threads=1", "seed=0"]).to_dict()
+    prepared = data.load(DataConfig(n_samples=800), seed=0, unlabeled=False)
+    flat = lambda X: X.reshape(len(X), -1)           # noqa: E731
+    ridge = RidgeCV(alphas=RIDGE_ALPHAS).fit(flat(prepared.X_train), prepared.z_train.astype(np.float64))
+    ref = rec["reference"]
+    assert ref["alpha"] == ridge.alpha_ and ref["features"] == 3 * 8 and ref["seconds"] < 1.0
+    for part, X, y in (("val", prepared.X_val, prepared.y_val), ("test", prepared.X_test, prepared.y_test)):
+        expected = regression_report(y, prepared.unscale(ridge.predict(flat(X))))
+        assert ref[part]["r2"] == pytest.approx(expected["r2"], abs=1e-8)
+        assert ref[part]["rmse"] == pytest.approx(expected["rmse"], rel=1e-6)
+    assert ref["test"]["r2"] > 0.5
+    assert rec["diagnosis"]["test"]["label"] == "underfit"
+    assert rec["diagnosis"]["test"]["reference_r2"] == pytest.approx(ref["test"]["r2"])
+
+
 # --- SSL keeps the feature scale the head was initialised for ---------------------------
 
 def test_pretraining_keeps_the_encoders_output_scale():

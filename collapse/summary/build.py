@@ -196,6 +196,11 @@ def _cell_summary(cell_jobs: list, cell_runs: dict, base_runs: dict, planned_see
     low_ratio = [_below(_metric(j.best, "val.variance_ratio"), th.collapse) for j in results]
     promised = [j for j in results if j.diagnosis("val") == "collapsed"]
     held = [j.recalibration_held() for j in promised]
+    # the linear reference each run recorded (ridge on the same frames) and how far the run
+    # trails it, on the effects split: headroom >> 0 is under-training, not a lack of signal
+    refs = [((j.record.get("reference") or {}).get(effects_split) or {}).get("r2") for j in results]
+    mine = [_metric(j.best, f"{effects_split}.r2") for j in results]
+    headroom = [a - b for a, b in zip(refs, mine) if isinstance(a, (int, float)) and isinstance(b, (int, float))]
     n_planned = max(len(planned_seeds), len(results))
     incomplete = len(results) < n_planned / 2 or not results
     return {"jobs": sorted(j.num for j in cell_jobs if j.num is not None),
@@ -205,6 +210,7 @@ def _cell_summary(cell_jobs: list, cell_runs: dict, base_runs: dict, planned_see
             "failure_rate": failures / (failures + len(results)) if failures + len(results) else math.nan,
             "collapse_rate": labels.count("collapsed") / len(labels) if labels else math.nan,
             "ratio_below_cutoff_rate": sum(low_ratio) / len(low_ratio) if low_ratio else math.nan,
+            "reference_r2": describe(refs), "headroom": describe(headroom),
             "diagnosis": {d: labels.count(d) for d in DIAGNOSES}, "diagnosis_split": split,
             "recalibration": {"collapsed_on_val": len(promised), "known": sum(h is not None for h in held),
                               "raised_test_r2": sum(h is True for h in held)},

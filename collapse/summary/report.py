@@ -81,7 +81,7 @@ def _cell_rows(summary: dict, incomplete: bool) -> tuple[list[str], list[list[st
     split = summary.get("diagnosis_split", "val")
     es, other = _splits(summary)
     headers = ["rank", *factors, "results/planned", f"{es} R² (95% CI)", f"{other} R² (95% CI)",
-               f"{es} var ratio (95% CI)",
+               f"{es} var ratio (95% CI)", "ridge R²", "headroom",
                "failure", f"collapsed ({split})", f"var ratio < {summary['thresholds']['collapse']:g}",
                f"diagnoses ({split})", "recal held", "verdict", f"Δ{es} R² vs base (paired)",
                "flags"]
@@ -93,7 +93,8 @@ def _cell_rows(summary: dict, incomplete: bool) -> tuple[list[str], list[list[st
         delta = "" if c["baseline"] else (_mean_ci(d, "+") + f" (n {d['n_pairs']})" if d["n_pairs"] else "—")
         rows.append(["—" if c["rank"] is None else str(c["rank"]), *(str(c["settings"][f]) for f in factors),
                      f"{n}/{c['n_planned']}", _mean_ci(m[f"{es}.r2"], n_of=n), _mean_ci(m[f"{other}.r2"], n_of=n),
-                     _mean_ci(m[f"{es}.variance_ratio"], n_of=n), _fmt(c["failure_rate"], 2),
+                     _mean_ci(m[f"{es}.variance_ratio"], n_of=n), _fmt(c["reference_r2"]["mean"]),
+                     _fmt(c["headroom"]["mean"], sign="+"), _fmt(c["failure_rate"], 2),
                      _fmt(c["collapse_rate"], 2), _fmt(c["ratio_below_cutoff_rate"], 2), _diagnoses(c),
                      _recalibration(c), c["verdict"], delta,
                      _cell_flags(c)])
@@ -186,7 +187,8 @@ def _header_lines(summary: dict) -> list[str]:
              f"{'/'.join(map(str, th['r2']))} and {es} variance ratio > "
              f"{'/'.join(map(str, th['ratio']))} (minimum/good/excellent); collapsed: the share of runs "
              f"diagnosed collapsed ({summary.get('diagnosis_split', 'val')}); var ratio < {th['collapse']:g}: "
-             "the share with val variance ratio below it (no-signal shrinkage too); incomplete: results for "
+             "the share with val variance ratio below it (no-signal shrinkage too); ridge R²: the runs' linear "
+             f"reference on the same frames ({es}), headroom: ridge minus the run; incomplete: results for "
              "fewer than half the planned seeds (no verdict, not ranked)",
              f"share of the variance of {es} R² between cells: {_fmt(ve['cells'].get(f'{es}.r2'), 2)}, "
              f"within cells (seeds): {_fmt(ve['within_cells'].get(f'{es}.r2'), 2)}"]
@@ -241,7 +243,8 @@ def render_csv(summary: dict) -> str:
     pair_fields = ("mean", "ci_low", "ci_high", "n_pairs", "p", "p_holm", "detectable")
     header = ["rank", "cell", *factors, "baseline", "n_results", "n_planned", "incomplete", *STATES,
               *(f"{k.replace('.', '_')}_{s}" for k in STAT_KEYS for s in stat_fields),
-              "failure_rate", "collapse_rate", "ratio_below_cutoff_rate", *DIAGNOSES, "verdict",
+              "reference_r2", "headroom", "failure_rate", "collapse_rate", "ratio_below_cutoff_rate", *DIAGNOSES,
+              "verdict",
               *(f"delta_{k.replace('.', '_')}_{s}" for k in PAIRED_KEYS for s in pair_fields), "warning"]
 
     def num(x):
@@ -254,6 +257,7 @@ def render_csv(summary: dict) -> str:
         writer.writerow([num(c["rank"]), c["label"], *(c["settings"][f] for f in factors), c["baseline"],
                          c["n_results"], c["n_planned"], c["incomplete"], *(c["counts"][s] for s in STATES),
                          *(num(c["metrics"][k][s]) for k in STAT_KEYS for s in stat_fields),
+                         num(c["reference_r2"]["mean"]), num(c["headroom"]["mean"]),
                          num(c["failure_rate"]), num(c["collapse_rate"]),
                          num(c["ratio_below_cutoff_rate"]), *(c["diagnosis"][d] for d in DIAGNOSES),
                          c["verdict"], *(num(c["vs_baseline"][k][s]) for k in PAIRED_KEYS for s in pair_fields),

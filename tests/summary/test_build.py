@@ -149,7 +149,7 @@ def test_factors_baseline_and_cell_statistics(grid_summary):
     assert base["metrics"]["val.variance_ratio"]["mean"] == pytest.approx(0.6)
     assert base["metrics"]["val.rmse"]["mean"] == pytest.approx(0.6)
     assert base["diagnosis"] == {"healthy": 1, "collapsed": 1, "no_signal": 1, "inflated": 0, "biased": 0,
-                                 "inconclusive": 0}
+                                 "underfit": 0, "inconclusive": 0}
     assert base["collapse_rate"] == pytest.approx(1 / 3)             # the "collapsed" label
     assert cell(s, 1, 0.5)["collapse_rate"] == 0.0                  # ratio 0.05 < 0.1 but labelled healthy
     assert cell(s, 1, 0.5)["ratio_below_cutoff_rate"] == pytest.approx(1 / 3)    # its own column

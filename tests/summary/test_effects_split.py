@@ -26,6 +26,7 @@ def _write(sweep):
                                                    "baseline": ["data.temporal_frames=1"]}},
                 "best_epoch": 3, "best": {"epoch": 3, "val": report(val), "test": report(test)},
                 "diagnosis": {"val": {"label": "healthy"}, "test": {"label": "healthy"}},
+                "reference": {"model": "ridge", "val": report(0.8), "test": report(0.9)},
                 "provenance": {"hostname": socket.gethostname(), "pid": 1}})
             num += 1
     return sweep
@@ -58,3 +59,12 @@ def test_effects_split_val_chooses_val(tmp_path, capsys):
     assert written["effects_split"] == "val" and written["cells"][0]["settings"]["data.temporal_frames"] == "7"
     with pytest.raises(ValueError, match="effects_split='train' is invalid"):
         build_summary(sweep, effects_split="train")
+
+
+def test_each_cell_shows_its_linear_reference_and_the_headroom(tmp_path):
+    s, _ = build_summary(_write(tmp_path / "sweep"))
+    one, seven = s["cells"]
+    assert one["reference_r2"]["mean"] == pytest.approx(0.9) and one["headroom"]["mean"] == pytest.approx(0.3)
+    assert seven["headroom"]["mean"] == pytest.approx(0.6) and seven["headroom"]["n"] == 3
+    from collapse.summary.report import render_text
+    assert "ridge R²" in render_text(s) and "+0.600" in render_text(s)
