@@ -50,6 +50,36 @@ def bundled(name: str) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"unknown data set {name!r}: diabetes, wine or linnerud")
 
 
+SERIES = ("sunspots", "co2", "elnino")
+
+
+def series(name: str) -> np.ndarray:
+    """A real series (T,) float64 from statsmodels' bundled files (no download): yearly
+    sunspot numbers 1700-2008, monthly mean Mauna Loa CO2 (the weekly file's gaps
+    interpolated), monthly El Niño sea-surface temperatures 1950-2010."""
+    import statsmodels.api as sm
+
+    if name == "sunspots":
+        return sm.datasets.sunspots.load_pandas().data["SUNACTIVITY"].to_numpy(np.float64)
+    if name == "co2":
+        weekly = sm.datasets.co2.load_pandas().data["co2"].interpolate()
+        return weekly.resample("MS").mean().dropna().to_numpy(np.float64)
+    if name == "elnino":
+        return sm.datasets.elnino.load_pandas().data.iloc[:, 1:].to_numpy(np.float64).reshape(-1)
+    raise ValueError(f"unknown series {name!r}: {', '.join(SERIES)}")
+
+
+def framed(values: np.ndarray, frames: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """"The previous `frames` values -> the next": X (N, frames, 1), y (N,), and a
+    chronological 60/20/20 split (train, then val, then test: no look-ahead)."""
+    X = np.lib.stride_tricks.sliding_window_view(values[:-1], frames)[:, :, None]
+    y = values[frames:]
+    n = len(y)
+    split = np.zeros(n, dtype=np.int64)
+    split[round(0.6 * n):round(0.8 * n)], split[round(0.8 * n):] = 1, 2
+    return np.ascontiguousarray(X), y, split
+
+
 def split_for(n: int, seed: int = SPLIT_SEED) -> np.ndarray:
     from collapse.data import split_indices
 
