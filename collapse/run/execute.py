@@ -303,7 +303,11 @@ def _train(run: _Run) -> None:
     record.best_epoch, record.epochs_run = result.best_epoch, len(result.history)
     record.history = original_units(result.history)
     # the best epoch was the last one allowed: still improving, under-trained
-    record.budget_exhausted = budget_exhausted(result.best_epoch, len(result.history), result.stop_reason)
+    # or its monitored val score still rising over the last epochs (a trend, not one epoch)
+    scores = [h.get("val_r2") if t.monitor == "r2" else -h["val_loss"] for h in result.history]
+    record.budget_exhausted = budget_exhausted(result.best_epoch, len(result.history), result.stop_reason,
+                                               [s if s is not None else math.nan for s in scores], t.trend_window,
+                                               t.min_delta)
     last = record.history[-1] if record.history else {}
     record.final = {"epoch": last.get("epoch"), "val": {k[4:]: v for k, v in last.items() if k.startswith("val_")}}
     if result.best_epoch is None:
