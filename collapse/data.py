@@ -195,7 +195,8 @@ def load_npz(path: str, limit: Optional[int] = None) -> tuple[np.ndarray, np.nda
 def check_arrays(X, y, split, source: str) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """X (N, T, C), y (N,) and an optional split (N,) in {0, 1, 2}, from a file or a
     data=custom callable: shapes, lengths, real dtypes and values float32 can compute
-    with, each refused with a DataError naming `source`. Returns float32 X, y and int64 split."""
+    with, each refused with a DataError naming `source`. Returns float32 X, float64 y
+    (its precision matters until it is standardised) and int64 split."""
     X, y = np.asarray(X), np.asarray(y)
     split = np.asarray(split) if split is not None else None
     if X.ndim == 2:
@@ -212,15 +213,18 @@ def check_arrays(X, y, split, source: str) -> tuple[np.ndarray, np.ndarray, Opti
         # real numbers only: a complex array would silently lose its imaginary part
         if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
             raise DataError(f"{source}: {key} has dtype {arr.dtype}; expected a real numeric array")
+    # y keeps float64 until it is standardised (prepare): 1e8 + y in float32 keeps ~3
+    # significant digits of y, the model sees only (y - mean) / std anyway
     with np.errstate(over="ignore", invalid="ignore"):
-        X, y = X.astype(np.float32), y.astype(np.float32)
+        X, y = X.astype(np.float32), y.astype(np.float64)
     for key, arr in (("X", X), ("y", y)):
-        # checked in the float32 the model sees: 1e39 is finite in float64 but inf in float32
+        # X checked in the float32 the model sees: 1e39 is finite in float64 but inf in float32
         if not np.all(np.isfinite(arr)):
             bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-            raise DataError(f"{source}: {key} holds {bad} NaN/inf values (as float32)")
+            raise DataError(f"{source}: {key} holds {bad} NaN/inf values (as {arr.dtype})")
         # a value whose square overflows float32 makes every variance, MSE and
-        # standardisation inf: it would train to NaN and read as a divergence
+        # standardisation inf: it would train to NaN and read as a divergence (y too: its
+        # metrics and predictions in original units pass through float32 tensors)
         largest = float(np.max(np.abs(arr))) if arr.size else 0.0
         if largest > FLOAT32_SQRT_MAX:
             raise DataError(f"{source}: {key} holds values up to {largest:.3g}, too large for float32 arithmetic "
@@ -289,7 +293,7 @@ def sample_weights(y: np.ndarray, overweight_factor: float = _D.overweight_facto
 
 @dataclass
 class PreparedData:
-    """Standardised, frame-selected splits. X_*: (N, k, C) float32, y_*: (N,) float32.
+    """Standardised, frame-selected splits. X_*: (N, k, C) float32, y_*: (N,) float64.
 
     y_* are in the file's (original) units: every metric, prediction and recalibration
     speaks them. The loss and the model see `z_train` / `z_val`, the same targets
@@ -391,10 +395,10 @@ def prepare(X: np.ndarray, y: np.ndarray, split: np.ndarray, temporal_frames: in
     X_seen = X[:, n_frames - temporal_frames:, :]                      # (N, k, C) view
     t_mean, t_std = target_scaler(y_train, standardize_target)
     return PreparedData(
-        X_train=np.ascontiguousarray(X_seen[train][labelled]), y_train=y_train.astype(np.float32),
+        X_train=np.ascontiguousarray(X_seen[train][labelled]), y_train=y_train.astype(np.float64),
         w_train=sample_weights(y_train, **weight_kwargs),
-        X_val=np.ascontiguousarray(X_seen[val]), y_val=y[val].astype(np.float32),
-        X_test=np.ascontiguousarray(X_seen[test]), y_test=y[test].astype(np.float32),
+        X_val=np.ascontiguousarray(X_seen[val]), y_val=y[val].astype(np.float64),
+        X_test=np.ascontiguousarray(X_seen[test]), y_test=y[test].astype(np.float64),
         X_unlabeled=X[train] if unlabeled else None,
         target_mean=t_mean, target_std=t_std,
         n_train_all=int(train.sum()),

@@ -12,9 +12,10 @@ two kinds of collapse: under MSE with calibrated predictions the variance ratio 
 about r, so a ratio far *below* r (calibration slope >> 1) is a squeeze that a
 variance term or recalibration can undo, whereas r ~ 0 means there is no signal
 to recover. `diagnose` turns that into a label only where the sample size allows:
-every test is on an interval (Fisher z for r, OLS t for the slope), so 15 samples
+every test is on an interval (Fisher z for r, OLS t for the slope and the offset), so 15 samples
 say `inconclusive` rather than a guess. Everything here is invariant to an affine
-change of units of y_true and y_pred together, except pred_std, rmse, mae, ranges.
+change of units of y_true and y_pred together, except pred_std, rmse, mae, ranges
+and the diagnosis' offset (in target units; `offset_sds` is the invariant form).
 """
 from __future__ import annotations
 
@@ -116,6 +117,75 @@ def fit_affine(y_true, y_pred) -> tuple[float, float]:
     return float(y_true.mean() - b * y_pred.mean()), b
 
 
+# ---------------------------------------------------------------- the linear reference
+# Ridge on the same standardised, flattened frames the model sees says in milliseconds how
+# much (linear) signal exists: a network far below it is under-trained or mis-specified,
+# not short of signal. RidgeCV's efficient leave-one-out (GCV) in numpy: scikit-learn's
+# import (~1 s) stays off a run's path; tests/test_metrics.py checks it against RidgeCV.
+
+RIDGE_ALPHAS = tuple(float(a) for a in np.logspace(-3, 4, 15))
+REFERENCE_MAX_FEATURES = 2048     # k * C above this: the SVD stops being cheap next to training
+
+
+def _thin_svd(Xc: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD through the eigendecomposition of the smaller Gram matrix: for a tall
+    (7000, 24) X, np.linalg.svd took ~0.5 s on a busy 2-core machine, this ~5 ms.
+    Directions with a singular value below 1e-10 of the largest are dropped (ridge
+    gives them no weight in the fit nor in the hat matrix)."""
+    n, p = Xc.shape
+    gram = Xc.T @ Xc if n >= p else Xc @ Xc.T
+    eigvals, vecs = np.linalg.eigh(gram)
+    sv = np.sqrt(np.clip(eigvals, 0.0, None))
+    keep = sv > 1e-10 * (sv.max() if sv.size else 0.0)
+    sv, vecs = sv[keep], vecs[:, keep]
+    if n >= p:
+        return Xc @ vecs / sv, sv, vecs.T          # U = X V / s
+    return vecs, sv, (vecs.T @ Xc) / sv[:, None]   # V' = U' X / s
+
+
+def ridge_gcv(X, y, alphas=RIDGE_ALPHAS) -> tuple[np.ndarray, float, float]:
+    """Ridge with an unpenalised intercept, alpha chosen by exact leave-one-out squared
+    error (sklearn.linear_model.RidgeCV(alphas) with its default cv=None). X (n, p), y (n,)
+    -> (coef (p,), intercept, alpha). LOO residual of a linear smoother: e_i / (1 - H_ii),
+    H = Xc (Xc'Xc + alpha I)^-1 Xc' + 1/n, from one thin SVD of the centred X."""
+    X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64).reshape(-1)
+    x_mean, y_mean = X.mean(axis=0), y.mean()
+    Xc, yc = X - x_mean, y - y_mean
+    U, sv, Vt = _thin_svd(Xc)
+    Uty = U.T @ yc
+    best = (math.inf, None)
+    for alpha in alphas:
+        shrink = sv ** 2 / (sv ** 2 + alpha)                          # (r,)
+        fitted = U @ (shrink * Uty)
+        hat = np.einsum("ij,j,ij->i", U, shrink, U) + 1.0 / len(y)
+        loo = float(np.mean(((yc - fitted) / (1.0 - hat)) ** 2))
+        if loo < best[0]:                   # first of equals, as RidgeCV's argmax
+            best = (loo, alpha)
+    alpha = best[1]
+    coef = Vt.T @ (sv / (sv ** 2 + alpha) * Uty)
+    return coef, float(y_mean - x_mean @ coef), float(alpha)
+
+
+def linear_reference(X_train, z_train, splits: dict, unscale, alphas=RIDGE_ALPHAS,
+                     max_features: int = REFERENCE_MAX_FEATURES) -> dict:
+    """Ridge (ridge_gcv) on the flattened frames X_* (N, k, C) and the standardised train
+    targets z_train; `splits`: name -> (X, y in original units); `unscale` maps z back.
+    -> {"model", "alpha", "features", "n_train", split: regression_report, ...,
+    "predictions": {split: (n,)}} or {"skipped": reason}. The caller pops the predictions."""
+    n, p = len(X_train), int(np.prod(np.shape(X_train)[1:]))
+    if p > max_features:
+        return {"skipped": f"{p} features (frames x channels) > {max_features}: an SVD would not be cheap"}
+    if n < 3:
+        return {"skipped": f"{n} labelled train samples: too few for leave-one-out"}
+    coef, intercept, alpha = ridge_gcv(np.reshape(X_train, (n, p)), z_train, alphas)
+    out = {"model": "ridge", "alpha": alpha, "alpha_on_grid_edge": alpha in (min(alphas), max(alphas)),
+           "features": p, "n_train": n, "predictions": {}}
+    for name, (X, y) in splits.items():
+        pred = unscale(np.reshape(X, (len(X), p)).astype(np.float64) @ coef + intercept)
+        out[name], out["predictions"][name] = regression_report(y, pred), pred
+    return out
+
+
 LABELS = records.LABELS      # the labels `diagnose` gives, as the record contract names them
 
 
@@ -198,7 +268,34 @@ def ratio_interval(ratio: float, r: float, n: int, confidence: float = 0.95) -> 
     return ratio * math.exp(-half), ratio * math.exp(half)
 
 
-def diagnose(y_true, y_pred, cfg: DiagnosisConfig, candidates: int = 1, split: Optional[str] = None) -> dict:
+def offset_interval(y_true, y_pred, confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean offset d = mean(y_pred - y_true) with its one-sample t interval
+    d -+ t_{n-1} sd(y_pred - y_true) / sqrt(n): (d, low, high), in target units."""
+    y_true, y_pred = _pair(y_true, y_pred)
+    diff, n = y_pred - y_true, y_true.size
+    d = float(diff.mean()) if n else math.nan
+    if n < 2:
+        return d, -math.inf, math.inf
+    half = t_quantile(0.5 + confidence / 2, n - 1) * float(diff.std(ddof=1)) / math.sqrt(n)
+    return d, d - half, d + half
+
+
+def reference_gap(y_true, y_pred, y_reference, confidence: float = 0.95) -> tuple[float, float, float]:
+    """How much R² the predictions trail a reference's on the same samples, with a paired
+    t interval: gap = R²_ref - R² = mean(e² - e_ref²) / var(y). -> (gap, low, high)."""
+    y_true, y_pred = _pair(y_true, y_pred)
+    y_true, y_reference = _pair(y_true, y_reference)
+    var, n = float(y_true.var()), y_true.size
+    if n < 2 or var == 0.0:
+        return math.nan, -math.inf, math.inf
+    d = ((y_true - y_pred) ** 2 - (y_true - y_reference) ** 2) / var
+    gap = float(d.mean())
+    half = t_quantile(0.5 + confidence / 2, n - 1) * float(d.std(ddof=1)) / math.sqrt(n)
+    return gap, gap - half, gap + half
+
+
+def diagnose(y_true, y_pred, cfg: DiagnosisConfig, candidates: int = 1, split: Optional[str] = None,
+             y_reference=None) -> dict:
     """Tell a fixable collapse from an honest lack of signal and from inflated spread,
     with intervals that know the sample size. y_true, y_pred: (n,) in any units
     (every statistic used is invariant to an affine change of them).
@@ -219,10 +316,24 @@ def diagnose(y_true, y_pred, cfg: DiagnosisConfig, candidates: int = 1, split: O
       With ratio rho and matched means R² = rho (2r - rho), which is < 0 exactly when
       rho > 2r: the default threshold 2 is where the spread costs more than the signal
       gives (an over-weighted variance term does this, with either sign).
+    - biased (checked after collapsed: a squeeze is the more specific finding): r >= min_r
+      over its interval, the mean offset d = mean(pred - y) is
+      significant (its t interval excludes 0) and it is what makes R² < 0: R² =
+      R²_centred - d² / var(y), with R²_centred >= 0. Correlated but shifted predictions (a
+      trend, a test range outside the train range) are not healthy; the reason names d in
+      target units and target sds.
     - healthy: r >= min_r and 1 / inflate_ratio_of_r <= b <= 1 / collapse_ratio_of_r, over
       both intervals.
     - inconclusive: anything else: too few samples (n = 15 gives r -+ 0.5), constant
       predictions, or an interval that straddles a boundary.
+
+    - underfit: with `y_reference` (a linear reference's predictions on the same samples,
+      collapse.metrics.linear_reference), a run that would read healthy, no_signal or
+      inconclusive but whose R² trails the reference's by more than `underfit_r2_gap`
+      over the paired interval of the gap: the signal exists and this model missed it
+      (under-trained, or it cannot see what the linear model sees). collapsed, inflated and
+      biased keep their label (more specific, and fixable as such); the gap is recorded
+      for every label.
 
     `candidates`: how many candidates (epochs) this split selected its best from; the
     intervals are Bonferroni-widened to confidence 1 - (1 - confidence) / candidates,
@@ -238,10 +349,16 @@ def diagnose(y_true, y_pred, cfg: DiagnosisConfig, candidates: int = 1, split: O
     r_lo, r_hi = r_interval(r, n, level)
     b_lo, b_hi = slope_interval(y_true, y_pred, level)
     q_lo, q_hi = ratio_interval(ratio, r, n, level)
+    offset, d_lo, d_hi = offset_interval(y_true, y_pred, level)
+    target_sd = float(y_true.std())
+    offset_sds = offset / target_sd if target_sd > 0 else math.nan
+    r2_value = r2(y_true, y_pred)
+    offset_cost = offset_sds * offset_sds        # R² lost to the offset alone: d² / var(y)
     b_collapse, b_inflate = 1.0 / collapse_ratio_of_r, 1.0 / inflate_ratio_of_r
     used = {"split": split, "n": int(n), "confidence": level, "candidates": int(candidates),
             "pearson_r": r, "r_ci": [r_lo, r_hi], "variance_ratio": ratio, "variance_ratio_ci": [q_lo, q_hi],
-            "calibration_slope": slope, "slope_ci": [b_lo, b_hi], "r2": r2(y_true, y_pred),
+            "calibration_slope": slope, "slope_ci": [b_lo, b_hi], "r2": r2_value,
+            "offset": offset, "offset_ci": [d_lo, d_hi], "offset_sds": offset_sds,
             "r2_recalibrated": r * r if math.isfinite(r) else math.nan,
             "min_r": min_r, "collapse_ratio_of_r": collapse_ratio_of_r, "inflate_ratio_of_r": inflate_ratio_of_r}
     ci = f"{100 * level:.4g}% CI"
@@ -267,12 +384,24 @@ def diagnose(y_true, y_pred, cfg: DiagnosisConfig, candidates: int = 1, split: O
     elif b_lo > b_collapse:
         label, why = "collapsed", (f"slope {ci} [{b_lo:.2f}, {b_hi:.2f}] > {b_collapse:g}: ratio {ratio:.2f} < "
                                    f"{collapse_ratio_of_r:g} r = {collapse_ratio_of_r * r:.2f}, squeezed, fixable")
+    elif (d_lo > 0 or d_hi < 0) and r2_value < 0 <= r2_value + offset_cost:
+        label, why = "biased", (f"mean offset {offset:+.4g} target units ({offset_sds:+.2f} target sds), {ci} "
+                                f"[{d_lo:+.4g}, {d_hi:+.4g}]: it costs {offset_cost:.2f} R² (R² {r2_value:.2f}, "
+                                f"{r2_value + offset_cost:.2f} without it) although r {ci} [{r_lo:.2f}, {r_hi:.2f}]")
     elif b_inflate <= b_lo and b_hi <= b_collapse:
         label, why = "healthy", (f"r {ci} [{r_lo:.2f}, {r_hi:.2f}], slope {ci} [{b_lo:.2f}, {b_hi:.2f}]: "
                                  "spread fits the signal")
     else:
         label, why = "inconclusive", (f"slope {ci} [{b_lo:.2f}, {b_hi:.2f}] straddles {b_inflate:g} or "
                                       f"{b_collapse:g}: n = {n} cannot tell squeezed, fitting or inflated apart")
+    if y_reference is not None:
+        gap, g_lo, g_hi = reference_gap(y_true, y_pred, y_reference, level)
+        used.update(reference_r2=r2(y_true, y_reference), reference_gap=gap, reference_gap_ci=[g_lo, g_hi],
+                    underfit_r2_gap=cfg.underfit_r2_gap)
+        if label in ("healthy", "no_signal", "inconclusive") and g_lo > cfg.underfit_r2_gap:
+            label, why = "underfit", (f"R² {r2_value:.2f} trails the linear reference's {used['reference_r2']:.2f} "
+                                      f"by {gap:.2f}, {ci} [{g_lo:.2f}, {g_hi:.2f}] > {cfg.underfit_r2_gap:g} "
+                                      f"(else {label}: {why})")
     return {"label": label, "reason": why, **used}
 
 

@@ -45,7 +45,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 RESULT_STATUSES = ("completed", "diverged", "stopped_collapse")
 STATUSES = RESULT_STATUSES + ("failed", "interrupted", "running")
 # what collapse.metrics.diagnose may call a split (diagnosis.<split>.label)
-LABELS = ("healthy", "collapsed", "no_signal", "inflated", "inconclusive")
+LABELS = ("healthy", "collapsed", "no_signal", "inflated", "biased", "underfit", "inconclusive")
 
 
 def _read_umask() -> int:
@@ -86,6 +86,7 @@ class RunRecord:
     best: Optional[dict] = None            # {"epoch", "val": report, "test": report}
     final: Optional[dict] = None           # {"epoch", "val": report} of the last epoch run
     recalibrated: Optional[dict] = None    # affine refit on val, applied to test
+    reference: Optional[dict] = None       # ridge on the same frames: {"alpha", "val", "test", ...} or {"skipped"}
     diagnosis: Optional[dict] = None       # {"val": {...}, "test": {...}} (collapse.metrics.diagnose)
     target_scaler: Optional[dict] = None   # {"mean", "std"}: the loss saw (y - mean) / std
     batch_size: Optional[int] = None       # as trained (trainer.batch_size, capped for small data)

@@ -2,11 +2,12 @@
 
     python scripts/sweep_tables.py --out outputs/sweep_tables.md            # runs both sweeps (~4 min, 2 cores)
     python scripts/sweep_tables.py --cures DIR --phase4 DIR                 # tables of sweeps already run
+    python scripts/sweep_tables.py --split val ...                          # the older val-split tables
 
 Runs `sweeps/cures.yaml` and `sweeps/phase4.yaml` through the CLI (the default parallel
-launcher), reads every job's metrics.json, prints val R² mean ± sd over seeds per cell
-with the val diagnoses, checks each claim the README makes seed by seed, and exits 1
-if any fails.
+launcher), reads every job's metrics.json, prints test R² (held out: it chose no epoch;
+`--split val` for val) mean ± sd over seeds per cell with that split's diagnoses, checks
+each claim the docs make seed by seed on that split, and exits 1 if any fails.
 """
 from __future__ import annotations
 
@@ -45,13 +46,16 @@ def records(sweep_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).glob("*/metrics.json"))]
 
 
+SPLIT = "test"        # the split every figure and check reads (--split)
+
+
 def r2(rec: dict) -> float:
-    return rec["best"]["val"]["r2"] if rec.get("best") and rec["status"] in ("completed", "stopped_collapse") \
+    return rec["best"][SPLIT]["r2"] if rec.get("best") and rec["status"] in ("completed", "stopped_collapse") \
         else math.nan
 
 
 def label(rec: dict) -> str:
-    return ((rec.get("diagnosis") or {}).get("val") or {}).get("label") or rec["status"]
+    return ((rec.get("diagnosis") or {}).get(SPLIT) or {}).get("label") or rec["status"]
 
 
 def fmt(values: list[float]) -> str:
@@ -71,7 +75,7 @@ def cures_table(recs: list[dict]) -> tuple[str, list[tuple[bool, str]]]:
     cells: dict = defaultdict(dict)           # (experiment, cure) -> seed -> record
     for rec in recs:
         cells[(rec["choices"]["experiment"], rec["choices"]["cure"])][rec["seed"]] = rec
-    lines = ["| cure | overreg (pathological): val R² | diagnosis | run2 (no signal): val R² | diagnosis |",
+    lines = [f"| cure | overreg (pathological): {SPLIT} R² | diagnosis | run2 (no signal): {SPLIT} R² | diagnosis |",
              "|---|---|---|---|---|"]
     for cure in CURES:
         over, run2 = cells[("overreg", cure)], cells[("run2", cure)]
@@ -83,7 +87,7 @@ def cures_table(recs: list[dict]) -> tuple[str, list[tuple[bool, str]]]:
                                                    "(expected collapsed)"))
         for cure, lift in (("variance", 0.3), ("hinge_train", 0.3), ("ccc", 0.1)):
             got = r2(cells[("overreg", cure)][seed])
-            checks.append((got >= r2(base) + lift, f"overreg seed {seed}: {cure} lifts val R² by "
+            checks.append((got >= r2(base) + lift, f"overreg seed {seed}: {cure} lifts {SPLIT} R² by "
                                                    f"{got - r2(base):+.3f} >= {lift} ({r2(base):.3f} -> {got:.3f})"))
     for seed, base in sorted(cells[("run2", "none")].items()):
         checks.append((label(base) in ("no_signal", "inconclusive"),
@@ -115,7 +119,7 @@ def phase4_table(recs: list[dict]) -> tuple[str, list[tuple[bool, str]]]:
             base = r2(cells[(f, 0.0)][seed])
             for lam in lambdas[1:]:
                 got = r2(cells[(f, lam)][seed])
-                checks.append((got >= base - 0.05, f"seed {seed}, {f} frames: λ {lam:g} costs at most 0.05 val R² "
+                checks.append((got >= base - 0.05, f"seed {seed}, {f} frames: λ {lam:g} costs at most 0.05 {SPLIT} R² "
                                                    f"({base:+.3f} -> {got:+.3f}) with standardised targets"))
         for lam in lambdas[1:]:
             got = r2(cells[(7, lam)][seed])
@@ -129,7 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cures", type=Path, help="a finished cures sweep (default: run one)")
     parser.add_argument("--phase4", type=Path, help="a finished phase4 sweep (default: run one)")
     parser.add_argument("--out", type=Path, help="also write the tables and checks to this file")
+    parser.add_argument("--split", choices=("test", "val"), default="test",
+                        help="the split of every figure and check (default test: held out)")
     args = parser.parse_args(argv)
+    global SPLIT
+    SPLIT = args.split
     tmp = Path(tempfile.mkdtemp(prefix="collapse_sweeps_"))
     report, outcome = [], []
     for name, given, build in (("cures", args.cures, cures_table), ("phase4", args.phase4, phase4_table)):
@@ -137,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         if given is None:
             run_sweep(name, sweep_dir)
         table, checks = build(records(sweep_dir))
-        report.append(f"### {name} (val R² mean ± sd over seeds, val diagnoses; {sweep_dir})\n\n{table}\n")
+        report.append(f"### {name} ({SPLIT} R² mean ± sd over seeds, {SPLIT} diagnoses; {sweep_dir})\n\n{table}\n")
         outcome += checks
     return finish("\n".join(report), outcome, args.out)
 

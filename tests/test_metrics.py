@@ -79,3 +79,82 @@ def test_every_dimensionless_metric_and_the_diagnosis_ignore_units(scale, offset
     assert got["label"] == base["label"]
     np.testing.assert_allclose(got["r_ci"] + got["slope_ci"] + got["variance_ratio_ci"],
                                base["r_ci"] + base["slope_ci"] + base["variance_ratio_ci"], rtol=1e-9)
+
+
+def test_offset_interval_matches_scipys_one_sample_t_interval():
+    from scipy import stats
+
+    d, low, high = metrics.offset_interval(Y_TRUE, Y_PRED, 0.9)
+    ci = stats.ttest_1samp(Y_PRED - Y_TRUE, 0.0).confidence_interval(0.9)
+    assert d == pytest.approx(float(np.mean(Y_PRED - Y_TRUE)), rel=1e-12)
+    assert (low, high) == (pytest.approx(ci.low, rel=1e-9), pytest.approx(ci.high, rel=1e-9))
+
+
+def test_correlated_but_shifted_predictions_are_biased_never_healthy():
+    """The issue's case: r ~ 0.97, predictions 1.3 target sds too low (a test range above
+    the train range): R² < 0 from the offset alone."""
+    g = np.random.default_rng(1)
+    y = 50.0 + 4.0 * g.normal(size=300)
+    good = y + 1.0 * g.normal(size=300)                 # r ~ 0.97, slope ~ 1
+    assert metrics.diagnose(y, good, DiagnosisConfig(), split="test")["label"] == "healthy"
+    shifted = good - 1.3 * y.std()
+    got = metrics.diagnose(y, shifted, DiagnosisConfig(), split="test")
+    assert got["label"] == "biased" and got["r2"] < 0 < got["pearson_r"] - 0.9
+    assert got["offset"] == pytest.approx(float(np.mean(shifted - y)))
+    assert got["offset_sds"] == pytest.approx(got["offset"] / y.std()) and got["offset_sds"] < -1.2
+    assert f"{got['offset']:+.4g} target units" in got["reason"]
+    assert f"{got['offset_sds']:+.2f} target sds" in got["reason"]
+    # a shift too small to make R² negative is not bias; a squeeze that is shifted stays collapsed
+    small = metrics.diagnose(y, good - 0.3 * y.std(), DiagnosisConfig(), split="test")
+    assert small["label"] == "healthy"
+    squeezed = y.mean() + 0.1 * (good - y.mean()) - 1.5 * y.std()
+    assert metrics.diagnose(y, squeezed, DiagnosisConfig(), split="test")["label"] == "collapsed"
+    # units: the label and offset_sds ignore an affine change of both
+    scaled = metrics.diagnose(1e3 * y + 7.0, 1e3 * shifted + 7.0, DiagnosisConfig(), split="test")
+    assert scaled["label"] == "biased" and scaled["offset_sds"] == pytest.approx(got["offset_sds"], rel=1e-9)
+
+
+@pytest.mark.parametrize("n, p", [(120, 21), (30, 60)])      # n > p and p > n
+def test_ridge_gcv_matches_sklearns_ridgecv(n, p):
+    from sklearn.linear_model import RidgeCV
+
+    g = np.random.default_rng(n)
+    X = g.normal(size=(n, p)) * g.uniform(0.5, 3, size=p) + 2.0
+    y = X[:, :5] @ g.normal(size=5) + 3.0 * g.normal(size=n) + 7.0
+    coef, intercept, alpha = metrics.ridge_gcv(X, y)
+    ref = RidgeCV(alphas=metrics.RIDGE_ALPHAS).fit(X, y)
+    assert alpha == ref.alpha_
+    np.testing.assert_allclose(coef, ref.coef_, rtol=1e-8, atol=1e-10)
+    assert intercept == pytest.approx(ref.intercept_, rel=1e-8, abs=1e-10)
+
+
+def test_a_run_far_below_its_linear_reference_is_underfit():
+    g = np.random.default_rng(3)
+    y = g.normal(size=400)
+    reference = y + 0.3 * g.normal(size=400)                     # R² ~ 0.9
+    weak = 0.1 * reference + 0.3 * g.normal(size=400)            # r ~ 0.3, calibrated: would read healthy
+    base = metrics.diagnose(y, weak, DiagnosisConfig(), split="test")
+    got = metrics.diagnose(y, weak, DiagnosisConfig(), split="test", y_reference=reference)
+    assert base["label"] != "underfit" and got["label"] == "underfit"
+    assert got["reference_r2"] == pytest.approx(metrics.r2(y, reference))
+    assert got["reference_gap"] == pytest.approx(metrics.r2(y, reference) - metrics.r2(y, weak), rel=1e-9)
+    assert got["reference_gap_ci"][0] > 0.05 and f"(else {base['label']}" in got["reason"]
+    # as good as the reference: the label is the one without it, the gap still recorded
+    same = metrics.diagnose(y, reference, DiagnosisConfig(), split="test", y_reference=reference)
+    assert same["label"] == "healthy" and same["reference_gap"] == 0.0
+    # a squeeze keeps its label (fixable as such) though it trails the reference too
+    squeezed = 0.1 * reference
+    assert metrics.diagnose(y, squeezed, DiagnosisConfig(), y_reference=reference)["label"] == "collapsed"
+
+
+def test_reference_gap_interval_is_scipys_paired_t_interval():
+    from scipy import stats
+
+    g = np.random.default_rng(4)
+    y = g.normal(size=80)
+    a, b = y + g.normal(size=80), y + 0.5 * g.normal(size=80)
+    gap, low, high = metrics.reference_gap(y, a, b, 0.95)
+    d = ((y - a) ** 2 - (y - b) ** 2) / y.var()
+    ci = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+    assert gap == pytest.approx(metrics.r2(y, b) - metrics.r2(y, a), rel=1e-9)
+    assert (low, high) == (pytest.approx(ci.low, rel=1e-9), pytest.approx(ci.high, rel=1e-9))

@@ -345,6 +345,50 @@ def test_scale_and_offset_of_the_targets_change_nothing(tmp_path, extra):
             pytest.approx(base["recalibrated"]["test"]["r2"], rel=1e-4, abs=1e-5)
 
 
+def test_a_large_offset_stored_as_float64_changes_nothing(tmp_path):
+    """y + 1e8 in a float64 file: targets keep float64 until standardised, so the model
+    sees the z of y itself (in float32 1e8 + y keeps ~3 digits of y and training moved)."""
+    X, y = data.make_synthetic(n_samples=400, seed=0)
+    split = data.split_indices(400, 0.15, 0.15, seed=0)
+    y64 = y.astype(np.float64)
+    base = _npz_run(tmp_path, "base", X, y64, split)
+    rec = _npz_run(tmp_path, "offset", X, y64 + 1e8, split)
+    assert rec["target_scaler"]["mean"] == pytest.approx(base["target_scaler"]["mean"] + 1e8, rel=1e-15)
+    assert rec["best_epoch"] == base["best_epoch"]
+    for part in ("val", "test"):
+        for key in INVARIANT:
+            assert rec["best"][part][key] == pytest.approx(base["best"][part][key], rel=1e-4, abs=1e-5), (part, key)
+        assert rec["diagnosis"][part]["label"] == base["diagnosis"][part]["label"]
+    prepared = data.prepare(X, y64 + 1e8, split, 3)
+    assert prepared.y_test.dtype == np.float64 and prepared.y_test.min() > 1e8
+    assert np.array_equal(prepared.y_test - 1e8, (y64 + 1e8)[split == 2] - 1e8)
+
+
+def test_every_record_carries_its_linear_reference_and_an_undertrained_run_is_underfit():
+    """reference: RidgeCV on the standardised, flattened frames the model saw, fitted on the
+    train split, scored in original units; one epoch at a tiny lr trails it: underfit."""
+    from sklearn.linear_model import RidgeCV
+
+    from collapse.config import DataConfig
+    from collapse.metrics import RIDGE_ALPHAS, regression_report
+    from collapse.train import run
+
+    rec = run(["data.n_samples=800", "trainer.epochs=1", "trainer.lr=1e-5", "model.hidden_dim=16",
+               "trainer.threads=1", "seed=0"]).to_dict()
+    prepared = data.load(DataConfig(n_samples=800), seed=0, unlabeled=False)
+    flat = lambda X: X.reshape(len(X), -1)           # noqa: E731
+    ridge = RidgeCV(alphas=RIDGE_ALPHAS).fit(flat(prepared.X_train), prepared.z_train.astype(np.float64))
+    ref = rec["reference"]
+    assert ref["alpha"] == ridge.alpha_ and ref["features"] == 3 * 8 and ref["seconds"] < 1.0
+    for part, X, y in (("val", prepared.X_val, prepared.y_val), ("test", prepared.X_test, prepared.y_test)):
+        expected = regression_report(y, prepared.unscale(ridge.predict(flat(X))))
+        assert ref[part]["r2"] == pytest.approx(expected["r2"], abs=1e-8)
+        assert ref[part]["rmse"] == pytest.approx(expected["rmse"], rel=1e-6)
+    assert ref["test"]["r2"] > 0.5
+    assert rec["diagnosis"]["test"]["label"] == "underfit"
+    assert rec["diagnosis"]["test"]["reference_r2"] == pytest.approx(ref["test"]["r2"])
+
+
 # --- SSL keeps the feature scale the head was initialised for ---------------------------
 
 def test_pretraining_keeps_the_encoders_output_scale():

@@ -43,7 +43,8 @@ def test_same_seed_same_metrics_and_other_seed_differs():
 
 
 def test_divergence_is_a_recorded_result():
-    record = run(TINY + ["trainer.lr=1e8"])
+    # mean_pool's ReLU path blows up at lr 1e8; the default gru's saturating gates may not
+    record = run(TINY + ["model=mean_pool", "trainer.lr=1e8"])
     assert record.status == "diverged" and record.stop_reason == "non_finite_loss"
 
 

@@ -80,11 +80,13 @@ def test_best_weights_are_restored():
     assert result.best_epoch is not None
 
 
-def test_a_fit_continued_from_a_checkpoint_equals_an_uninterrupted_fit():
+@pytest.mark.parametrize("schedule", [{}, {"lr_schedule": "plateau", "lr_patience": 0, "patience": 0}])
+def test_a_fit_continued_from_a_checkpoint_equals_an_uninterrupted_fit(schedule):
     """Stop after epoch 4 (as a kill would, right after the checkpoint was saved), build
-    everything anew as a new process would, continue: the same history and best weights."""
+    everything anew as a new process would, continue: the same history and best weights,
+    and with a plateau schedule the same learning rates (its state is in the checkpoint)."""
     X, y, Xv, yv = _problem()
-    cfg = TrainerConfig(epochs=9, batch_size=32, lr=3e-3, patience=3, min_delta=0.0)
+    cfg = TrainerConfig(**{"epochs": 9, "batch_size": 32, "lr": 3e-3, "patience": 3, "min_delta": 0.0, **schedule})
 
     def fresh():
         torch.manual_seed(0)
@@ -114,5 +116,7 @@ def test_a_fit_continued_from_a_checkpoint_equals_an_uninterrupted_fit():
         return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
 
     assert strip(continued.history) == strip(whole.history) and len(whole.history) > 4
+    lrs = [h["lr"] for h in whole.history]
+    assert (len(set(lrs)) > 1 and min(lrs[5:]) < lrs[4]) if schedule else set(lrs) == {3e-3}
     assert (continued.status, continued.stop_reason, continued.best_epoch) == \
         (whole.status, whole.stop_reason, whole.best_epoch)

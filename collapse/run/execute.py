@@ -35,7 +35,7 @@ from collapse import data as data_lib
 from collapse import records
 from collapse.config import Config
 from collapse.errors import BAD_INPUT, ConfigError, Interrupted, RunExists
-from collapse.metrics import diagnose, fit_affine, regression_report, to_original_units
+from collapse.metrics import diagnose, fit_affine, linear_reference, regression_report, to_original_units
 from collapse.records import DirLock, DirLocked, RunRecord
 from collapse.run.interrupts import Interrupts
 
@@ -336,7 +336,11 @@ def _train(run: _Run) -> None:
     record.best_epoch, record.epochs_run = result.best_epoch, len(result.history)
     record.history = original_units(result.history)
     # the best epoch was the last one allowed: still improving, under-trained
-    record.budget_exhausted = budget_exhausted(result.best_epoch, len(result.history), result.stop_reason)
+    # or its monitored val score still rising over the last epochs (a trend, not one epoch)
+    scores = [h.get("val_r2") if t.monitor == "r2" else -h["val_loss"] for h in result.history]
+    record.budget_exhausted = budget_exhausted(result.best_epoch, len(result.history), result.stop_reason,
+                                               [s if s is not None else math.nan for s in scores], t.trend_window,
+                                               t.min_delta)
     last = record.history[-1] if record.history else {}
     record.final = {"epoch": last.get("epoch"), "val": {k[4:]: v for k, v in last.items() if k.startswith("val_")}}
     if result.best_epoch is None:
@@ -352,8 +356,17 @@ def _train(run: _Run) -> None:
     # val chose the best of the epochs run (its r is optimistic: its intervals are
     # Bonferroni-widened for that); test is untouched
     candidates = len(result.history) if cfg.diagnosis.correct_selection else 1
-    record.diagnosis = {"val": diagnose(data.y_val, pred_val, cfg.diagnosis, candidates, split="val"),
-                        "test": diagnose(data.y_test, pred_test, cfg.diagnosis, 1, split="test")}
+    # the linear reference: ridge on the same standardised frames, fitted on the labelled
+    # train split (milliseconds next to training; the diagnosis' `underfit` needs it)
+    started = time.perf_counter()
+    reference = linear_reference(data.X_train, data.z_train,
+                                 {"val": (data.X_val, data.y_val), "test": (data.X_test, data.y_test)}, data.unscale)
+    ref_pred = reference.pop("predictions", {})
+    record.reference = {**reference, "seconds": time.perf_counter() - started}
+    record.diagnosis = {"val": diagnose(data.y_val, pred_val, cfg.diagnosis, candidates, split="val",
+                                        y_reference=ref_pred.get("val")),
+                        "test": diagnose(data.y_test, pred_test, cfg.diagnosis, 1, split="test",
+                                         y_reference=ref_pred.get("test"))}
     if cfg.recalibrate:
         # affine refit on val only, applied to test: what a squeeze costs, undone post hoc
         a, b = fit_affine(data.y_val, pred_val)

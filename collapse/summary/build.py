@@ -33,8 +33,10 @@ from collapse.summary import search, stats
 from collapse.summary.jobs import (
     DIAGNOSES,
     EFFECT_KEYS,
+    EFFECT_SPLITS,
     FAILURE_STATUSES,
     PAIRED_KEYS,
+    RANK_METRIC,
     STAT_KEYS,
     STATES,
     Job,
@@ -59,7 +61,8 @@ class SweepDirError(ValueError):
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Phase-1 verdict levels (minimum, good, excellent) and the collapse cut-off."""
+    """Phase-1 verdict levels (minimum, good, excellent) and the variance-ratio cut-off of
+    the study's "ratio below 10 %" column (`collapse`, its CLI name)."""
     r2: tuple = (0.0, 0.3, 0.5)
     ratio: tuple = (0.40, 0.70, 0.85)
     collapse: float = 0.1
@@ -182,7 +185,7 @@ def _paired(cell_runs: dict, base_runs: dict, key: str, effect: Optional[float])
 
 
 def _cell_summary(cell_jobs: list, cell_runs: dict, base_runs: dict, planned_seeds: set, th: Thresholds,
-                  split: str, effect: Optional[float]) -> dict:
+                  split: str, effect: Optional[float], effects_split: str = "test") -> dict:
     """Counts, statistics, failure and collapse rates, diagnoses, verdict, differences vs baseline."""
     counts = dict.fromkeys(STATES, 0)
     for job in cell_jobs:
@@ -193,11 +196,17 @@ def _cell_summary(cell_jobs: list, cell_runs: dict, base_runs: dict, planned_see
     results = [r["_job"] for r in cell_runs.values()]
     metrics = {k: describe(r[k] for r in cell_runs.values()) for k in STAT_KEYS}
     failures = sum(counts[s] for s in FAILURE_STATUSES)
-    collapsed = [j.diagnosis("val") == "collapsed" or _below(_metric(j.best, "val.variance_ratio"), th.collapse)
-                 for j in results]
     labels = [j.diagnosis(split) for j in results]
+    # collapse is the diagnosis' word only: a small ratio is also what honest no-signal
+    # shrinkage looks like, so the study's "variance ratio below the cut-off" is its own column
+    low_ratio = [_below(_metric(j.best, "val.variance_ratio"), th.collapse) for j in results]
     promised = [j for j in results if j.diagnosis("val") == "collapsed"]
     held = [j.recalibration_held() for j in promised]
+    # the linear reference each run recorded (ridge on the same frames) and how far the run
+    # trails it, on the effects split: headroom >> 0 is under-training, not a lack of signal
+    refs = [((j.record.get("reference") or {}).get(effects_split) or {}).get("r2") for j in results]
+    mine = [_metric(j.best, f"{effects_split}.r2") for j in results]
+    headroom = [a - b for a, b in zip(refs, mine) if isinstance(a, (int, float)) and isinstance(b, (int, float))]
     n_planned = max(len(planned_seeds), len(results))
     incomplete = len(results) < n_planned / 2 or not results
     return {"jobs": sorted(j.num for j in cell_jobs if j.num is not None),
@@ -205,12 +214,14 @@ def _cell_summary(cell_jobs: list, cell_runs: dict, base_runs: dict, planned_see
             "counts": counts, "n_results": len(results), "n_planned": n_planned, "incomplete": incomplete,
             "metrics": metrics,
             "failure_rate": failures / (failures + len(results)) if failures + len(results) else math.nan,
-            "collapse_rate": sum(collapsed) / len(collapsed) if collapsed else math.nan,
+            "collapse_rate": labels.count("collapsed") / len(labels) if labels else math.nan,
+            "ratio_below_cutoff_rate": sum(low_ratio) / len(low_ratio) if low_ratio else math.nan,
+            "reference_r2": describe(refs), "headroom": describe(headroom),
             "diagnosis": {d: labels.count(d) for d in DIAGNOSES}, "diagnosis_split": split,
             "recalibration": {"collapsed_on_val": len(promised), "known": sum(h is not None for h in held),
                               "raised_test_r2": sum(h is True for h in held)},
-            "verdict": "incomplete" if incomplete else th.verdict(metrics["val.r2"]["mean"],
-                                                                  metrics["val.variance_ratio"]["mean"]),
+            "verdict": "incomplete" if incomplete else th.verdict(metrics[f"{effects_split}.r2"]["mean"],
+                                                                  metrics[f"{effects_split}.variance_ratio"]["mean"]),
             "vs_baseline": {k: _paired(cell_runs, base_runs, k, effect if k.endswith("r2") else None)
                             for k in PAIRED_KEYS},
             "warning": False, "warning_tentative": False}
@@ -232,7 +243,7 @@ def _choose_baseline(grid: list, factors: list, declared: Sequence[str]) -> tupl
     return matches[0], "sweep.baseline", notes
 
 
-def _holm_and_warnings(cells: list) -> tuple[list[str], list[str]]:
+def _holm_and_warnings(cells: list, split: str = "test") -> tuple[list[str], list[str]]:
     """Holm-adjust each paired metric's p-values over the cells; flag "variance up, R²
     down" where both paired 95% intervals exclude 0 (a warning), or where only the
     means point that way (tentative, with n)."""
@@ -242,10 +253,10 @@ def _holm_and_warnings(cells: list) -> tuple[list[str], list[str]]:
             c["vs_baseline"][key]["p_holm"] = p
     warnings, tentative = [], []
     for c in others:
-        r2, ratio = c["vs_baseline"]["val.r2"], c["vs_baseline"]["val.variance_ratio"]
+        r2, ratio = c["vs_baseline"][f"{split}.r2"], c["vs_baseline"][f"{split}.variance_ratio"]
         if not (r2["n_pairs"] and ratio["n_pairs"] and ratio["mean"] > 0 and r2["mean"] < 0):
             continue
-        text = (f"{c['label']}: val variance ratio {_with_interval(ratio)} but val R² {_with_interval(r2)} "
+        text = (f"{c['label']}: {split} variance ratio {_with_interval(ratio)} but {split} R² {_with_interval(r2)} "
                 f"vs baseline (paired by seed, n {r2['n_pairs']})")
         if ratio["ci_low"] > 0 and r2["ci_high"] < 0:
             c["warning"] = True
@@ -347,33 +358,66 @@ def _effects(factors: list, levels: dict, grid: list, runs: dict, cell_info: dic
     return main, anova, explained, list(dict.fromkeys(notes))
 
 
+def _split_disagreements(main: list, cells: list, split: str) -> list[str]:
+    """Notes where the effects split and the other one disagree in sign: a main-effect
+    contrast (level vs first level) or a cell's paired ΔR² vs baseline."""
+    other = "val" if split == "test" else "test"
+
+    def opposite(a, b) -> bool:
+        return all(isinstance(x, (int, float)) and math.isfinite(x) for x in (a, b)) and a * b < 0
+
+    notes = []
+    for e in main:
+        for lvl in e["levels"][1:]:
+            a, b = lvl[f"{split}.r2"]["vs_first"]["mean"], lvl[f"{other}.r2"]["vs_first"]["mean"]
+            if opposite(a, b):
+                notes.append(f"{e['factor']}={lvl['value']} vs {e['factor']}={e['levels'][0]['value']}: "
+                             f"{split} R² EMM {a:+.3f} but {other} R² EMM {b:+.3f}: val and test disagree in sign")
+    for c in cells:
+        if c["baseline"]:
+            continue
+        a, b = c["vs_baseline"][f"{split}.r2"]["mean"], c["vs_baseline"][f"{other}.r2"]["mean"]
+        if opposite(a, b):
+            notes.append(f"{c['label']} vs baseline: paired {split} ΔR² {a:+.3f} but {other} ΔR² {b:+.3f}: "
+                         "val and test disagree in sign")
+    return notes
+
+
 def _two_way_means(factors: list, levels: dict, grid: list, runs: dict) -> Optional[dict]:
-    """Mean val R² over the first two factors' cells, unweighted over the other factors'
-    cells (each cell's mean counts once); undefined where one of those cells has no mean
-    (an average of the others would be a different quantity): the heatmap and the
+    """Mean val and test R² over the first two factors' cells, unweighted over the other
+    factors' cells (each cell's mean counts once); undefined where one of those cells has
+    no mean (an average of the others would be a different quantity): the heatmap and the
     interaction plot."""
     if len(factors) < 2:
         return None
-    cell_means = {c: describe(r["val.r2"] for r in runs[c].values())["mean"] for c in grid}
     rows, cols = levels[factors[0]], levels[factors[1]]
-    by_pair: dict[tuple, list] = {}
-    for c in itertools.product(*(levels[f] for f in factors)):
-        by_pair.setdefault(c[:2], []).append(cell_means.get(c, math.nan))
 
-    def mean(a, b):
-        xs = by_pair.get((a, b), [])
-        return float(np.mean(xs)) if xs and all(math.isfinite(x) for x in xs) else math.nan
+    def means(key: str) -> list:
+        cell_means = {c: describe(r[key] for r in runs[c].values())["mean"] for c in grid}
+        by_pair: dict[tuple, list] = {}
+        for c in itertools.product(*(levels[f] for f in factors)):
+            by_pair.setdefault(c[:2], []).append(cell_means.get(c, math.nan))
+
+        def mean(a, b):
+            xs = by_pair.get((a, b), [])
+            return float(np.mean(xs)) if xs and all(math.isfinite(x) for x in xs) else math.nan
+
+        return [[mean(a, b) for b in cols] for a in rows]
 
     return {"rows": factors[0], "cols": factors[1], "row_levels": rows, "col_levels": cols,
-            "mean_val_r2": [[mean(a, b) for b in cols] for a in rows]}
+            "mean_val_r2": means("val.r2"), "mean_test_r2": means("test.r2")}
 
 
 # ---------------------------------------------------------------- the summary
 
 def build_summary(sweep_dir, thresholds=None, histories: bool = False, diagnosis_split: str = "val",
-                  effect: Optional[float] = None) -> tuple[dict, dict]:
+                  effect: Optional[float] = None, effects_split: str = "test") -> tuple[dict, dict]:
     """Read every job of `sweep_dir` and return (summary dict, histories by cell label;
-    empty unless `histories`). Writes nothing. Raises SweepDirError naming the path."""
+    empty unless `histories`). Writes nothing. Raises SweepDirError naming the path.
+    `effects_split`: the split whose metrics rank the cells and give the verdicts and
+    warnings (test: it chose nothing); both splits' effects are computed."""
+    if effects_split not in EFFECT_SPLITS:
+        raise ValueError(f"effects_split={effects_split!r} is invalid: must be one of {', '.join(EFFECT_SPLITS)}")
     sweep_dir = Path(sweep_dir)
     th = Thresholds(**thresholds) if isinstance(thresholds, dict) else thresholds or Thresholds()
     if not sweep_dir.is_dir():
@@ -426,17 +470,18 @@ def build_summary(sweep_dir, thresholds=None, histories: bool = False, diagnosis
     notes += baseline_notes
     cells = [{"label": _label(factors, cell), "settings": dict(zip(factors, cell)), "baseline": cell == baseline,
               **_cell_summary(by_cell[cell], runs[cell], runs.get(baseline, {}), planned_seeds.get(cell, set()), th,
-                              diagnosis_split, effect)} for cell in grid]
-    warnings, tentative = _holm_and_warnings(cells)
-    ranked = sorted(cells, key=lambda c: (c["incomplete"], -c["metrics"]["val.r2"]["mean"]
-                                          if math.isfinite(c["metrics"]["val.r2"]["mean"]) else math.inf))
+                              diagnosis_split, effect, effects_split)} for cell in grid]
+    warnings, tentative = _holm_and_warnings(cells, effects_split)
+    rank_key = f"{effects_split}.{RANK_METRIC}"
+    ranked = sorted(cells, key=lambda c: (c["incomplete"], -c["metrics"][rank_key]["mean"]
+                                          if math.isfinite(c["metrics"][rank_key]["mean"]) else math.inf))
     for rank, c in enumerate(ranked, 1):
         c["rank"] = None if c["incomplete"] else rank
     main, anova, explained, effect_notes = _effects(factors, levels, grid, runs,
                                                     {cell: c for cell, c in zip(grid, cells)})
     if len(grid) > 1 and not runs.get(baseline):
         notes.append(f"the baseline {_label(factors, baseline)} has no results: no paired differences (—)")
-    notes += effect_notes + tentative
+    notes += effect_notes + tentative + _split_disagreements(main, cells, effects_split)
 
     by_status = dict.fromkeys(STATES, 0)
     for job in jobs:
@@ -452,7 +497,7 @@ def build_summary(sweep_dir, thresholds=None, histories: bool = False, diagnosis
         "seeds": sorted({s for seeds in planned_seeds.values() for s in seeds}, key=level_key),
         "baseline": {"label": _label(factors, baseline), "settings": dict(zip(factors, baseline)),
                      "source": baseline_source},
-        "diagnosis_split": diagnosis_split, "effect": effect,
+        "diagnosis_split": diagnosis_split, "effects_split": effects_split, "effect": effect,
         "cells": ranked, "main_effects": main, "anova": anova, "variance_explained": explained,
         "heatmap": _two_way_means(factors, levels, grid, runs),
         "notes": notes, "problems": problems, "warnings": warnings, "files": [],
@@ -481,9 +526,9 @@ def write_summary(summary: dict, histories: dict, out_dir, plots: bool = True) -
 
 
 def summarize(sweep_dir, thresholds=None, plots: bool = True, out=None, diagnosis_split: str = "val",
-              effect: Optional[float] = None) -> dict:
+              effect: Optional[float] = None, effects_split: str = "test") -> dict:
     """build_summary, then write its files into `out` (default: the sweep directory).
     `thresholds`: a Thresholds, a dict of its fields, or None for the Phase-1 defaults."""
-    summary, histories = build_summary(sweep_dir, thresholds, plots, diagnosis_split, effect)
+    summary, histories = build_summary(sweep_dir, thresholds, plots, diagnosis_split, effect, effects_split)
     write_summary(summary, histories, out if out is not None else sweep_dir, plots)
     return summary

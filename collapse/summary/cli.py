@@ -1,6 +1,6 @@
 """The summary's command line.
 
-    python -m collapse.summary SWEEP_DIR [--out DIR] [--no-plots] [--effect 0.05]
+    python -m collapse.summary SWEEP_DIR [--out DIR] [--no-plots] [--effect 0.05] [--effects-split test|val]
                                [--diagnosis-split val|test]
                                [--thresholds r2=0,0.3,0.5 ratio=0.4,0.7,0.85 collapse=0.1]
 
@@ -31,6 +31,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="r2=0,0.3,0.5  ratio=0.4,0.7,0.85  collapse=0.1 (the defaults)")
     parser.add_argument("--diagnosis-split", choices=("val", "test"), default="val",
                         help="count the diagnoses of this split (default val)")
+    parser.add_argument("--effects-split", choices=("test", "val"), default="test",
+                        help="rank cells and judge effects on this split (default test: it chose nothing; "
+                             "val is shown beside it)")
     parser.add_argument("--effect", type=float, default=None, metavar="DELTA_R2",
                         help="also say how many seeds a paired test needs to detect this ΔR² (80%% power)")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
@@ -43,7 +46,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--effect {args.effect} is invalid: must be a positive ΔR²")
     try:
         summary, histories = build_summary(args.sweep_dir, thresholds, not args.no_plots, args.diagnosis_split,
-                                           args.effect)
+                                           args.effect, args.effects_split)
     except SweepDirError as e:
         print(f"collapse: error: {e}", file=sys.stderr)
         return 2

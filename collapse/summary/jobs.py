@@ -27,8 +27,14 @@ from collapse import records
 METRICS = ("r2", "variance_ratio", "pred_std", "rmse", "mae")
 SPLITS = ("val", "test")
 STAT_KEYS = tuple(f"{split}.{m}" for split in SPLITS for m in METRICS)
-EFFECT_KEYS = ("val.r2", "val.variance_ratio")              # main effects, ANOVA
-PAIRED_KEYS = ("val.r2", "val.variance_ratio", "test.r2")   # differences vs baseline
+# Effects are judged on the split that chose nothing: early stopping picked the epoch on
+# val, so val R² is optimistic, and differently so per cell. The effects split (test by
+# default, `--effects-split val`) ranks the cells and gives the verdicts; the other
+# split's effects are computed beside it, and a sign disagreement gets a note.
+EFFECT_SPLITS = ("test", "val")
+EFFECT_KEYS = ("test.r2", "test.variance_ratio", "val.r2", "val.variance_ratio")   # main effects, ANOVA
+PAIRED_KEYS = EFFECT_KEYS                                                         # differences vs baseline
+RANK_METRIC = "r2"                  # cells are ranked by its mean on the effects split
 STATISTICS_STATUSES = ("completed", "stopped_collapse")   # runs whose best-epoch metrics count
 FAILURE_STATUSES = ("diverged", "failed", "interrupted")  # runs that ended without a result
 STATES = ("completed", "diverged", "stopped_collapse", "failed", "running", "interrupted",

@@ -13,9 +13,22 @@ import math
 from pathlib import Path
 
 from collapse import records
-from collapse.summary.jobs import DIAGNOSES, EFFECT_KEYS, PAIRED_KEYS, STAT_KEYS, STATES
+from collapse.summary.jobs import DIAGNOSES, PAIRED_KEYS, STAT_KEYS, STATES
 
-NAMES = {"val.r2": "val R²", "val.variance_ratio": "val var ratio", "test.r2": "test R²"}
+NAMES = {f"{split}.{m}": f"{split} {name}" for split in ("val", "test")
+         for m, name in (("r2", "R²"), ("variance_ratio", "var ratio"))}
+
+
+def _splits(summary: dict) -> tuple[str, str]:
+    """(the effects split, the other one): effects, ranks and verdicts use the first."""
+    split = summary.get("effects_split", "val")        # summaries before it had val only
+    return split, "val" if split == "test" else "test"
+
+
+def _shown_keys(summary: dict) -> tuple[str, ...]:
+    """The effect keys a table shows: the effects split's R² and ratio, the other's R² beside."""
+    split, other = _splits(summary)
+    return f"{split}.r2", f"{split}.variance_ratio", f"{other}.r2"
 
 
 # atomic (temp file, fsync, os.replace), with the mode the umask allows
@@ -66,19 +79,24 @@ def _recalibration(c: dict) -> str:
 def _cell_rows(summary: dict, incomplete: bool) -> tuple[list[str], list[list[str]]]:
     factors = [f["key"] for f in summary["factors"]]
     split = summary.get("diagnosis_split", "val")
-    headers = ["rank", *factors, "results/planned", "val R² (95% CI)", "test R²", "val var ratio (95% CI)",
-               "failure", "collapse", f"diagnoses ({split})", "recal held", "verdict", "ΔR² vs base (paired)",
+    es, other = _splits(summary)
+    headers = ["rank", *factors, "results/planned", f"{es} R² (95% CI)", f"{other} R² (95% CI)",
+               f"{es} var ratio (95% CI)", "ridge R²", "headroom",
+               "failure", f"collapsed ({split})", f"var ratio < {summary['thresholds']['collapse']:g}",
+               f"diagnoses ({split})", "recal held", "verdict", f"Δ{es} R² vs base (paired)",
                "flags"]
     rows = []
     for c in summary["cells"]:
         if c["incomplete"] != incomplete:
             continue
-        m, d, n = c["metrics"], c["vs_baseline"]["val.r2"], c["n_results"]
+        m, d, n = c["metrics"], c["vs_baseline"][f"{es}.r2"], c["n_results"]
         delta = "" if c["baseline"] else (_mean_ci(d, "+") + f" (n {d['n_pairs']})" if d["n_pairs"] else "—")
         rows.append(["—" if c["rank"] is None else str(c["rank"]), *(str(c["settings"][f]) for f in factors),
-                     f"{n}/{c['n_planned']}", _mean_ci(m["val.r2"], n_of=n), _fmt(m["test.r2"]["mean"]),
-                     _mean_ci(m["val.variance_ratio"], n_of=n), _fmt(c["failure_rate"], 2),
-                     _fmt(c["collapse_rate"], 2), _diagnoses(c), _recalibration(c), c["verdict"], delta,
+                     f"{n}/{c['n_planned']}", _mean_ci(m[f"{es}.r2"], n_of=n), _mean_ci(m[f"{other}.r2"], n_of=n),
+                     _mean_ci(m[f"{es}.variance_ratio"], n_of=n), _fmt(c["reference_r2"]["mean"]),
+                     _fmt(c["headroom"]["mean"], sign="+"), _fmt(c["failure_rate"], 2),
+                     _fmt(c["collapse_rate"], 2), _fmt(c["ratio_below_cutoff_rate"], 2), _diagnoses(c),
+                     _recalibration(c), c["verdict"], delta,
                      _cell_flags(c)])
     return headers, rows
 
@@ -94,36 +112,39 @@ def _md_table(headers, rows) -> list[str]:
 
 
 def _effect_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
-    headers = ["factor", "level", "n", "val R² EMM (95% CI)", "Δ vs first level", "val var ratio EMM (95% CI)",
-               "Δ vs first level", "failure rate", "failures differ? (p)"]
+    es, other = _splits(summary)
+    headers = ["factor", "level", "n", f"{es} R² EMM (95% CI)", "Δ vs first level", f"{es} var ratio EMM (95% CI)",
+               "Δ vs first level", f"{other} R² Δ vs first", "failure rate", "failures differ? (p)"]
     rows = []
     for e in summary["main_effects"]:
         fail = e.get("failures") or {}
         for i, lvl in enumerate(e["levels"]):
-            r2, ratio = lvl["val.r2"], lvl["val.variance_ratio"]
+            r2, ratio, beside = lvl[f"{es}.r2"], lvl[f"{es}.variance_ratio"], lvl.get(f"{other}.r2")
             rate = (fail.get("rate") or [math.nan] * len(e["levels"]))[i]
             test = "—" if _p(fail.get("p")) == "—" else \
                 ("SURVIVORS ONLY" if fail.get("survivors_only") else "no") + f" ({_p(fail.get('p'))})"
             rows.append([e["factor"] if i == 0 else "", str(lvl["value"]), str(r2["n"]),
                          _mean_ci(r2), _mean_ci(r2["vs_first"], "+") if i else "",
-                         _mean_ci(ratio), _mean_ci(ratio["vs_first"], "+") if i else "", _fmt(rate, 2),
+                         _mean_ci(ratio), _mean_ci(ratio["vs_first"], "+") if i else "",
+                         _mean_ci(beside["vs_first"], "+") if i and beside else "", _fmt(rate, 2),
                          test if i == 0 else ""])
     return headers, rows
 
 
 def _anova_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    keys = [k for k in _shown_keys(summary) if k in summary["anova"]]
     headers = ["term", "df"]
-    for key in EFFECT_KEYS:
+    for key in keys:
         headers += [f"F ({NAMES[key]})", "p", "η²", "partial η²"]
     by_term: dict[str, list] = {}
-    for key in EFFECT_KEYS:
+    for key in keys:
         for t in summary["anova"].get(key, {}).get("terms", []):
             by_term.setdefault(t["term"], [t["term"], str(t["df"])])
     for name, row in by_term.items():
-        for key in EFFECT_KEYS:
+        for key in keys:
             t = next((t for t in summary["anova"][key]["terms"] if t["term"] == name), None)
             row += [_fmt(t["f"], 2), _p(t["p"]), _fmt(t["eta_sq"], 3), _fmt(t["partial_eta_sq"], 3)] if t else ["—"] * 4
-    errors = [summary["anova"][k]["error"] for k in EFFECT_KEYS if k in summary["anova"]]
+    errors = [summary["anova"][k]["error"] for k in keys]
     rows = list(by_term.values())
     if errors:
         rows.append([f"error ({errors[0]['source']})", str(errors[0]["df"]),
@@ -132,8 +153,10 @@ def _anova_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
 
 
 def _paired_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    es = _splits(summary)[0]
+    keys = [k for k in _shown_keys(summary) if k in PAIRED_KEYS]
     headers = []
-    for key in PAIRED_KEYS:
+    for key in keys:
         headers += [f"Δ {NAMES[key]} (95% CI)", "n", "p Holm"]
     headers = ["cell", *headers, "detectable ΔR² (80%)"]
     effect = summary.get("effect")
@@ -145,17 +168,18 @@ def _paired_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
             continue
         d = c["vs_baseline"]
         row = [c["label"]]
-        for key in PAIRED_KEYS:
+        for key in keys:
             row += [_mean_ci(d[key], "+"), str(d[key]["n_pairs"]), _p(d[key]["p_holm"])]
-        row.append(_fmt(d["val.r2"]["detectable"]))
+        row.append(_fmt(d[f"{es}.r2"]["detectable"]))
         if effect:
-            row.append("—" if d["val.r2"]["seeds_needed"] is None else str(d["val.r2"]["seeds_needed"]))
+            row.append("—" if d[f"{es}.r2"]["seeds_needed"] is None else str(d[f"{es}.r2"]["seeds_needed"]))
         rows.append(row)
     return headers, rows
 
 
 def _header_lines(summary: dict) -> list[str]:
     th, j = summary["thresholds"], summary["jobs"]
+    es, other = _splits(summary)
     statuses = ", ".join(f"{n} {s}" for s, n in j["by_status"].items() if n)
     factors = "; ".join(f"{f['key']} ({', '.join(map(str, f['levels']))})" for f in summary["factors"]) or "none"
     ve = summary["variance_explained"]
@@ -165,12 +189,15 @@ def _header_lines(summary: dict) -> list[str]:
              f"x {len(summary['seeds'])} seeds ({planned})",
              f"factors: {factors}",
              f"baseline: {summary['baseline']['label']} ({summary['baseline']['source']})",
-             f"verdict on mean val R² > {'/'.join(map(str, th['r2']))} and val variance ratio > "
-             f"{'/'.join(map(str, th['ratio']))} (minimum/good/excellent); collapse: val variance ratio "
-             f"< {th['collapse']:g} or val diagnosis collapsed; incomplete: results for fewer than half "
-             "the planned seeds (no verdict, not ranked)",
-             f"share of the variance of val R² between cells: {_fmt(ve['cells']['val.r2'], 2)}, "
-             f"within cells (seeds): {_fmt(ve['within_cells']['val.r2'], 2)}"]
+             f"effects, ranks and verdicts on the {es} split ({other} beside it); verdict on mean {es} R² > "
+             f"{'/'.join(map(str, th['r2']))} and {es} variance ratio > "
+             f"{'/'.join(map(str, th['ratio']))} (minimum/good/excellent); collapsed: the share of runs "
+             f"diagnosed collapsed ({summary.get('diagnosis_split', 'val')}); var ratio < {th['collapse']:g}: "
+             "the share with val variance ratio below it (no-signal shrinkage too); ridge R²: the runs' linear "
+             f"reference on the same frames ({es}), headroom: ridge minus the run; incomplete: results for "
+             "fewer than half the planned seeds (no verdict, not ranked)",
+             f"share of the variance of {es} R² between cells: {_fmt(ve['cells'].get(f'{es}.r2'), 2)}, "
+             f"within cells (seeds): {_fmt(ve['within_cells'].get(f'{es}.r2'), 2)}"]
     return lines
 
 
@@ -200,7 +227,7 @@ def render_markdown(summary: dict) -> str:
                          ("Problems", summary["problems"])):
         if items:
             lines += [f"## {title}", "", *(f"- {x}" for x in items), ""]
-    lines += ["## Cells, ranked by mean val R²", "", *_md_table(*_cell_rows(summary, False)), ""]
+    lines += [f"## Cells, ranked by mean {_splits(summary)[0]} R²", "", *_md_table(*_cell_rows(summary, False)), ""]
     headers, rows = _cell_rows(summary, True)
     if rows:
         lines += ["## Incomplete cells (not ranked)", "", *_md_table(headers, rows), ""]
@@ -222,7 +249,8 @@ def render_csv(summary: dict) -> str:
     pair_fields = ("mean", "ci_low", "ci_high", "n_pairs", "p", "p_holm", "detectable")
     header = ["rank", "cell", *factors, "baseline", "n_results", "n_planned", "incomplete", *STATES,
               *(f"{k.replace('.', '_')}_{s}" for k in STAT_KEYS for s in stat_fields),
-              "failure_rate", "collapse_rate", *DIAGNOSES, "verdict",
+              "reference_r2", "headroom", "failure_rate", "collapse_rate", "ratio_below_cutoff_rate", *DIAGNOSES,
+              "verdict",
               *(f"delta_{k.replace('.', '_')}_{s}" for k in PAIRED_KEYS for s in pair_fields), "warning"]
 
     def num(x):
@@ -235,7 +263,9 @@ def render_csv(summary: dict) -> str:
         writer.writerow([num(c["rank"]), c["label"], *(c["settings"][f] for f in factors), c["baseline"],
                          c["n_results"], c["n_planned"], c["incomplete"], *(c["counts"][s] for s in STATES),
                          *(num(c["metrics"][k][s]) for k in STAT_KEYS for s in stat_fields),
-                         num(c["failure_rate"]), num(c["collapse_rate"]), *(c["diagnosis"][d] for d in DIAGNOSES),
+                         num(c["reference_r2"]["mean"]), num(c["headroom"]["mean"]),
+                         num(c["failure_rate"]), num(c["collapse_rate"]),
+                         num(c["ratio_below_cutoff_rate"]), *(c["diagnosis"][d] for d in DIAGNOSES),
                          c["verdict"], *(num(c["vs_baseline"][k][s]) for k in PAIRED_KEYS for s in pair_fields),
                          c["warning"]])
     return out.getvalue()

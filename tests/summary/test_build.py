@@ -149,10 +149,13 @@ def test_factors_baseline_and_cell_statistics(grid_summary):
     assert base["metrics"]["test.r2"]["mean"] == pytest.approx(0.35)
     assert base["metrics"]["val.variance_ratio"]["mean"] == pytest.approx(0.6)
     assert base["metrics"]["val.rmse"]["mean"] == pytest.approx(0.6)
-    assert base["diagnosis"] == {"healthy": 1, "collapsed": 1, "no_signal": 1, "inflated": 0, "inconclusive": 0}
+    assert base["diagnosis"] == {"healthy": 1, "collapsed": 1, "no_signal": 1, "inflated": 0, "biased": 0,
+                                 "underfit": 0, "inconclusive": 0}
     assert base["collapse_rate"] == pytest.approx(1 / 3)             # the "collapsed" label
-    assert cell(s, 1, 0.5)["collapse_rate"] == pytest.approx(1 / 3)  # ratio 0.05 < 0.1
+    assert cell(s, 1, 0.5)["collapse_rate"] == 0.0                  # ratio 0.05 < 0.1 but labelled healthy
+    assert cell(s, 1, 0.5)["ratio_below_cutoff_rate"] == pytest.approx(1 / 3)    # its own column
     assert cell(s, 1, 0.0)["collapse_rate"] == 0.0
+    assert cell(s, 7, 0.5)["collapse_rate"] == 0.0                  # every label no_signal: no collapse
 
     # verdicts: (mean R², mean ratio) = (.65, .80) good; (.70, .647) minimum; (.40, .60) minimum; (.28, .90) minimum
     assert [cell(s, *c)["verdict"] for c in GRID] == ["good", "minimum", "minimum", "minimum"]
@@ -201,13 +204,14 @@ def test_outputs_written_and_custom_thresholds(tmp_path):
     sweep = make_grid(tmp_path / "sweep")
     s = summarize(sweep, thresholds={"r2": (0.5, 0.6, 0.7), "collapse": 0.6}, plots=False)
     assert cell(s, 7, 0.0)["verdict"] == "fail"
-    assert cell(s, 7, 0.0)["collapse_rate"] == pytest.approx(2 / 3)    # ratio .5 < .6, and the label
+    assert cell(s, 7, 0.0)["collapse_rate"] == pytest.approx(1 / 3)    # the label only
+    assert cell(s, 7, 0.0)["ratio_below_cutoff_rate"] == pytest.approx(1 / 3)    # ratio .5 < .6
     for name in ("summary.csv", "summary.md", "summary.json"):
         assert (sweep / name).stat().st_size > 0
     assert json.loads((sweep / "summary.json").read_text())["cells"][0]["rank"] == 1
     rows = (sweep / "summary.csv").read_text().splitlines()
     assert len(rows) == 5 and rows[0].startswith("rank,cell,data.temporal_frames,loss.variance_lambda")
-    assert "## Cells, ranked by mean val R²" in (sweep / "summary.md").read_text()
+    assert "## Cells, ranked by mean test R²" in (sweep / "summary.md").read_text()
     assert not list(sweep.glob(".summary*.tmp")) and not list(sweep.glob("*.png"))
 
 
