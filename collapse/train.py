@@ -111,10 +111,12 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
     on; an interrupt stops the process with 128 + the signal's number."""
     from collapse.run.execute import execute
     from collapse.sweep.cores import threads_per_job
-    from collapse.sweep.job import exit_with_parent, parent_gone
+    from collapse.sweep.job import JOB_LINE, console_for_job, exit_with_parent, parent_gone
 
     if multirun:
         exit_with_parent()          # a worker process must not outlive a killed sweep
+        # epoch lines to the job's log file only; collapse's launcher prints a line per job
+        console_for_job(job["num"], str((launcher or {}).get("_target_", "")).endswith(".ParallelLauncher"))
     metrics_path = run_dir / records.METRICS_FILE
     record = RunRecord(overrides=list(overrides), choices=choices, job=job)
     try:
@@ -155,7 +157,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
     labels = ", ".join(f"{split} {d.get('label')}" for split, d in (record.diagnosis or {}).items()) or "none"
     log.info(f"{record.status} ({record.stop_reason}) | best epoch {record.best_epoch} | "
              f"val R² {_num(val.get('r2'))} | var ratio {_num(val.get('variance_ratio'))} "
-             f"| diagnosis {labels} | {metrics_path}")
+             f"| diagnosis {labels} | {metrics_path}", extra={JOB_LINE: True})
     if record.status == "diverged":
         log.warning("the loss became non-finite: recorded as diverged (try a lower trainer.lr)")
     return _num_or_nan(record.monitor_value)

@@ -1,0 +1,44 @@
+"""What a person reads a run by: its cell in a few characters (`frames=3 λ=0.5 seed=1`).
+
+One spelling for the sweep's progress lines, the trackers' run names and TensorBoard's
+run directories, so a line on the console, a row in MLflow and a curve in TensorBoard
+name the same run the same way. A contract: imports nothing of collapse.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+# the factors the studies sweep most, as a researcher writes them on a slide
+SHORT = {
+    "data.temporal_frames": "frames",
+    "loss.variance_lambda": "λ",
+    "model.init_std": "init_std",
+    "trainer.lr": "lr",
+    "trainer.monitor": "monitor",
+    "data.overweight_factor": "overweight",
+}
+# what the engine adds to every job and never decides a cell
+_IGNORED = ("resume", "hydra.")
+
+
+def short_key(key: str) -> str:
+    """`loss.variance_lambda` -> `λ`; any other dotted key -> its last part."""
+    key = key.lstrip("+~")
+    return SHORT.get(key, key.rsplit(".", 1)[-1])
+
+
+def cell_name(overrides: Iterable[str]) -> str:
+    """Overrides (`data.temporal_frames=3`, ...) -> `frames=3 λ=0.5 seed=1`; group choices
+    keep their group name (`loss=bmc`). Empty overrides: `defaults`."""
+    parts = []
+    for override in overrides:
+        key, sep, value = str(override).partition("=")
+        if not sep or key.lstrip("+~").startswith(_IGNORED):
+            continue
+        parts.append(f"{short_key(key)}={value}")
+    return " ".join(parts) or "defaults"
+
+
+def fit(line: str, width: int) -> str:
+    """`line` cut to `width` columns, an ellipsis saying it was cut."""
+    return line if len(line) <= width else line[: max(0, width - 1)] + "…"
