@@ -12,7 +12,7 @@ from collapse.summary.report import render_console, render_text
 
 @pytest.mark.parametrize("width", [60, 80, 100, 140])
 def test_the_console_summary_fits_the_width(tmp_path, width):
-    summary, _ = build_summary(make_grid(tmp_path / "sweep"), plots=False)
+    summary, _ = build_summary(make_grid(tmp_path / "sweep"), None, False)
     text = render_console(summary, width)
     assert max(len(line) for line in text.splitlines()) <= width
     assert max(len(line) for line in render_text(summary).splitlines()) > 140     # what it replaces
