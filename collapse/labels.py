@@ -18,7 +18,7 @@ SHORT = {
     "data.overweight_factor": "overweight",
 }
 # what the engine adds to every job and never decides a cell
-_IGNORED = ("resume", "hydra.")
+_IGNORED = ("resume", "hydra.", "+hydra.")
 
 
 def short_key(key: str) -> str:
@@ -35,8 +35,18 @@ def cell_name(overrides: Iterable[str]) -> str:
         key, sep, value = str(override).partition("=")
         if not sep or key.lstrip("+~").startswith(_IGNORED):
             continue
-        parts.append(f"{short_key(key)}={value}")
+        parts.append(f"{short_key(key)}={_short_value(value)}")
     return " ".join(parts) or "defaults"
+
+
+def _short_value(value: str) -> str:
+    """A sampled float (`0.0016051911330`) to 4 significant digits; anything else as typed."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    digits = sum(c.isdigit() for c in value.split("e")[0].lstrip("-0."))
+    return f"{number:.4g}" if digits > 4 and "." in value else value
 
 
 def fit(line: str, width: int) -> str:

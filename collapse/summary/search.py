@@ -26,7 +26,7 @@ import yaml
 from collapse.summary.jobs import STATISTICS_STATUSES, Job, number
 from collapse.summary.report import write_outputs
 
-RESULTS_FILE = "optimization_results.yaml"      # hydra-optuna-sweeper's, in the sweep dir
+RESULTS_FILE = "optimization_results.yaml"      # collapse.sweep.study's (as hydra-optuna-sweeper's), in the sweep dir
 SCHEMA = 1
 
 
@@ -78,20 +78,18 @@ def _importance(trials: list, factors: list, sweeper: dict) -> tuple[Optional[di
             if low == high:
                 continue        # a parameter that never moved has no importance to measure
             log_scale = "log" in str(params.get(f, "")) and low > 0
-            distributions[f] = (optuna.distributions.LogUniformDistribution(low, high) if log_scale
-                                else optuna.distributions.UniformDistribution(low, high))
+            distributions[f] = optuna.distributions.FloatDistribution(low, high, log=log_scale)
         if not distributions:
             return None, "parameter importance: no parameter varied"
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")         # create_trial/add_trial are "experimental" in 2.x
+            warnings.simplefilter("ignore")         # optuna's experimental-feature warnings
             study = optuna.create_study(direction="maximize")
             for t in done:
                 study.add_trial(optuna.trial.create_trial(
                     params={f: t["params"][f] for f in distributions}, distributions=distributions,
                     value=t["objective"]))
-            # Mean decrease in impurity of a seeded random forest. Not Optuna's default fANOVA:
-            # the optuna 2.10 that hydra-optuna-sweeper allows fails inside it with a current
-            # scikit-learn (ValueError: "setting an array element with a sequence")
+            # Mean decrease in impurity of a seeded random forest (fANOVA, Optuna's default, failed
+            # inside optuna 2.10 with a current scikit-learn; MDI kept so the figures stay comparable)
             evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
             importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
     except Exception as e:  # noqa: BLE001 - importance is a bonus: never the summary's failure

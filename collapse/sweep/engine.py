@@ -384,7 +384,7 @@ class Engine:
         if self.progress is None:
             from collapse.sweep.progress import SweepProgress
 
-            self.progress = SweepProgress(_planned_total(self.config))
+            self.progress = SweepProgress(_planned_total(self.config), fixed=list(self.config.hydra.overrides.task))
         tasks = []
         for i, overrides in enumerate(batch):
             # each job's cell is in its progress line when it finishes: the list goes to debug

@@ -71,11 +71,13 @@ def _duration(seconds: float) -> str:
 
 class SweepProgress:
     """Counts the sweep's finished jobs and prints a line for each. `total`: the jobs the
-    sweep will run (None when unknown). `bar`: None decides by the stream (a terminal gets
-    a tqdm bar unless COLLAPSE_NO_BAR is set)."""
+    sweep will run (None when unknown); `fixed`: overrides every job has (left out of the
+    lines). `bar`: None decides by the stream (a terminal gets a tqdm bar unless
+    COLLAPSE_NO_BAR is set)."""
 
-    def __init__(self, total: Optional[int], stream=None, bar: Optional[bool] = None):
+    def __init__(self, total: Optional[int], stream=None, bar: Optional[bool] = None, fixed: Sequence[str] = ()):
         self.total, self.done = total, 0
+        self.fixed = set(fixed)         # the command line's fixed overrides: the same in every job, not shown
         self.stream = stream if stream is not None else sys.stdout
         self.started = time.monotonic()
         if bar is None:
@@ -99,7 +101,7 @@ class SweepProgress:
                 record = None
         self.done += 1
         count = eta(self.done, self.total, time.monotonic() - self.started)
-        line = job_line(job_num, overrides, record, lost)
+        line = job_line(job_num, [o for o in overrides if o not in self.fixed], record, lost)
         line = fit(line, LINE_WIDTH - len(count) - 3) + " | " + count
         if self.bar is not None:
             self.bar.write(line, file=self.stream)
