@@ -235,7 +235,10 @@ def write_plot(summary: dict, out_dir: Path) -> Optional[Path]:
     done = [t for t in summary["trials"] if t["objective"] is not None]
     if not factors or not done:
         return None
-    fig, axes = plt.subplots(1, len(factors), figsize=(3.4 * len(factors), 3.2), squeeze=False, sharey=True)
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    fig, axes = plt.subplots(1, len(factors), figsize=(max(10.0, 3.8 * len(factors)), 4.0), squeeze=False,
+                             sharey=True)
     best = summary["best"]
     log_scale = {f["key"]: f.get("log") for f in summary["factors"]}
     for ax, f in zip(axes[0], factors):
@@ -246,7 +249,20 @@ def write_plot(summary: dict, out_dir: Path) -> Optional[Path]:
         positive = [x for x in xs if x is not None and x > 0]
         if len(positive) == len(xs) and (log_scale.get(f) or max(positive) / min(positive) > 100):
             ax.set_xscale("log")
+            # matplotlib's default labelled minor ticks within a decade, and they overlapped (or
+            # left a narrow range with no label): a label a decade over wide ranges, else 4
+            # log-spaced ticks at 2 significant digits; none on the minor ticks
+            low, high = min(positive), max(positive)
+            if high / low >= 100:
+                ax.xaxis.set_major_locator(LogLocator(base=10, numticks=6))
+            else:
+                ticks = sorted({float(f"{t:.2g}") for t in
+                                (low * (high / low) ** (i / 3) for i in range(4))})
+                ax.set_xticks(ticks, [f"{t:.2g}" for t in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.tick_params(axis="x", labelrotation=30)
         ax.set_xlabel(f)
+        ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(summary["objective"])
     if best:
         axes[0][0].legend(fontsize="small")
