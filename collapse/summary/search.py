@@ -280,5 +280,8 @@ def write(summary: dict, out_dir: Path, plots: bool = True) -> list[str]:
         path = write_plot(summary, out_dir)
         if path is not None:
             summary["files"].append(path.name)
+    from collapse.summary.html import write_html
+
+    summary["files"].append(write_html(summary, out_dir))      # after the plot: it embeds it
     write_outputs(summary, out_dir, render_csv, render_markdown)
     return summary["files"]
