@@ -629,7 +629,7 @@ def test_out_dir_modes_and_tables_printed_before_the_files(tmp_path):
         assert (out / name).stat().st_mode & 0o777 == 0o644 and not (sweep / name).exists()
     assert json.loads((out / "summary.json").read_text())["schema"] == 2
     wrote = " ".join(line.strip() for line in proc.stdout.rstrip().split("\nwrote ")[-1].splitlines())
-    assert wrote == f"summary.csv, summary.md, summary.txt, summary.json in {out}"     # wrapped to COLUMNS
+    assert wrote == f"summary.csv, summary.md, summary.txt, summary.json, summary.html in {out}"   # wrapped
 
 
 @contextlib.contextmanager
