@@ -50,6 +50,34 @@ log = logging.getLogger("collapse")
 register_configs()
 
 
+def help_keys(width: int = 120) -> str:
+    """Every schema key with its type, default and one-line description (collapse.config's
+    comments), grouped by config group: what `--help` prints (conf/config.yaml's
+    hydra.help.template calls it through the `collapse_help` resolver)."""
+    import textwrap
+
+    from collapse.config import schema_help
+
+    rows = schema_help()
+    key_w = max(len(k) for k, *_ in rows)
+    lines, section = [], None
+    for key, kind, default, text in rows:
+        group = key.split(".")[0] if "." in key else ""
+        if group != section:
+            section = group
+            lines += ["", f"{group}.*   (group {group}: {group}=OPTION picks a file in conf/{group}/)" if group
+                      and (Path(CONF_DIR) / group).is_dir() else f"{group or 'top level'}"]
+        shown = "null" if default is None else default
+        head = f"  {key.ljust(key_w)}  {kind} = {shown}"
+        lines += textwrap.wrap(text, width, initial_indent=head.ljust(key_w + 30) + "  ",
+                               subsequent_indent=" " * (key_w + 32)) if text else [head]
+    # string.Template (Hydra's help) reads `$`: double it
+    return "\n".join(lines).strip("\n").replace("$", "$$")
+
+
+OmegaConf.register_new_resolver("collapse_help", help_keys, replace=True)
+
+
 def to_config(cfg: DictConfig) -> Config:
     """Composed DictConfig -> validated dataclass (raises ConfigError naming the key)."""
     check_known_keys(OmegaConf.to_container(cfg, resolve=False))
@@ -303,5 +331,20 @@ def _run(overrides: Sequence[str], run_dir: Optional[str | Path]) -> RunRecord:
     return execute(typed, record, run_dir, threads=typed.trainer.threads)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The command line (python -m collapse.train, collapse-train): a misspelt key fails in
+    one line with a suggestion before Hydra composes (its own message spans lines and
+    suggests nothing), then Hydra runs `main`."""
+    from collapse.config import unknown_override
+
+    groups = [p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()]
+    for argument in sys.argv[1:]:
+        message = unknown_override(argument, groups)
+        if message is not None:
+            print(f"collapse: error: {message}", file=sys.stderr)
+            raise SystemExit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()
