@@ -296,7 +296,45 @@ def _objective(value: float, sweeper: DictConfig) -> float:
     return failed_objective(sweeper) if math.isnan(value) else value
 
 
-def run(overrides: Sequence[str] = (), run_dir: Optional[str | Path] = None) -> RunRecord:
+class _RunConsole:
+    """run()'s progress in a notebook with no logging set up: Python shows only warnings
+    then, so the epoch lines (collapse's INFO) go to stdout through a handler of its own,
+    for the call's duration. Logging the user configured keeps its say (nothing is added,
+    so nothing is printed twice); `quiet` keeps only warnings."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.handler, self.level = quiet, None, None
+
+    def __enter__(self):
+        self.level = log.level
+        if self.quiet:
+            log.setLevel(logging.WARNING)
+        elif not _shows_info(log):
+            self.handler = logging.StreamHandler(sys.stdout)
+            self.handler.setFormatter(logging.Formatter("%(message)s"))
+            log.addHandler(self.handler)
+            log.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        if self.handler is not None:
+            log.removeHandler(self.handler)
+        log.setLevel(self.level)
+
+
+def _shows_info(logger: logging.Logger) -> bool:
+    """Whether an INFO record of `logger` reaches a handler that prints it."""
+    if logger.getEffectiveLevel() > logging.INFO:
+        return False
+    node: Optional[logging.Logger] = logger
+    while node is not None:
+        if any(h.level <= logging.INFO for h in node.handlers):
+            return True
+        node = node.parent if node.propagate else None
+    return False
+
+
+def run(overrides: Sequence[str] = (), run_dir: Optional[str | Path] = None, quiet: bool = False) -> RunRecord:
     """Notebook API: compose the config with `overrides`, train, return the RunRecord.
 
     The same execution path as the CLI (collapse.run.execute). With `run_dir`, the
@@ -304,17 +342,19 @@ def run(overrides: Sequence[str] = (), run_dir: Optional[str | Path] = None) -> 
     locked while in use, another config's result refused, `resume=true` returns a
     finished result or continues an interrupted run. Raises ConfigError, DataError or
     RunExists for bad input (the message names the key or file); a KeyboardInterrupt
-    is recorded as `interrupted`, then re-raised. Torch's thread count is restored."""
+    is recorded as `interrupted`, then re-raised. Torch's thread count is restored.
+    Its epoch lines print to stdout (a notebook shows them) without any logging set-up;
+    `quiet=True` keeps only warnings."""
     # Hydra's global state (initialize_config_dir) and torch's thread count are per
     # process: calls from several threads take turns
     with _RUN_LOCK:
-        return _run(overrides, run_dir)
+        return _run(overrides, run_dir, quiet)
 
 
 _RUN_LOCK = threading.Lock()
 
 
-def _run(overrides: Sequence[str], run_dir: Optional[str | Path]) -> RunRecord:
+def _run(overrides: Sequence[str], run_dir: Optional[str | Path], quiet: bool = False) -> RunRecord:
     from hydra import compose, initialize_config_dir
 
     from collapse.run.execute import execute
@@ -327,8 +367,9 @@ def _run(overrides: Sequence[str], run_dir: Optional[str | Path]) -> RunRecord:
     run_dir = Path(run_dir) if run_dir is not None else None
     record = RunRecord(overrides=list(overrides), choices=choices,
                        job={"num": None, "dir": str(run_dir.resolve()) if run_dir else None, "config_name": "config"})
-    typed = _prepare(cfg, record)
-    return execute(typed, record, run_dir, threads=typed.trainer.threads)
+    with _RunConsole(quiet):
+        typed = _prepare(cfg, record)
+        return execute(typed, record, run_dir, threads=typed.trainer.threads)
 
 
 def cli() -> None:
