@@ -42,7 +42,7 @@ VarianceTarget = _choices("VarianceTarget", "batch train")
 OptimizerName = _choices("OptimizerName", "adam adamw sgd")
 Monitor = _choices("Monitor", "r2 val_loss")
 Device = _choices("Device", "auto cpu cuda")
-LoggerName = _choices("LoggerName", "tensorboard mlflow")
+LoggerName = _choices("LoggerName", "tensorboard mlflow wandb")
 
 
 @dataclass

@@ -17,8 +17,8 @@ SHORT = {
     "trainer.monitor": "monitor",
     "data.overweight_factor": "overweight",
 }
-# what the engine adds to every job and never decides a cell
-_IGNORED = ("resume", "hydra.", "+hydra.")
+# keys that never decide what a run computes (how it is continued, tracked, launched)
+_IGNORED = ("resume", "hydra.", "+hydra.", "logger")
 
 
 def short_key(key: str) -> str:
