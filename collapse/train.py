@@ -300,7 +300,8 @@ class _RunConsole:
     """run()'s progress in a notebook with no logging set up: Python shows only warnings
     then, so the epoch lines (collapse's INFO) go to stdout through a handler of its own,
     for the call's duration. Logging the user configured keeps its say (nothing is added,
-    so nothing is printed twice); `quiet` keeps only warnings."""
+    so nothing is printed twice, nor does a level set on the "collapse" logger); `quiet`
+    keeps only warnings."""
 
     def __init__(self, quiet: bool):
         self.quiet, self.handler, self.level = quiet, None, None
@@ -309,7 +310,7 @@ class _RunConsole:
         self.level = log.level
         if self.quiet:
             log.setLevel(logging.WARNING)
-        elif not _shows_info(log):
+        elif log.level == logging.NOTSET and not _shows_info(log):     # a level the user set is theirs
             self.handler = logging.StreamHandler(sys.stdout)
             self.handler.setFormatter(logging.Formatter("%(message)s"))
             log.addHandler(self.handler)
@@ -372,6 +373,11 @@ def _run(overrides: Sequence[str], run_dir: Optional[str | Path], quiet: bool = 
         return execute(typed, record, run_dir, threads=typed.trainer.threads)
 
 
+# Hydra's flags that take the next argument as their value
+_FLAGS_WITH_VALUE = {"-sc", "--shell-completion", "-cp", "--config-path", "-cn", "--config-name", "-cd",
+                     "--config-dir", "-c", "--cfg", "-p", "--package", "--info", "--experimental-rerun"}
+
+
 def cli() -> None:
     """The command line (python -m collapse.train, collapse-train): a misspelt key fails in
     one line with a suggestion before Hydra composes (its own message spans lines and
@@ -379,7 +385,10 @@ def cli() -> None:
     from collapse.config import unknown_override
 
     groups = [p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()]
-    for argument in sys.argv[1:]:
+    arguments = sys.argv[1:]
+    for i, argument in enumerate(arguments):
+        if i and arguments[i - 1] in _FLAGS_WITH_VALUE:
+            continue                    # -sc install=bash, --config-name NAME: not an override
         message = unknown_override(argument, groups)
         if message is not None:
             print(f"collapse: error: {message}", file=sys.stderr)

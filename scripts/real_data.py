@@ -80,7 +80,7 @@ def collapse_run(path: Path, seed: int, *extra: str) -> dict:
     from collapse.train import run
 
     return run(["data=npz", f"data.path={path}", "data.temporal_frames=1", f"seed={seed}",
-                "trainer.threads=1", *extra]).to_dict()
+                "trainer.threads=1", *extra], quiet=True).to_dict()
 
 
 def summary(rec: dict, part: str = "test") -> dict:

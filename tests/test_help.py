@@ -64,6 +64,13 @@ def test_an_appended_typo_in_the_composed_config_also_gets_a_suggestion():
         check_known_keys({"trainer": {"epoch": 5}})
 
 
+def test_tab_completion_and_info_still_reach_hydra(tmp_path):
+    completion = cli(["-sc", "install=bash"], cwd=tmp_path)
+    assert completion.returncode == 0 and "complete" in completion.stdout, completion.stderr[-1000:]
+    info = cli(["--info", "defaults"], cwd=tmp_path)
+    assert info.returncode == 0 and "collapse_schema" in info.stdout, info.stderr[-1000:]
+
+
 def test_the_cli_refuses_a_misspelt_key_in_one_line(tmp_path):
     proc = cli(["loss.variance_lamda=0.5"], cwd=tmp_path)
     assert proc.returncode == 2

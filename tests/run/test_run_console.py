@@ -27,3 +27,5 @@ def test_logging_the_user_set_up_is_used_not_doubled():
     proc = _python(setup="logging.basicConfig(level=logging.INFO)")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (proc.stdout + proc.stderr).count("Epoch 1 |") == 1 and "Epoch 1 |" in proc.stderr
+    muted = _python(setup="logging.getLogger('collapse').setLevel(logging.WARNING)")    # scripts/ do this
+    assert muted.returncode == 0 and "Epoch" not in muted.stdout + muted.stderr
