@@ -44,6 +44,8 @@ def job_line(job_num: int, overrides: Sequence[str], record: Optional[dict], los
         return f"{head} {lost or 'no metrics.json'}"
     status = record.get("status", "?")
     if status in records.RESULT_STATUSES:
+        if record.get("stop_reason") == "pruned":        # a search's pruner stopped it
+            status += " (pruned)"
         return f"{head} {status}, test R² {_r2(record, 'test')}, val R² {_r2(record, 'val')}, {_diagnosis(record)}"
     reason = record.get("error") or record.get("stop_reason") or ""
     return f"{head} {status}" + (f" ({reason})" if reason else "")

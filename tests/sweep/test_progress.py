@@ -33,6 +33,8 @@ def test_job_line_says_number_cell_status_r2_and_diagnosis():
     failed = {"status": "failed", "error": "DataError: data.path: no such file"}
     assert job_line(2, ["seed=1"], failed) == "job 2  seed=1: failed (DataError: data.path: no such file)"
     assert job_line(3, ["seed=1"], None, "lost: its worker process died (signal SIGKILL)").endswith("SIGKILL)")
+    pruned = {**RECORD, "stop_reason": "pruned"}
+    assert job_line(4, ["trainer.lr=0.0016051911330"], pruned).startswith("job 4  lr=0.001605: completed (pruned), ")
 
 
 def test_eta_from_the_rate_so_far():
