@@ -84,9 +84,10 @@ def console_for_job(job_num: int, launcher_reports: bool) -> None:
 
 
 def failed_objective(sweeper: DictConfig) -> float:
-    """What a job without a result returns to Hydra's sweeper: NaN, or for the Optuna
-    sweeper the worst value - hydra-optuna-sweeper 1.2/1.3 with optuna 2.10 stops the
-    whole search on a NaN (it tells Optuna the value twice; the second tell raises)."""
+    """What a job without a result returns to Hydra's sweeper: NaN, or for an Optuna
+    sweeper the worst value (hydra-optuna-sweeper 1.2/1.3 with optuna 2.10, if a user
+    picks it, stops the whole search on a NaN; collapse's own tells such a trial FAIL
+    either way, collapse.sweep.study.trial_value)."""
     if "optuna" in str(sweeper.get("_target_", "")).lower():
         return -math.inf if "max" in str(sweeper.get("direction", "minimize")).lower() else math.inf
     return math.nan
