@@ -33,7 +33,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import wait
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from collapse.errors import Interrupted
@@ -413,7 +412,7 @@ class Engine:
         job_dir = None
         if kind == "ok":
             try:
-                job_dir = Path(str(value.hydra_cfg.hydra.runtime.output_dir))
+                job_dir = str(value.hydra_cfg.hydra.runtime.output_dir)    # SweepProgress reads its record
             except AttributeError:          # not a Hydra JobReturn: nothing to read
                 job_dir = None
         lost = value if kind == "lost" else (f"error: {value}" if kind == "error" else "")

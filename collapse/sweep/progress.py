@@ -93,7 +93,7 @@ class SweepProgress:
             if tqdm is not None:
                 self.bar = tqdm(total=total, unit="job", file=self.stream, leave=False, dynamic_ncols=True)
 
-    def job_done(self, job_num: int, overrides: Sequence[str], job_dir: Optional[Path], lost: str = "") -> str:
+    def job_done(self, job_num: int, overrides: Sequence[str], job_dir: Optional[str | Path], lost: str = "") -> str:
         """Report a finished job (its metrics.json in `job_dir`); returns the line printed."""
         record = None
         if job_dir is not None:
