@@ -44,6 +44,10 @@ CHECKPOINT_FILE = "checkpoint.pt"
 # `interrupted` (SIGINT/SIGTERM) and `failed` are not: resume continues or reruns them.
 RESULT_STATUSES = ("completed", "diverged", "stopped_collapse")
 STATUSES = RESULT_STATUSES + ("failed", "interrupted", "running")
+# A search's trial (collapse.sweep.study writes the spec into the sweep dir and names it and
+# the trial number in these environment variables; collapse.run.pruning reports each epoch)
+SEARCH_SPEC_FILE = "optuna_study.json"
+SEARCH_SPEC_ENV, SEARCH_TRIAL_ENV = "COLLAPSE_OPTUNA_STUDY", "COLLAPSE_OPTUNA_TRIAL"
 # what collapse.metrics.diagnose may call a split (diagnosis.<split>.label)
 LABELS = ("healthy", "collapsed", "no_signal", "inflated", "biased", "underfit", "inconclusive")
 
@@ -72,7 +76,8 @@ class RunRecord:
     target's original units; NaN is stored as null."""
     status: str = "running"                # one of STATUSES
     stop_reason: Optional[str] = None      # max_epochs | early_stopping | collapse_guard | non_finite_loss
-                                           # | bad_input | exception | interrupted
+                                           # | bad_input | exception | interrupted | pruned (a search's
+                                           # pruner stopped it: status completed, best epoch so far)
     error: Optional[str] = None
     traceback: Optional[str] = None
     seed: Optional[int] = None

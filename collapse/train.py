@@ -50,6 +50,34 @@ log = logging.getLogger("collapse")
 register_configs()
 
 
+def help_keys(width: int = 120) -> str:
+    """Every schema key with its type, default and one-line description (collapse.config's
+    comments), grouped by config group: what `--help` prints (conf/config.yaml's
+    hydra.help.template calls it through the `collapse_help` resolver)."""
+    import textwrap
+
+    from collapse.config import schema_help
+
+    rows = schema_help()
+    key_w = max(len(k) for k, *_ in rows)
+    lines, section = [], None
+    for key, kind, default, text in rows:
+        group = key.split(".")[0] if "." in key else ""
+        if group != section:
+            section = group
+            lines += ["", f"{group}.*   (group {group}: {group}=OPTION picks a file in conf/{group}/)" if group
+                      and (Path(CONF_DIR) / group).is_dir() else f"{group or 'top level'}"]
+        shown = "null" if default is None else default
+        head = f"  {key.ljust(key_w)}  {kind} = {shown}"
+        lines += textwrap.wrap(text, width, initial_indent=head.ljust(key_w + 30) + "  ",
+                               subsequent_indent=" " * (key_w + 32)) if text else [head]
+    # string.Template (Hydra's help) reads `$`: double it
+    return "\n".join(lines).strip("\n").replace("$", "$$")
+
+
+OmegaConf.register_new_resolver("collapse_help", help_keys, replace=True)
+
+
 def to_config(cfg: DictConfig) -> Config:
     """Composed DictConfig -> validated dataclass (raises ConfigError naming the key)."""
     check_known_keys(OmegaConf.to_container(cfg, resolve=False))
@@ -111,10 +139,12 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
     on; an interrupt stops the process with 128 + the signal's number."""
     from collapse.run.execute import execute
     from collapse.sweep.cores import threads_per_job
-    from collapse.sweep.job import exit_with_parent, parent_gone
+    from collapse.sweep.job import JOB_LINE, console_for_job, exit_with_parent, parent_gone
 
     if multirun:
         exit_with_parent()          # a worker process must not outlive a killed sweep
+        # epoch lines to the job's log file only; collapse's launcher prints a line per job
+        console_for_job(job["num"], str((launcher or {}).get("_target_", "")).endswith(".ParallelLauncher"))
     metrics_path = run_dir / records.METRICS_FILE
     record = RunRecord(overrides=list(overrides), choices=choices, job=job)
     try:
@@ -155,7 +185,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
     labels = ", ".join(f"{split} {d.get('label')}" for split, d in (record.diagnosis or {}).items()) or "none"
     log.info(f"{record.status} ({record.stop_reason}) | best epoch {record.best_epoch} | "
              f"val R² {_num(val.get('r2'))} | var ratio {_num(val.get('variance_ratio'))} "
-             f"| diagnosis {labels} | {metrics_path}")
+             f"| diagnosis {labels} | {metrics_path}", extra={JOB_LINE: True})
     if record.status == "diverged":
         log.warning("the loss became non-finite: recorded as diverged (try a lower trainer.lr)")
     return _num_or_nan(record.monitor_value)
@@ -266,7 +296,46 @@ def _objective(value: float, sweeper: DictConfig) -> float:
     return failed_objective(sweeper) if math.isnan(value) else value
 
 
-def run(overrides: Sequence[str] = (), run_dir: Optional[str | Path] = None) -> RunRecord:
+class _RunConsole:
+    """run()'s progress in a notebook with no logging set up: Python shows only warnings
+    then, so the epoch lines (collapse's INFO) go to stdout through a handler of its own,
+    for the call's duration. Logging the user configured keeps its say (nothing is added,
+    so nothing is printed twice, nor does a level set on the "collapse" logger); `quiet`
+    keeps only warnings."""
+
+    def __init__(self, quiet: bool):
+        self.quiet, self.handler, self.level = quiet, None, None
+
+    def __enter__(self):
+        self.level = log.level
+        if self.quiet:
+            log.setLevel(logging.WARNING)
+        elif log.level == logging.NOTSET and not _shows_info(log):     # a level the user set is theirs
+            self.handler = logging.StreamHandler(sys.stdout)
+            self.handler.setFormatter(logging.Formatter("%(message)s"))
+            log.addHandler(self.handler)
+            log.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        if self.handler is not None:
+            log.removeHandler(self.handler)
+        log.setLevel(self.level)
+
+
+def _shows_info(logger: logging.Logger) -> bool:
+    """Whether an INFO record of `logger` reaches a handler that prints it."""
+    if logger.getEffectiveLevel() > logging.INFO:
+        return False
+    node: Optional[logging.Logger] = logger
+    while node is not None:
+        if any(h.level <= logging.INFO for h in node.handlers):
+            return True
+        node = node.parent if node.propagate else None
+    return False
+
+
+def run(overrides: Sequence[str] = (), run_dir: Optional[str | Path] = None, quiet: bool = False) -> RunRecord:
     """Notebook API: compose the config with `overrides`, train, return the RunRecord.
 
     The same execution path as the CLI (collapse.run.execute). With `run_dir`, the
@@ -274,17 +343,19 @@ def run(overrides: Sequence[str] = (), run_dir: Optional[str | Path] = None) -> 
     locked while in use, another config's result refused, `resume=true` returns a
     finished result or continues an interrupted run. Raises ConfigError, DataError or
     RunExists for bad input (the message names the key or file); a KeyboardInterrupt
-    is recorded as `interrupted`, then re-raised. Torch's thread count is restored."""
+    is recorded as `interrupted`, then re-raised. Torch's thread count is restored.
+    Its epoch lines print to stdout (a notebook shows them) without any logging set-up;
+    `quiet=True` keeps only warnings."""
     # Hydra's global state (initialize_config_dir) and torch's thread count are per
     # process: calls from several threads take turns
     with _RUN_LOCK:
-        return _run(overrides, run_dir)
+        return _run(overrides, run_dir, quiet)
 
 
 _RUN_LOCK = threading.Lock()
 
 
-def _run(overrides: Sequence[str], run_dir: Optional[str | Path]) -> RunRecord:
+def _run(overrides: Sequence[str], run_dir: Optional[str | Path], quiet: bool = False) -> RunRecord:
     from hydra import compose, initialize_config_dir
 
     from collapse.run.execute import execute
@@ -297,9 +368,33 @@ def _run(overrides: Sequence[str], run_dir: Optional[str | Path]) -> RunRecord:
     run_dir = Path(run_dir) if run_dir is not None else None
     record = RunRecord(overrides=list(overrides), choices=choices,
                        job={"num": None, "dir": str(run_dir.resolve()) if run_dir else None, "config_name": "config"})
-    typed = _prepare(cfg, record)
-    return execute(typed, record, run_dir, threads=typed.trainer.threads)
+    with _RunConsole(quiet):
+        typed = _prepare(cfg, record)
+        return execute(typed, record, run_dir, threads=typed.trainer.threads)
+
+
+# Hydra's flags that take the next argument as their value
+_FLAGS_WITH_VALUE = {"-sc", "--shell-completion", "-cp", "--config-path", "-cn", "--config-name", "-cd",
+                     "--config-dir", "-c", "--cfg", "-p", "--package", "--info", "--experimental-rerun"}
+
+
+def cli() -> None:
+    """The command line (python -m collapse.train, collapse-train): a misspelt key fails in
+    one line with a suggestion before Hydra composes (its own message spans lines and
+    suggests nothing), then Hydra runs `main`."""
+    from collapse.config import unknown_override
+
+    groups = [p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()]
+    arguments = sys.argv[1:]
+    for i, argument in enumerate(arguments):
+        if i and arguments[i - 1] in _FLAGS_WITH_VALUE:
+            continue                    # -sc install=bash, --config-name NAME: not an override
+        message = unknown_override(argument, groups)
+        if message is not None:
+            print(f"collapse: error: {message}", file=sys.stderr)
+            raise SystemExit(2)
+    main()
 
 
 if __name__ == "__main__":
-    main()
+    cli()

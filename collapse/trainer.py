@@ -133,7 +133,8 @@ class Progress:
 class Trainer:
     """Fit a regressor with the settings of a TrainerConfig; fitted state ends in `_`.
 
-    `on_epoch_end(progress, checkpoint)` is called after every finished epoch;
+    `on_epoch_end(progress, checkpoint)` is called after every finished epoch (a true
+    return stops training: stop_reason `pruned`);
     `checkpoint()` builds (only when called: it copies the weights) the dict that
     `fit(..., resume=...)` continues from, bit for bit."""
 
@@ -237,8 +238,9 @@ class Trainer:
             if c.patience and p.since_best >= c.patience:
                 stop_reason = "early_stopping"
                 break
-            if on_epoch_end is not None:
-                on_epoch_end(p, checkpoint)
+            if on_epoch_end is not None and on_epoch_end(p, checkpoint):
+                stop_reason = "pruned"          # the caller stopped it (a search's pruner)
+                break
 
         if self.best_state_ is not None:
             model.load_state_dict(self.best_state_)

@@ -253,7 +253,7 @@ def collapse_run(path: Path, seed: int, *extra: str, frames: int = 1) -> dict:
     from collapse.train import run
 
     return run(["data=npz", f"data.path={path}", f"data.temporal_frames={frames}", f"seed={seed}",
-                "trainer.threads=1", *extra]).to_dict()
+                "trainer.threads=1", *extra], quiet=True).to_dict()
 
 
 def summary(rec: dict, part: str = "test") -> dict:

@@ -67,14 +67,15 @@ CONFIG_CASES = {
     # Hydra's own "not in struct" message tells users to append with `+`: still refused
     "appended_unknown_key": (["+trainer.epoch=5"], ["trainer.epoch", "epochs"]),
     "appended_unknown_top_level_key": (["+epochs=5"], ["epochs is not a config key"]),
+    # a misspelt key: refused before Hydra composes, with a suggestion (collapse.train.cli)
+    "unknown_key": (["trainer.epochz=3"], ["trainer.epochz is not a config key", "did you mean trainer.epochs?"]),
+    "unknown_top_level_key": (["epochs=3"], ["epochs is not a config key"]),
     "unresolvable_interpolation": (["data=npz", "data.path=${oc.env:COLLAPSE_TEST_UNSET_VAR}"],
                                    ["data.path", "COLLAPSE_TEST_UNSET_VAR"]),
 }
 
 # refused by Hydra while composing: the first line names the key or the group option
 HYDRA_CASES = {
-    "unknown_key": (["trainer.epochz=3"], "trainer.epochz"),
-    "unknown_top_level_key": (["epochs=3"], "epochs"),
     "wrong_type_int": (["trainer.epochs=abc"], "trainer.epochs=abc"),
     "wrong_type_float": (["trainer.lr=fast"], "trainer.lr=fast"),
     "wrong_type_bool": (["trainer.guard=maybe"], "trainer.guard=maybe"),

@@ -116,6 +116,7 @@ class _Run:
         self.trackers = None
         self.trainer = None
         self.interrupts: Optional[Interrupts] = None
+        self.trial = None                   # a search's trial this run reports to (collapse.run.pruning)
 
     def write(self) -> None:
         if self.run_dir is not None:
@@ -180,6 +181,10 @@ def _prepare(run: _Run) -> None:
         for warning in check_model(cfg.model, run.data.X_train):
             record.warnings.append(warning)
             log.warning(f"collapse: warning: {warning}")
+    if os.environ.get(records.SEARCH_TRIAL_ENV):           # a trial of a search (collapse.sweep.study)
+        from collapse.run.pruning import TrialReporter
+
+        run.trial = TrialReporter.from_env(str(cfg.trainer.monitor))
     if cfg.logger.names:                                   # imported only when chosen
         from collapse.run.trackers import Loggers, LoggerUnavailable
 
@@ -315,12 +320,13 @@ def _train(run: _Run) -> None:
         # the trainer's val metrics are on z; pred_std, rmse, ... back in the file's units
         return [to_original_units(h, data.target_std, data.target_mean, "val_") for h in history]
 
-    def on_epoch_end(progress, make_checkpoint) -> None:
+    def on_epoch_end(progress, make_checkpoint) -> bool:
         nonlocal last_write
         record.history, record.epochs_run = original_units(progress.history), progress.epoch
         record.best_epoch = progress.best_epoch
         if run.trackers is not None:
             run.trackers.epoch(record.history)             # never raises
+        pruned = run.trial is not None and run.trial.epoch(record.history[-1])
         if run.run_dir is not None and time.monotonic() - last_write >= cfg.checkpoint_every_s:
             # checkpoint first: a record never points past the checkpoint it continues from
             with run.interrupts.deferred():
@@ -328,6 +334,7 @@ def _train(run: _Run) -> None:
                                    {**make_checkpoint(), "ssl_history": record.ssl_history})
                 run.write()
             last_write = time.monotonic()
+        return pruned
 
     result = trainer.fit(model, loss_fn, X_train, y_train, w_train if weighted else None, X_val, y_val,
                          resume=checkpoint, on_epoch_end=on_epoch_end)

@@ -1,4 +1,4 @@
-"""Experiment tracking: TensorBoard event files and MLflow runs, beside metrics.json.
+"""Experiment tracking: TensorBoard event files, MLflow and W&B runs, beside metrics.json.
 
     loggers = Loggers.create(["tensorboard", "mlflow"], cfg.logger, run_dir)
     loggers.start(record)          # before training: MLflow run, params, tags
@@ -12,7 +12,11 @@ of the run with one warning that names it; the warning also goes into the record
 `warnings`. A missing package is refused by `create`, before anything trains, with the
 command that installs it.
 
-mlflow, tensorboard and torch.utils.tensorboard are imported here, and only when a
+Runs are named by their cell, as the sweep's console names them (collapse.labels:
+`frames=3 λ=0.5 seed=1`): the MLflow run name, the W&B run name and the TensorBoard run
+directory. An MLflow sweep is one parent run with a nested child run per job.
+
+mlflow, tensorboard, torch.utils.tensorboard and wandb are imported here, and only when a
 logger is chosen: `import collapse.train` and a run with logger=none never load them.
 """
 from __future__ import annotations
@@ -26,11 +30,12 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from collapse.config import ConfigError, LoggerConfig
+from collapse.labels import cell_name
 
 log = logging.getLogger("collapse")
 
 INSTALL = 'pip install "collapse[tracking]"   (or: pip install {package})'
-PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 METRIC_KEYS = ("r2", "variance_ratio", "pred_std", "rmse", "mae", "pearson_r")
 
 
@@ -71,6 +76,25 @@ def final_metrics(record: dict) -> dict:
     return out
 
 
+def run_name(record: dict) -> str:
+    """The run's cell (`frames=3 λ=0.5 seed=1`); a run without overrides: its directory's name."""
+    name = cell_name(record.get("overrides") or [])
+    job = record.get("job") or {}
+    if name == "defaults" and job.get("dir") and job.get("num") is None:
+        return Path(job["dir"]).name
+    return name
+
+
+def sweep_of(record: dict) -> Optional[Path]:
+    """The sweep directory of a sweep job (its job directory's parent), else None."""
+    job = record.get("job") or {}
+    return Path(job["dir"]).resolve().parent if job.get("num") is not None and job.get("dir") else None
+
+
+def _dir_name(name: str) -> str:
+    return name.replace("/", "∕").replace("\0", "") or "run"      # one path component
+
+
 def run_tags(record: dict) -> dict:
     """Status, stop reason, the diagnosis per split, the sweep a job belongs to, choices."""
     job = record.get("job") or {}
@@ -95,9 +119,11 @@ def run_tags(record: dict) -> dict:
 # ---------------------------------------------------------------- TensorBoard
 
 class TensorBoardLogger:
-    """Event files in the run directory: train/loss, val/loss, val/r2, val/variance_ratio,
-    val/pred_std, ... per epoch (step = epoch); at the end the best metrics with the
-    flattened config as hparams (TensorBoard's HPARAMS tab)."""
+    """Event files: train/loss, val/loss, val/r2, val/variance_ratio, val/pred_std, ... per
+    epoch (step = epoch); at the end the best metrics with the flattened config as hparams
+    (TensorBoard's HPARAMS tab). A single run writes into its run directory; a sweep's job
+    into SWEEP_DIR/tensorboard/<its cell>, so `tensorboard --logdir SWEEP_DIR/tensorboard`
+    lists the runs as `frames=3 λ=0.5 seed=1`, not as job numbers."""
 
     name = "tensorboard"
 
@@ -109,7 +135,11 @@ class TensorBoardLogger:
             raise RuntimeError("it writes into the run directory: pass run_dir to collapse.train.run")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(self.run_dir))
+        self.writer = SummaryWriter(log_dir=str(self.log_dir(record)))
+
+    def log_dir(self, record: dict) -> Path:
+        sweep = sweep_of(record)
+        return sweep / "tensorboard" / _dir_name(run_name(record)) if sweep is not None else self.run_dir
 
     def epoch(self, row: dict) -> None:
         step = int(row["epoch"])
@@ -213,15 +243,34 @@ class MlflowLogger:
                 experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
             else:
                 experiment_id = experiment.experiment_id
-            job = record.get("job") or {}
-            name = Path(job["dir"]).name if job.get("dir") else None
-            if job.get("num") is not None and job.get("dir"):
-                name = f"{Path(job['dir']).parent.name}/{job['num']}"
-            run = self.client.create_run(experiment_id, run_name=name, tags=run_tags(record))
+            tags = run_tags(record)
+            sweep = sweep_of(record)
+            if sweep is not None:           # one parent run per sweep: the jobs nest under it
+                tags["mlflow.parentRunId"] = self._parent(experiment_id, sweep, record)
+            run = self.client.create_run(experiment_id, run_name=run_name(record), tags=tags)
         self.run_id = run.info.run_id
         params = [Param(k, str(v)[:6000]) for k, v in flatten(record.get("config") or {}).items()]
         for i in range(0, len(params), 100):            # MLflow takes at most 100 params a call
             self.client.log_batch(self.run_id, params=params[i:i + 100])
+
+    def _parent(self, experiment_id: str, sweep: Path, record: dict) -> str:
+        """The sweep's parent run, created by its first job. Jobs run in parallel: on SQLite
+        the store's lock serialises this; against a server two first jobs may both create
+        one, and the later drops its own and joins the earliest."""
+        from mlflow.tracking import MlflowClient  # noqa: F401 - the client is made in start
+
+        query = f"tags.`collapse.sweep_parent` = '{sweep}'"
+        found = self.client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"])
+        if found:
+            return found[0].info.run_id
+        name = ((record.get("config") or {}).get("sweep") or {}).get("name") or "sweep"
+        created = self.client.create_run(experiment_id, run_name=f"{name} {sweep.name}",
+                                         tags={"collapse.sweep_parent": str(sweep), "sweep_dir": str(sweep)})
+        found = self.client.search_runs([experiment_id], filter_string=query, order_by=["attributes.start_time ASC"])
+        if found and found[0].info.run_id != created.info.run_id:
+            self.client.delete_run(created.info.run_id)
+            return found[0].info.run_id
+        return created.info.run_id
 
     def epoch(self, row: dict) -> None:
         import time
@@ -249,12 +298,77 @@ class MlflowLogger:
         else:
             self.client.log_dict(self.run_id, record, "metrics.json")
         self.client.set_terminated(self.run_id, self.END_STATUS.get(record.get("status"), "FINISHED"))
+        parent = self.client.get_run(self.run_id).data.tags.get("mlflow.parentRunId")
+        if parent:
+            # the parent ends with its latest job (a resumed sweep reopens and ends it again)
+            self.client.set_terminated(parent, "FINISHED")
         self.run_id = None
 
     def close(self) -> None:
         if self.client is not None and self.run_id is not None:
             try:
                 self.client.set_terminated(self.run_id, "FAILED")
+            except Exception:  # noqa: BLE001 - already failing: nothing more to say
+                pass
+
+
+# ---------------------------------------------------------------- Weights & Biases
+
+def wandb_mode() -> str:
+    """WANDB_MODE when set; else online when logged in (WANDB_API_KEY or a netrc entry for
+    the W&B host), offline otherwise: the run is kept under wandb/ and `wandb sync` uploads it."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    try:
+        import netrc
+
+        host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+        return "online" if netrc.netrc().authenticators(host) else "offline"
+    except (OSError, netrc.NetrcParseError):
+        return "offline"
+
+
+class WandbLogger:
+    """One W&B run per job, named by its cell and grouped by its sweep directory: config
+    = the composed config flattened, per-epoch metrics at step = epoch, the final metrics
+    in the summary, status and diagnosis as tags. Offline unless logged in (wandb_mode);
+    the run's files go under the run directory's wandb/ (a sweep's: the sweep's)."""
+
+    name = "wandb"
+
+    def __init__(self, run_dir: Optional[Path], project: str):
+        self.run_dir, self.project, self.run = run_dir, project, None
+
+    def start(self, record: dict) -> None:
+        import wandb
+
+        sweep = sweep_of(record)
+        where = sweep if sweep is not None else (self.run_dir or Path("outputs"))
+        Path(where).mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(project=self.project, name=run_name(record), mode=wandb_mode(), dir=str(where),
+                              group=str(sweep) if sweep is not None else None,
+                              config={k: v for k, v in flatten(record.get("config") or {}).items()},
+                              reinit="create_new",
+                              settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
+
+    def epoch(self, row: dict) -> None:
+        self.run.log({k: float(v) for k, v in row.items() if k != "epoch" and _finite(v) is not None},
+                     step=int(row["epoch"]))
+
+    def finish(self, record: dict) -> None:
+        self.run.summary.update(final_metrics(record))
+        tags = run_tags(record)
+        self.run.tags = tuple(f"{k}={tags[k]}"[:64] for k in ("status", "diagnosis.val", "diagnosis.test")
+                              if k in tags)
+        self.run.finish(exit_code=0 if record.get("status") in ("completed", "diverged", "stopped_collapse") else 1)
+        self.run = None
+
+    def close(self) -> None:
+        if self.run is not None:
+            try:
+                self.run.finish(exit_code=1)
             except Exception:  # noqa: BLE001 - already failing: nothing more to say
                 pass
 
@@ -285,6 +399,8 @@ class Loggers:
         for name in names:
             if name == "tensorboard":
                 made.append(TensorBoardLogger(run_dir))
+            elif name == "wandb":
+                made.append(WandbLogger(run_dir, options.experiment))
             else:
                 made.append(MlflowLogger(run_dir, options.tracking_uri, options.experiment))
         return cls(made, warnings)

@@ -521,6 +521,9 @@ def write_summary(summary: dict, histories: dict, out_dir, plots: bool = True) -
         written, plot_notes = write_plots(summary, histories, out_dir)
         summary["files"] += [p.name for p in written]
         summary["notes"] += plot_notes
+    from collapse.summary.html import write_html
+
+    summary["files"].append(write_html(summary, out_dir))      # after the plots: it embeds them
     write_outputs(summary, out_dir)
     return summary["files"]
 

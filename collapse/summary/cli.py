@@ -4,7 +4,8 @@
                                [--diagnosis-split val|test]
                                [--thresholds r2=0,0.3,0.5 ratio=0.4,0.7,0.85 collapse=0.1]
 
-Prints the tables first, then writes summary.{csv,md,json} and summary_*.png into --out
+Prints the ranked cells and the main effects in the terminal's width (COLUMNS, default 100),
+then writes the wide tables (summary.txt, .md), summary.{csv,json} and summary_*.png into --out
 (default: the sweep directory), atomically. A directory it cannot write to gets a
 one-line note, not an error.
 """
@@ -13,7 +14,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -51,10 +54,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"collapse: error: {e}", file=sys.stderr)
         return 2
     code = 0
+    width = shutil.get_terminal_size((100, 24)).columns     # COLUMNS first, then the terminal
     try:        # the tables first: a sweep dir nobody can write to still gets them
         for problem in summary["problems"]:
             print(f"problem: {problem}", file=sys.stderr)
-        print((search if summary.get("kind") == "search" else report).render_text(summary), end="")
+        if summary.get("kind") == "search":
+            print(search.render_text(summary), end="")
+        else:
+            print(report.render_console(summary, width), end="")
         sys.stdout.flush()      # a closed pipe must show here, not in the flush at exit
     except BrokenPipeError:
         # the reader left early (`| head`). Send what is still buffered to devnull so the
@@ -65,7 +72,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out_dir = args.out if args.out is not None else args.sweep_dir
     try:
         files = write_summary(summary, histories, out_dir, plots=not args.no_plots)
-        message = f"wrote {', '.join(files)} in {out_dir}"
+        message = "\n".join(textwrap.wrap(f"wrote {', '.join(files)} in {out_dir}", width,
+                                           subsequent_indent="  ", break_on_hyphens=False, break_long_words=False))
     except OSError as e:
         message = f"note: could not write the summary files in {out_dir} ({type(e).__name__}: {e.strerror or e})"
     if code == 0:

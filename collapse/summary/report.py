@@ -10,9 +10,11 @@ import csv
 import io
 import json
 import math
+import textwrap
 from pathlib import Path
 
 from collapse import records
+from collapse.labels import cell_name, fit, short_key
 from collapse.summary.jobs import DIAGNOSES, PAIRED_KEYS, STAT_KEYS, STATES
 
 NAMES = {f"{split}.{m}": f"{split} {name}" for split in ("val", "test")
@@ -221,6 +223,72 @@ def render_text(summary: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _compact_cell_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """The ranked cells in a few columns: the full table (every rate, the paired Δ) is in
+    summary.md and summary.txt."""
+    factors = [f["key"] for f in summary["factors"]]
+    split = summary.get("diagnosis_split", "val")
+    es, other = _splits(summary)
+    headers = ["rank", "cell", "n", f"{es} R² (95% CI)", f"{other} R²", f"{es} var ratio", "verdict",
+               f"{split} diagnoses"]
+    rows = []
+    ranked = sorted(summary["cells"], key=lambda c: (c["incomplete"], c["rank"] is None, c["rank"] or 0))
+    for c in ranked:
+        m, n = c["metrics"], c["n_results"]
+        rows.append([("—" if c["rank"] is None else str(c["rank"])) + ("*" if c["baseline"] else ""),
+                     _short_cell(c, factors), f"{n}/{c['n_planned']}",
+                     _mean_ci(m[f"{es}.r2"], n_of=n), _fmt(m[f"{other}.r2"]["mean"]),
+                     _fmt(m[f"{es}.variance_ratio"]["mean"]), c["verdict"] if not c["incomplete"] else "incomplete",
+                     _diagnoses(c)])
+    return headers, rows
+
+
+def _short_cell(c: dict, factors) -> str:
+    return cell_name(f"{f}={c['settings'][f]}" for f in factors)
+
+
+def _compact_effect_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    es, _ = _splits(summary)
+    headers = ["factor", "level", "n", f"{es} R² EMM (95% CI)", "Δ vs first", f"{es} var ratio EMM"]
+    rows = []
+    for e in summary["main_effects"]:
+        for i, lvl in enumerate(e["levels"]):
+            r2, ratio = lvl[f"{es}.r2"], lvl[f"{es}.variance_ratio"]
+            rows.append([short_key(e["factor"]) if i == 0 else "", str(lvl["value"]), str(r2["n"]), _mean_ci(r2),
+                         _mean_ci(r2["vs_first"], "+") if i else "", _mean_ci(ratio)])
+    return headers, rows
+
+
+def render_console(summary: dict, width: int = 100) -> str:
+    """What the terminal shows: the sweep in a few lines, the ranked cells and the main
+    effects, no line wider than `width` (COLUMNS); the wide tables (ANOVA, paired tests,
+    every rate) are in the files, summary.txt as render_text prints them."""
+    width = max(60, int(width))
+    th, j = summary["thresholds"], summary["jobs"]
+    statuses = ", ".join(f"{n} {s}" for s, n in j["by_status"].items() if n)
+    factors = "; ".join(f"{short_key(f['key'])} = {f['key']} ({', '.join(map(str, f['levels']))})"
+                        for f in summary["factors"]) or "none"
+    head = [f"sweep {summary['sweep_dir']}: {j['total']} jobs ({statuses}), {len(summary['cells'])} cells "
+            f"x {len(summary['seeds'])} seeds",
+            f"factors: {factors}; baseline {summary['baseline']['label']}",
+            f"effects, ranks and verdicts on the {_splits(summary)[0]} split ({_splits(summary)[1]} beside it); "
+            f"verdict: mean R² > {'/'.join(map(str, th['r2']))} and var ratio > "
+            f"{'/'.join(map(str, th['ratio']))} (minimum/good/excellent)"]
+    head += [f"note: {n}" for n in summary["notes"]]
+    head += [f"warning: {w}" for w in summary["warnings"]]
+    lines = [x for line in head for x in textwrap.wrap(line, width, subsequent_indent="  ")] + [""]
+    lines += _text_table(*_compact_cell_rows(summary))
+    factors = [f["key"] for f in summary["factors"]]
+    flagged = [f"  {_short_cell(c, factors)}: {', '.join(x for x in _cell_flags(c).split(', ') if x != 'baseline')}"
+               for c in summary["cells"] if _cell_flags(c) not in ("", "baseline")]
+    lines += ["* the baseline" + (", flags:" if flagged else ""), *flagged]
+    if summary["main_effects"]:
+        lines += ["", "main effects (estimated marginal means, 95% CI from the within-cell error):",
+                  *_text_table(*_compact_effect_rows(summary))]
+    lines += ["", "ANOVA, paired tests vs baseline and every rate: summary.txt, summary.md (and .csv, .json, .html)"]
+    return "\n".join(fit(line, width) for line in lines) + "\n"
+
+
 def render_markdown(summary: dict) -> str:
     lines = [f"# Sweep summary: `{summary['sweep_dir']}`", "", *(f"- {x}" for x in _header_lines(summary)), ""]
     for title, items in (("Warnings", summary["warnings"]), ("Notes", summary["notes"]),
@@ -276,6 +344,9 @@ def write_outputs(summary: dict, out_dir: Path, csv_renderer=None, markdown_rend
     passes its own renderers: collapse.summary.search)."""
     out_dir = Path(out_dir)
     summary["files"] = ["summary.csv", "summary.md", "summary.json"] + summary["files"]
+    if csv_renderer is None:            # a grid's wide tables, as the console once printed them
+        summary["files"].insert(2, "summary.txt")
+        write_file(out_dir / "summary.txt", render_text(summary).encode())
     write_file(out_dir / "summary.csv", (csv_renderer or render_csv)(summary).encode())
     write_file(out_dir / "summary.md", (markdown_renderer or render_markdown)(summary).encode())
     data = json.dumps(records.finite_or_none(summary), indent=1, allow_nan=False)   # NaN as null

@@ -26,7 +26,7 @@ import yaml
 from collapse.summary.jobs import STATISTICS_STATUSES, Job, number
 from collapse.summary.report import write_outputs
 
-RESULTS_FILE = "optimization_results.yaml"      # hydra-optuna-sweeper's, in the sweep dir
+RESULTS_FILE = "optimization_results.yaml"      # collapse.sweep.study's (as hydra-optuna-sweeper's), in the sweep dir
 SCHEMA = 1
 
 
@@ -78,20 +78,18 @@ def _importance(trials: list, factors: list, sweeper: dict) -> tuple[Optional[di
             if low == high:
                 continue        # a parameter that never moved has no importance to measure
             log_scale = "log" in str(params.get(f, "")) and low > 0
-            distributions[f] = (optuna.distributions.LogUniformDistribution(low, high) if log_scale
-                                else optuna.distributions.UniformDistribution(low, high))
+            distributions[f] = optuna.distributions.FloatDistribution(low, high, log=log_scale)
         if not distributions:
             return None, "parameter importance: no parameter varied"
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")         # create_trial/add_trial are "experimental" in 2.x
+            warnings.simplefilter("ignore")         # optuna's experimental-feature warnings
             study = optuna.create_study(direction="maximize")
             for t in done:
                 study.add_trial(optuna.trial.create_trial(
                     params={f: t["params"][f] for f in distributions}, distributions=distributions,
                     value=t["objective"]))
-            # Mean decrease in impurity of a seeded random forest. Not Optuna's default fANOVA:
-            # the optuna 2.10 that hydra-optuna-sweeper allows fails inside it with a current
-            # scikit-learn (ValueError: "setting an array element with a sequence")
+            # Mean decrease in impurity of a seeded random forest (fANOVA, Optuna's default, failed
+            # inside optuna 2.10 with a current scikit-learn; MDI kept so the figures stay comparable)
             evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
             importances = optuna.importance.get_param_importances(study, evaluator=evaluator)
     except Exception as e:  # noqa: BLE001 - importance is a bonus: never the summary's failure
@@ -237,7 +235,10 @@ def write_plot(summary: dict, out_dir: Path) -> Optional[Path]:
     done = [t for t in summary["trials"] if t["objective"] is not None]
     if not factors or not done:
         return None
-    fig, axes = plt.subplots(1, len(factors), figsize=(3.4 * len(factors), 3.2), squeeze=False, sharey=True)
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    fig, axes = plt.subplots(1, len(factors), figsize=(max(10.0, 3.8 * len(factors)), 4.0), squeeze=False,
+                             sharey=True)
     best = summary["best"]
     log_scale = {f["key"]: f.get("log") for f in summary["factors"]}
     for ax, f in zip(axes[0], factors):
@@ -248,7 +249,20 @@ def write_plot(summary: dict, out_dir: Path) -> Optional[Path]:
         positive = [x for x in xs if x is not None and x > 0]
         if len(positive) == len(xs) and (log_scale.get(f) or max(positive) / min(positive) > 100):
             ax.set_xscale("log")
+            # matplotlib's default labelled minor ticks within a decade, and they overlapped (or
+            # left a narrow range with no label): a label a decade over wide ranges, else 4
+            # log-spaced ticks at 2 significant digits; none on the minor ticks
+            low, high = min(positive), max(positive)
+            if high / low >= 100:
+                ax.xaxis.set_major_locator(LogLocator(base=10, numticks=6))
+            else:
+                ticks = sorted({float(f"{t:.2g}") for t in
+                                (low * (high / low) ** (i / 3) for i in range(4))})
+                ax.set_xticks(ticks, [f"{t:.2g}" for t in ticks])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.tick_params(axis="x", labelrotation=30)
         ax.set_xlabel(f)
+        ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(summary["objective"])
     if best:
         axes[0][0].legend(fontsize="small")
@@ -266,5 +280,8 @@ def write(summary: dict, out_dir: Path, plots: bool = True) -> list[str]:
         path = write_plot(summary, out_dir)
         if path is not None:
             summary["files"].append(path.name)
+    from collapse.summary.html import write_html
+
+    summary["files"].append(write_html(summary, out_dir))      # after the plot: it embeds it
     write_outputs(summary, out_dir, render_csv, render_markdown)
     return summary["files"]

@@ -160,6 +160,7 @@ class WorkerPool:
     def __init__(self, n_workers: int, payload: bytes):
         self.payload = payload
         self.workers: list[_Worker] = []
+        self._on_done: Optional[Callable[[tuple, tuple], None]] = None
         self._started, self._all_ready = time.monotonic(), False
         self._context = multiprocessing.get_context("spawn")
         for _ in range(n_workers):
@@ -178,10 +179,13 @@ class WorkerPool:
                          name="collapse-worker-payload").start()
         self.workers.append(_Worker(process, parent_end))
 
-    def map(self, tasks: Sequence[tuple], on_lost: Callable[[tuple, int, int], Any]) -> dict:
+    def map(self, tasks: Sequence[tuple], on_lost: Callable[[tuple, int, int], Any],
+            on_done: Optional[Callable[[tuple, tuple], None]] = None) -> dict:
         """tasks: (key, kind, data). Returns {key: ("ok" | "error", value)}; a task whose
-        worker died gets on_lost(task, exit code, the worker's pid) and a new worker takes the rest."""
+        worker died gets on_lost(task, exit code, the worker's pid) and a new worker takes the rest.
+        on_done(task, reply) is called as each task finishes (the sweep's progress lines)."""
         queue, results = deque(tasks), {}
+        self._on_done = on_done
         with _signals_raise():
             try:
                 while queue or any(w.task for w in self.workers):
@@ -219,6 +223,8 @@ class WorkerPool:
                         gone = True
                         break
                     else:
+                        if self._on_done is not None:
+                            self._on_done(w.task, message)
                         results[w.task[0]], w.task = message, None
             except (EOFError, OSError):
                 gone = True
@@ -238,6 +244,8 @@ class WorkerPool:
             raise SystemExit(1)
         if w.task is not None:
             results[w.task[0]] = ("lost", on_lost(w.task, code, w.process.pid))
+            if self._on_done is not None:
+                self._on_done(w.task, ("lost", f"lost: its worker process died ({_ended(code)})"))
         self._start()                           # the pool keeps its size for the rest of the sweep
 
     def shutdown(self, grace_s: float = SHUTDOWN_GRACE_S) -> None:
@@ -303,6 +311,20 @@ def _ended(exitcode: int) -> str:
     return f"exit code {exitcode}"
 
 
+def _planned_total(config) -> Optional[int]:
+    """How many jobs the sweep runs: the grid's size, a search's n_trials; None if unknown."""
+    from collapse.sweep.callback import planned_overrides
+
+    try:
+        jobs = planned_overrides(config)
+    except Exception:  # noqa: BLE001 - a count for the console only; Hydra reports bad sweeps itself
+        return None
+    if jobs is not None:
+        return len(jobs)
+    n_trials = config.hydra.sweeper.get("n_trials")
+    return int(n_trials) if isinstance(n_trials, int) else None
+
+
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
@@ -319,6 +341,7 @@ class Engine:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
         self.pool: Optional[WorkerPool] = None
         self._composed: dict[tuple, bytes] = {}
+        self.progress = None                    # SweepProgress, from the first launch on
         if self.n_workers > 1:
             self.pool = WorkerPool(self.n_workers, self._payload())
             atexit.register(self.close)         # a sweeper that never closes its launcher (Optuna)
@@ -357,14 +380,23 @@ class Engine:
         os.makedirs(str(hydra.sweep.dir), exist_ok=True)
         where = f"on {self.n_workers} worker processes" if self.pool else "in this process"
         log.info(f"Launching {len(batch)} jobs {where}")
+        if self.progress is None:
+            from collapse.sweep.progress import SweepProgress
+
+            self.progress = SweepProgress(_planned_total(self.config), fixed=list(self.config.hydra.overrides.task))
         tasks = []
         for i, overrides in enumerate(batch):
-            log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}")
+            # each job's cell is in its progress line when it finishes: the list goes to debug
+            log.debug(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(overrides))}")
             tasks.append((i, RUN, (initial_job_idx + i, self._composed.pop(tuple(overrides), None), list(overrides))))
         if self.pool is None:
             state = {"hydra_context": self.hydra_context, "config": self.config, "task_function": self.task_function}
-            return [_run(state, *data) for _, _, data in tasks]
-        replies = self.pool.map(tasks, on_lost=self._lost_job)
+            returns = []
+            for task in tasks:
+                returns.append(_run(state, *task[2]))
+                self._job_done(task, ("ok", returns[-1]))
+            return returns
+        replies = self.pool.map(tasks, on_lost=self._lost_job, on_done=self._job_done)
         returns = []
         for i in range(len(tasks)):
             kind, value = replies[i]
@@ -372,6 +404,22 @@ class Engine:
                 raise value
             returns.append(value)
         return returns
+
+    def _job_done(self, task: tuple, reply: tuple) -> None:
+        """A job finished (or its worker died): its progress line, read from its metrics.json."""
+        job_num, _, overrides = task[2]
+        kind, value = reply
+        job_dir = None
+        if kind == "ok":
+            try:
+                job_dir = str(value.hydra_cfg.hydra.runtime.output_dir)    # SweepProgress reads its record
+            except AttributeError:          # not a Hydra JobReturn: nothing to read
+                job_dir = None
+        lost = value if kind == "lost" else (f"error: {value}" if kind == "error" else "")
+        try:
+            self.progress.job_done(job_num, [o for o in overrides], job_dir, lost)
+        except OSError:
+            pass                            # a closed console must not stop the sweep
 
     def _lost_job(self, task: tuple, code: int, pid: int):
         from hydra.core.utils import JobReturn, JobStatus
@@ -390,6 +438,8 @@ class Engine:
         return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=value)
 
     def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
         if self.pool is not None:
             self.pool.shutdown()
             self.pool = None

@@ -3,9 +3,11 @@ what a job without a result tells the sweeper.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -52,11 +54,40 @@ def exit_with_parent(poll_s: float = 0.1) -> None:
     threading.Thread(target=watch, name="collapse-exit-with-parent", daemon=True).start()
 
 
+# a record with this attribute is the job's one closing line (collapse.train): a launcher that
+# prints its own progress lines (collapse's) drops it from the console, any other shows it
+JOB_LINE = "collapse_job_line"
+
+
+class _JobConsole(logging.Filter):
+    def __init__(self, keep_job_line: bool):
+        super().__init__()
+        self.keep_job_line = keep_job_line
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or (self.keep_job_line and getattr(record, JOB_LINE, False))
+
+
+def console_for_job(job_num: int, launcher_reports: bool) -> None:
+    """A sweep job's console: warnings and errors only, each with its job number (the
+    per-epoch lines of parallel jobs interleaved, unnumbered, into hundreds of lines); the
+    job's log file keeps everything. `launcher_reports`: the launcher prints a line per
+    finished job (collapse's), else the job's closing line stays on the console.
+    Hydra configures fresh handlers for every job, so this lasts one job."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) or not isinstance(handler, logging.StreamHandler):
+            continue
+        if handler.stream not in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+            continue
+        handler.addFilter(_JobConsole(keep_job_line=not launcher_reports))
+        handler.setFormatter(logging.Formatter(f"[job {job_num}][%(levelname)s] %(message)s"))
+
 
 def failed_objective(sweeper: DictConfig) -> float:
-    """What a job without a result returns to Hydra's sweeper: NaN, or for the Optuna
-    sweeper the worst value - hydra-optuna-sweeper 1.2/1.3 with optuna 2.10 stops the
-    whole search on a NaN (it tells Optuna the value twice; the second tell raises)."""
+    """What a job without a result returns to Hydra's sweeper: NaN, or for an Optuna
+    sweeper the worst value (hydra-optuna-sweeper 1.2/1.3 with optuna 2.10, if a user
+    picks it, stops the whole search on a NaN; collapse's own tells such a trial FAIL
+    either way, collapse.sweep.study.trial_value)."""
     if "optuna" in str(sweeper.get("_target_", "")).lower():
         return -math.inf if "max" in str(sweeper.get("direction", "minimize")).lower() else math.inf
     return math.nan

@@ -1,4 +1,4 @@
-"""Experiment tracking (collapse.run.trackers): what TensorBoard and MLflow readers find, a
+"""Experiment tracking (collapse.run.trackers): what TensorBoard, MLflow and W&B readers find, a
 logger that fails does not cost the run, a missing package is refused before training,
 and nothing is imported unless a logger is chosen."""
 from __future__ import annotations
@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from collapse.labels import cell_name
+
 from conftest import cli
 
 TINY = ("data.n_samples=300", "trainer.epochs=3", "model.hidden_dim=16")
-HEAVY = ("mlflow", "tensorboard", "optuna", "pandas", "torch.utils.tensorboard")
+HEAVY = ("mlflow", "tensorboard", "optuna", "pandas", "torch.utils.tensorboard", "wandb")
 
 
 def _loaded_heavy(code: str) -> list[str]:
@@ -28,7 +30,7 @@ def _loaded_heavy(code: str) -> list[str]:
 def test_nothing_heavy_is_imported_without_a_logger():
     assert _loaded_heavy("import collapse.train, collapse.summary") == []
     code = ("from collapse.train import run\n"
-            f"r = run({list(TINY)!r})\nassert r.status == 'completed', r.status")
+            f"r = run({list(TINY)!r}, quiet=True)\nassert r.status == 'completed', r.status")
     assert _loaded_heavy(code) == []
 
 
@@ -49,9 +51,14 @@ def test_a_sweep_reads_back_in_mlflow_and_tensorboard(tmp_path):
     client = _client(tmp_path)
     experiment = client.get_experiment_by_name("collapse")
     runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 2
+    assert len(runs) == 3                                         # the sweep's parent and a child per job
     sweep_dir = str((tmp_path / "sw").resolve())
-    for run in runs:
+    [parent] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r is not parent]
+    assert parent.info.run_name == "adhoc sw" and parent.data.tags["sweep_dir"] == sweep_dir
+    assert parent.info.status == "FINISHED"
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    for run in children:
         job = int(run.data.tags["job_num"])
         record = json.loads((tmp_path / "sw" / str(job) / "metrics.json").read_text())
         assert run.info.status == "FINISHED"
@@ -67,7 +74,9 @@ def test_a_sweep_reads_back_in_mlflow_and_tensorboard(tmp_path):
         assert run.data.metrics["best.test.r2"] == pytest.approx(record["best"]["test"]["r2"])
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"metrics.json", "model.pt"}
 
-        events = EventAccumulator(str(tmp_path / "sw" / str(job)))
+        assert run.info.run_name == cell_name(record["overrides"])       # the cell, as the console says it
+        assert "λ=" in run.info.run_name
+        events = EventAccumulator(str(tmp_path / "sw" / "tensorboard" / run.info.run_name))
         events.Reload()
         scalars = set(events.Tags()["scalars"])
         assert {"train/loss", "val/loss", "val/r2", "val/variance_ratio", "val/pred_std"} <= scalars
@@ -103,8 +112,8 @@ def test_a_missing_package_is_refused_before_training(tmp_path):
 
 
 def test_logger_names_are_typed(tmp_path):
-    out = cli(["logger.names=[mlflow,wandb]", "--cfg", "job"], tmp_path)
-    assert out.returncode != 0 and "wandb" in out.stderr
+    out = cli(["logger.names=[mlflow,comet]", "--cfg", "job"], tmp_path)
+    assert out.returncode != 0 and "comet" in out.stderr
 
 
 def test_a_logger_that_raises_mid_run_is_dropped_with_one_warning(tmp_path, monkeypatch):
@@ -159,3 +168,62 @@ def test_an_interrupted_run_ends_killed_in_mlflow(tmp_path, monkeypatch):
     [mlrun] = client.search_runs([client.get_experiment_by_name("collapse").experiment_id])
     assert record["status"] == mlrun.data.tags["status"] == "interrupted" and mlrun.info.status == "KILLED"
     assert [m.step for m in client.get_metric_history(mlrun.info.run_id, "val_r2")] == [1, 2]
+
+
+def read_wandb(path: Path) -> list:
+    """The records of a .wandb file (W&B's own protobuf Record, in its leveldb-log framing:
+    a 7-byte header, then 32 KiB blocks of chunks with a 7-byte header each)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data, block, pos, chunks, pending = path.read_bytes(), 32768, 7, [], b""
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:                 # a block's tail too short for a header: padding
+            pos += block - pos % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        payload, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 1:
+            chunks.append(payload)
+        elif kind in (2, 3):
+            pending += payload
+        elif kind == 4:
+            chunks.append(pending + payload)
+            pending = b""
+    records = []
+    for raw in chunks:
+        record = pb.Record()
+        record.ParseFromString(raw)
+        records.append(record)
+    return records
+
+
+@pytest.mark.slow
+def test_a_wandb_run_offline_reads_back(tmp_path):
+    pytest.importorskip("wandb")
+    env = {"HOME": str(tmp_path), "NETRC": str(tmp_path / "none")}      # not logged in
+    out = cli([*TINY, "logger=wandb", "loss.variance_lambda=0.5", "seed=1", "hydra.run.dir=run"], tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    [path] = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")      # offline: not logged in
+    records = read_wandb(path)
+    runs = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert runs and runs[0].display_name == "n_samples=300 epochs=3 hidden_dim=16 λ=0.5 seed=1"
+    config = {u.key: json.loads(u.value_json) for u in runs[-1].config.update}
+    assert config["loss.variance_lambda"] == 0.5 and config["seed"] == 1
+    history = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "history":
+            items = {i.nested_key[0] if i.nested_key else i.key: json.loads(i.value_json) for i in r.history.item}
+            history[r.history.step.num] = items
+    assert sorted(history) == [h["epoch"] for h in record["history"]]
+    for h in record["history"]:
+        assert history[h["epoch"]]["val_r2"] == pytest.approx(h["val_r2"])
+    summary = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "summary":
+            for u in r.summary.update:
+                summary[u.nested_key[0] if u.nested_key else u.key] = json.loads(u.value_json)
+    assert summary["best.test.r2"] == pytest.approx(record["best"]["test"]["r2"])

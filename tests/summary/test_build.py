@@ -648,7 +648,8 @@ def test_out_dir_modes_and_tables_printed_before_the_files(tmp_path):
     for name in ("summary.csv", "summary.md", "summary.json"):
         assert (out / name).stat().st_mode & 0o777 == 0o644 and not (sweep / name).exists()
     assert json.loads((out / "summary.json").read_text())["schema"] == 2
-    assert proc.stdout.rstrip().splitlines()[-1] == f"wrote summary.csv, summary.md, summary.json in {out}"
+    wrote = " ".join(line.strip() for line in proc.stdout.rstrip().split("\nwrote ")[-1].splitlines())
+    assert wrote == f"summary.csv, summary.md, summary.txt, summary.json, summary.html in {out}"   # wrapped
 
 
 @contextlib.contextmanager

@@ -52,17 +52,20 @@ def test_a_seeded_optuna_search_and_its_summary(tmp_path, capsys):
     assert set(summary["importance"]) <= {"loss.variance_lambda", "model.init_std", "trainer.lr"}
     assert (sweep / "summary_search.png").stat().st_size > 0
 
-    # seeded: the same first trials again; the same directory only with resume=true, which
-    # replays the finished trials from their records and trains only the new ones
+    # seeded: the same first trials again (each sweep is its own study); the same directory
+    # only with resume=true, which continues the stored study: the finished trials stay,
+    # only the missing ones run, with new parameters
     again = cli([*TUNE, *TINY, "hydra.sweeper.n_trials=2", "hydra.sweep.dir=again"], tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _trials(tmp_path / "again") == _trials(sweep)[:2]
+    first = [(tmp_path / "again" / str(n) / "metrics.json").read_bytes() for n in (0, 1)]
     refused = cli([*TUNE, *TINY, "hydra.sweeper.n_trials=4", "hydra.sweep.dir=again"], tmp_path)
     assert refused.returncode == 2 and "already holds a sweep; pass resume=true" in refused.stderr
     resumed = cli([*TUNE, *TINY, "hydra.sweeper.n_trials=4", "hydra.sweep.dir=again", "resume=true"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert (resumed.stdout + resumed.stderr).count("already holds a completed run of this config; skipped") == 2
-    assert _trials(tmp_path / "again") == _trials(sweep)
+    trials = _trials(tmp_path / "again")
+    assert len(trials) == 4 and trials[:2] == _trials(sweep)[:2] and trials[2] not in trials[:2]
+    assert [(tmp_path / "again" / str(n) / "metrics.json").read_bytes() for n in (0, 1)] == first
 
     # without Optuna's file, continuous factors with one job per cell still read as a search
     copy = tmp_path / "copy"
@@ -91,8 +94,7 @@ def test_load_runs_on_a_grid(tmp_path):
 
 
 def test_failed_trials_do_not_stop_a_search(tmp_path):
-    # NaN would stop hydra-optuna-sweeper + optuna 2.10 at the first failed trial; main
-    # returns -inf (maximize) instead, and the records say failed
+    # a trial without a result is told FAIL and the search goes on; the records say failed
     out = cli([*TUNE, *TINY, "hydra.sweeper.n_trials=2", "data.temporal_frames=99", "hydra.sweep.dir=fail"], tmp_path)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "jobs that did not complete: 0 (failed), 1 (failed)" in out.stderr
