@@ -210,6 +210,22 @@ class Config:
     sweep: SweepInfo = field(default_factory=lambda: SweepInfo())
 
 
+# hydra/launcher=ensemble (collapse.sweep.ensemble groups jobs, collapse.run.ensemble trains a
+# group as one stacked model): the keys members of one group may differ in; all others are shared
+ENSEMBLE_MEMBER_KEYS = ("seed", "loss.variance_lambda", "model.init_std", "trainer.lr", "trainer.weight_decay")
+
+
+def ensemble_refusal(model_name: str, logger_names: List[str]) -> Optional[str]:
+    """Why hydra/launcher=ensemble cannot train a config (one line), or None."""
+    if model_name == "custom":
+        return ("model=custom is refused: the ensemble engine stacks the built-in models (mean_pool, "
+                "temporal_conv, gru); train it with hydra/launcher=parallel")
+    if logger_names:
+        return (f"logger.names={list(logger_names)} is refused: runs trained together have no per-run "
+                "tracker; use logger=none or hydra/launcher=parallel")
+    return None
+
+
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is invalid: must be {allowed}")
