@@ -84,6 +84,11 @@ class StackedRegressor:
     @staticmethod
     def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         # x (M, N, in), weight (M, out, in), bias (M, out) -> (M, N, out)
+        if x.shape[0] == 1:
+            # torch computes a batch of one another way (its last digits differ): a member
+            # left alone in its stack, or resumed alone, must compute as it did beside others
+            return torch.baddbmm(bias.unsqueeze(1).expand(2, -1, -1), x.expand(2, -1, -1),
+                                 weight.transpose(1, 2).expand(2, -1, -1))[:1]
         return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
