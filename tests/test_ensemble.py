@@ -1,6 +1,7 @@
 """collapse.ensemble: members trained as one stacked model behave as their single runs."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -111,10 +112,10 @@ def test_resume_from_checkpoints_ends_as_uninterrupted():
                                        on_epoch_end=grab)
     assert all(c["progress"]["epoch"] == 1 for c in saved.values())
     resumed = StackedTrainer(cfg).fit(RegressionLoss(LossConfig()),
-                                      [_member(s, mc, lam, resume=saved[i]) for i, (s, lam) in enumerate(knobs)])
+                                      [_member(s, mc, lam, resume=copy.deepcopy(saved[i])) for i, (s, lam) in enumerate(knobs)])
     for a, b in zip(straight, resumed):
         assert [h["val_r2"] for h in a.history] == [h["val_r2"] for h in b.history]
     model, tensors = _run(1, mc)
     single = Trainer(cfg, 1, log_fn=lambda s: None).fit(model, RegressionLoss(LossConfig(variance_lambda=0.5)),
-                                                         *tensors, resume=saved[1])
+                                                         *tensors, resume=copy.deepcopy(saved[1]))
     assert np.allclose([h["val_r2"] for h in single.history], [h["val_r2"] for h in straight[1].history], atol=1e-4)
