@@ -111,8 +111,8 @@ def test_resume_from_checkpoints_ends_as_uninterrupted():
     straight = StackedTrainer(cfg).fit(RegressionLoss(LossConfig()), [_member(s, mc, lam) for s, lam in knobs],
                                        on_epoch_end=grab)
     assert all(c["progress"]["epoch"] == 1 for c in saved.values())
-    resumed = StackedTrainer(cfg).fit(RegressionLoss(LossConfig()),
-                                      [_member(s, mc, lam, resume=copy.deepcopy(saved[i])) for i, (s, lam) in enumerate(knobs)])
+    again = [_member(s, mc, lam, resume=copy.deepcopy(saved[i])) for i, (s, lam) in enumerate(knobs)]
+    resumed = StackedTrainer(cfg).fit(RegressionLoss(LossConfig()), again)
     for a, b in zip(straight, resumed):
         assert [h["val_r2"] for h in a.history] == [h["val_r2"] for h in b.history]
     model, tensors = _run(1, mc)
