@@ -46,7 +46,7 @@ def execute_group(members: Sequence[tuple[Config, RunRecord, Optional[Path]]], t
     unfinished member recorded it. Every run directory's lock is released on the way out."""
     runs = [ex._Run(cfg, record, run_dir) for cfg, record, run_dir in members]
     out: list = [None] * len(runs)
-    locks, todo = [], []
+    locks, todo, loaded = [], [], {}
     shared = shared_part(runs[0].cfg) if runs else None
     try:
         for i, run in enumerate(runs):
@@ -69,7 +69,11 @@ def execute_group(members: Sequence[tuple[Config, RunRecord, Optional[Path]]], t
                     why = "members of one ensemble group differ beyond " + ", ".join(MEMBER_KEYS)
                 if why is not None:
                     raise ConfigError(f"hydra/launcher=ensemble: {why}")
+                # members of one seed share their data (phase4: 3 loads for a stack of 12, not 12)
+                key = (repr(run.cfg.data), run.cfg.seed, run.cfg.ssl.enabled)
+                run.data = loaded.get(key)
                 ex._prepare(run)
+                loaded[key] = run.data
                 run.record.engine = "ensemble"
                 todo.append(i)
             except BAD_INPUT as e:

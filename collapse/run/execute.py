@@ -159,7 +159,8 @@ def _prepare(run: _Run) -> None:
     """Everything that can refuse the run before training: data, device, a custom model's
     first batch, the trackers' packages. Raises BAD_INPUT errors."""
     cfg, record = run.cfg, run.record
-    run.data = data_lib.load(cfg.data, cfg.seed, unlabeled=cfg.ssl.enabled)
+    if run.data is None:            # runs trained together share one load per data config and seed
+        run.data = data_lib.load(cfg.data, cfg.seed, unlabeled=cfg.ssl.enabled)
     run.device = resolve_device(cfg.trainer.device)        # cuda without CUDA is bad input
     if cfg.model.name == "custom":                          # one batch, (B, T, C) -> (B,)
         from collapse.models import check_model

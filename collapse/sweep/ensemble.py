@@ -47,11 +47,12 @@ def group_key(config: DictConfig) -> str:
     return json.dumps(tree, sort_keys=True, default=str)
 
 
-def chunks(groups: Sequence[list], n_workers: int, max_members: int) -> list[list]:
+def chunks(groups: Sequence[list], n_workers: int, max_members: int, cost=len) -> list[list]:
     """Cut groups into even chunks of at most `max_members` (0: the sweep's jobs / workers,
-    so a sweep of one group still keeps every worker busy); largest first. Bigger stacks
-    pay off more than finer balance: phase4 (3 groups of 12, 2 workers) took 17.7 s in
-    stacks of 12 against 38-41 s in stacks of 6 or 4 (the machine shared, one run each)."""
+    so a sweep of one group still keeps every worker busy), costliest first (`cost(chunk)`):
+    the pool hands the next chunk to the first free worker, so the cheap ones fill the gaps
+    at the end (longest-processing-time first). Whole stacks are kept over finer balance:
+    a stack's per-step cost is mostly launches, whatever its size."""
     out = []
     total = sum(len(g) for g in groups)
     cap = max_members if max_members > 0 else max(1, math.ceil(total / max(1, n_workers)))
@@ -59,7 +60,7 @@ def chunks(groups: Sequence[list], n_workers: int, max_members: int) -> list[lis
         n = math.ceil(len(group) / cap)
         size = math.ceil(len(group) / n)             # even chunks: 12 at cap 9 -> 6 + 6, not 9 + 3
         out += [group[i:i + size] for i in range(0, len(group), size)]
-    return sorted(out, key=len, reverse=True)
+    return sorted(out, key=cost, reverse=True)
 
 
 def run_group(state: dict, jobs: Sequence[tuple]) -> list:
@@ -109,7 +110,7 @@ class EnsembleEngine(Engine):
         os.makedirs(str(hydra.sweep.dir), exist_ok=True)
         state = {"hydra_context": self.hydra_context, "config": self.config}
         groups: dict[str, list] = {}
-        jobs = []
+        jobs, frames = [], []         # a stack's step costs about members x frames (the MLP's rows)
         for i, overrides in enumerate(batch):
             composed = self._composed.pop(tuple(overrides), None)
             if composed is None:
@@ -121,8 +122,10 @@ class EnsembleEngine(Engine):
                       f"({' '.join(filter_overrides(overrides))}): {why}", file=sys.stderr)
                 raise SystemExit(2)
             jobs.append((initial_job_idx + i, composed, list(overrides)))
+            frames.append(int(config.data.temporal_frames))
             groups.setdefault(group_key(config), []).append(i)
-        parts = chunks(list(groups.values()), self.n_workers, self.max_members)
+        parts = chunks(list(groups.values()), self.n_workers, self.max_members,
+                       cost=lambda part: sum(frames[i] for i in part))
         where = f"on {self.n_workers} worker processes" if self.pool else "in this process"
         log.info(f"Launching {len(batch)} jobs as {len(parts)} stacked model(s) of "
                  f"{'/'.join(str(len(p)) for p in parts)} members {where}")
