@@ -10,7 +10,6 @@ against samples/s.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 import time
@@ -76,8 +75,9 @@ def bench_ensemble(quick: bool, repeats: int, tmp: Path, epochs: int = 0) -> Res
 
 
 def bench_scaling(quick: bool, sizes=(1, 2, 4, 8, 12, 24, 36), model: str = "mean_pool", device: str = "cpu",
-                  threads: int = 1) -> Result:
-    """Samples/s of M members stacked vs the same M one at a time (Trainer.fit)."""
+                  threads: int = 1, repeats: int = 3) -> Result:
+    """Samples/s of M members stacked vs the same M one at a time (Trainer.fit), alternated,
+    the median of `repeats` (a shared machine: single timings swing 3x)."""
     import torch
 
     from collapse import data as data_lib
@@ -91,10 +91,10 @@ def bench_scaling(quick: bool, sizes=(1, 2, 4, 8, 12, 24, 36), model: str = "mea
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     sizes = (1, 2, 4) if quick else sizes
-    n = 600 if quick else 10000
+    n = 600 if quick else 5000
     data = data_lib.load(DataConfig(n_samples=n, temporal_frames=3), 0, unlabeled=False)
     mc = ModelConfig(name=model, init_std=0.5)
-    cfg = TrainerConfig(epochs=1 if quick else 3, patience=0, guard=False)
+    cfg = TrainerConfig(epochs=1 if quick else 2, patience=0, guard=False)
     t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
     X, y, Xv, yv = t(data.X_train), t(data.z_train), t(data.X_val), t(data.z_val)
     lams = (0.0, 0.25, 0.5, 1.0)
@@ -110,26 +110,37 @@ def bench_scaling(quick: bool, sizes=(1, 2, 4, 8, 12, 24, 36), model: str = "mea
 
     # warm-up: torch's first optimizer and first batched matmul pay one-off costs
     Trainer(cfg, 0, log_fn=lambda s: None).fit(model_for(0), RegressionLoss(LossConfig()), X, y, None, Xv, yv)
+    def one_by_one(m: int) -> float:
+        sync()
+        t0 = time.perf_counter()
+        for i in range(m):
+            loss = RegressionLoss(LossConfig(variance_lambda=lams[i % 4]))
+            Trainer(cfg, i, log_fn=lambda s: None).fit(model_for(i), loss, X, y, None, Xv, yv)
+        sync()
+        return time.perf_counter() - t0
+
+    def stacked(m: int) -> float:
+        members = [Member(model_for(i), i, cfg.lr, cfg.weight_decay, lams[i % 4], None, X, y, None, Xv, yv,
+                          log_fn=lambda s: None) for i in range(m)]
+        sync()
+        t0 = time.perf_counter()
+        StackedTrainer(cfg).fit(RegressionLoss(LossConfig()), members)
+        sync()
+        return time.perf_counter() - t0
+
     points = []
+    repeats = 1 if quick else repeats
     try:
         for m in sizes:
-            sync()
-            t0 = time.perf_counter()
-            for i in range(m):
-                loss = RegressionLoss(LossConfig(variance_lambda=lams[i % 4]))
-                Trainer(cfg, i, log_fn=lambda s: None).fit(model_for(i), loss, X, y, None, Xv, yv)
-            sync()
-            one_by_one = time.perf_counter() - t0
-            members = [Member(model_for(i), i, cfg.lr, cfg.weight_decay, lams[i % 4], None, X, y, None, Xv, yv,
-                              log_fn=lambda s: None) for i in range(m)]
-            sync()
-            t0 = time.perf_counter()
-            StackedTrainer(dataclasses.replace(cfg)).fit(RegressionLoss(LossConfig()), members)
-            sync()
-            stacked = time.perf_counter() - t0
+            times: dict = {"one": [], "stacked": []}
+            for r in range(repeats):
+                for kind in (("one", "stacked") if r % 2 == 0 else ("stacked", "one")):
+                    times[kind].append(one_by_one(m) if kind == "one" else stacked(m))
             samples = m * cfg.epochs * len(X)
-            points.append({"members": m, "stacked_samples_per_s": samples / stacked,
-                           "one_by_one_samples_per_s": samples / one_by_one, "speedup": one_by_one / stacked})
+            ratios = [a / b for a, b in zip(times["one"], times["stacked"])]
+            points.append({"members": m, "stacked_samples_per_s": samples / median(times["stacked"]),
+                           "one_by_one_samples_per_s": samples / median(times["one"]),
+                           "speedup": median(ratios), "speedups": ratios})
     finally:
         torch.set_num_threads(previous)
     res.figures = {"model": model, "device": device, "threads": threads, "train_samples": len(X),
@@ -137,5 +148,6 @@ def bench_scaling(quick: bool, sizes=(1, 2, 4, 8, 12, 24, 36), model: str = "mea
     for p in points:
         res.add(f"{model} on {device}, {p['members']:>2} members: stacked / one at a time",
                 p["stacked_samples_per_s"], "samples/s",
-                note=f"{p['one_by_one_samples_per_s']:,.0f} one at a time: {p['speedup']:.2f}x")
+                note=f"{p['one_by_one_samples_per_s']:,.0f} one at a time: {p['speedup']:.2f}x "
+                     f"(" + ", ".join(f"{x:.2f}" for x in p["speedups"]) + ")")
     return res
