@@ -91,10 +91,10 @@ def bench_scaling(quick: bool, sizes=(1, 2, 4, 8, 12, 24, 36), model: str = "mea
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     sizes = (1, 2, 4) if quick else sizes
-    n = 600 if quick else 5000
+    n = 600 if quick else 10000
     data = data_lib.load(DataConfig(n_samples=n, temporal_frames=3), 0, unlabeled=False)
     mc = ModelConfig(name=model, init_std=0.5)
-    cfg = TrainerConfig(epochs=1 if quick else 2, patience=0, guard=False)
+    cfg = TrainerConfig(epochs=1 if quick else 3, patience=0, guard=False)
     t = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
     X, y, Xv, yv = t(data.X_train), t(data.z_train), t(data.X_val), t(data.z_val)
     lams = (0.0, 0.25, 0.5, 1.0)
