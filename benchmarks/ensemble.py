@@ -41,7 +41,7 @@ def bench_ensemble(quick: bool, repeats: int, tmp: Path, epochs: int = 0) -> Res
     dirs: dict = {k: [] for k in variants}
     for i in range(repeats):
         for name in (list(variants) if i % 2 == 0 else list(reversed(variants))):
-            d = tmp / f"phase4_{name}_{i}"
+            d = tmp / f"ensemble_item_phase4_{name}_{i}"      # apart from parallel_sweep's dirs
             times[name].append(run_cmd(train_cmd(*grid, *variants[name], f"hydra.sweep.dir={d}",
                                                  config_name="phase4"), tmp).seconds)
             dirs[name].append(d)
