@@ -22,7 +22,7 @@ from pathlib import Path
 from benchmarks.common import Result, Row, run_cmd, train_cmd
 
 BENCHMARKS = ("throughput", "startup", "multirun_overhead", "parallel_sweep", "summary", "memory",
-              "main_job", "scaling", "gpu")
+              "main_job", "scaling", "ensemble", "gpu")
 
 
 def _slopes(points: list, unit: str, res: Result, label: str) -> None:
@@ -111,18 +111,36 @@ class Suite:
             res.notes.append("collapse.summary is not there yet: summary scaling skipped")
         return res
 
+    def ensemble(self) -> Result:
+        from benchmarks.ensemble import bench_ensemble, bench_scaling
+
+        res = bench_ensemble(self.quick, 1 if self.quick else self.args.parallel_repeats, self.tmp,
+                             self.args.phase4_epochs)
+        figures = {"phase4": res.figures}
+        for model in (("mean_pool",) if self.quick else ("mean_pool", "temporal_conv", "gru")):
+            scaling = bench_scaling(self.quick, model=model)
+            res.rows += scaling.rows
+            figures[f"scaling_{model}"] = scaling.figures
+        res.figures = figures
+        return res
+
     def gpu(self) -> Result:
         import torch
 
         if not torch.cuda.is_available():
             return Result(skipped="no CUDA device (torch.cuda.is_available() is False): "
                                   "GPU throughput and start-up skipped")
+        from benchmarks.ensemble import bench_scaling
         from benchmarks.processes import bench_startup
         from benchmarks.throughput import bench_throughput
 
         res = bench_throughput(self.quick, 1 if self.quick else 3 * self.repeats, device="cuda")
         start = bench_startup(self.quick, self.repeats, self.tmp, self.ctx, device="cuda")
         res.rows += start.rows
+        # members per stack against samples/s on the GPU, against one at a time there
+        scaling = bench_scaling(self.quick, device="cuda")
+        res.rows += scaling.rows
+        start.figures["ensemble_scaling"] = scaling.figures
         res.figures = {"throughput": res.figures, "startup": start.figures,
                        "device_name": torch.cuda.get_device_name(0)}
         return res

@@ -231,6 +231,27 @@ class Config:
     sweep: SweepInfo = field(default_factory=lambda: SweepInfo())
 
 
+# hydra/launcher=ensemble (collapse.sweep.ensemble groups jobs, collapse.run.ensemble trains a
+# group as one stacked model): the keys members of one group may differ in; all others are shared
+ENSEMBLE_MEMBER_KEYS = ("seed", "loss.variance_lambda", "model.init_std", "trainer.lr", "trainer.weight_decay")
+
+
+def ensemble_refusal(model_name: str, logger_names: List[str], lr_schedule: str = "none") -> Optional[str]:
+    """Why hydra/launcher=ensemble cannot train a config (one line), or None."""
+    if str(lr_schedule) != "none":
+        # the stacked loop (collapse.ensemble) keeps one constant lr per member; a per-member
+        # plateau schedule would have to mirror Trainer's ReduceLROnPlateau step for step
+        return (f"trainer.lr_schedule={lr_schedule} is refused: the ensemble engine trains with a constant lr "
+                "per member; set trainer.lr_schedule=none (the study's presets do) or use hydra/launcher=parallel")
+    if model_name == "custom":
+        return ("model=custom is refused: the ensemble engine stacks the built-in models (mean_pool, "
+                "temporal_conv, gru); train it with hydra/launcher=parallel")
+    if logger_names:
+        return (f"logger.names={list(logger_names)} is refused: runs trained together have no per-run "
+                "tracker; use logger=none or hydra/launcher=parallel")
+    return None
+
+
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is invalid: must be {allowed}")

@@ -105,6 +105,7 @@ class RunRecord:
     job: dict = field(default_factory=dict)           # num (sweeps), dir, config_name
     device: Optional[str] = None
     threads: Optional[int] = None
+    engine: str = "single"                 # single: Trainer.fit; ensemble: stacked with other runs (collapse.ensemble)
     started_at: Optional[float] = None
     wall_time_s: Optional[float] = None
     warnings: list = field(default_factory=list)

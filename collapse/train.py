@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -139,7 +140,7 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
     on; an interrupt stops the process with 128 + the signal's number."""
     from collapse.run.execute import execute
     from collapse.sweep.cores import threads_per_job
-    from collapse.sweep.job import JOB_LINE, console_for_job, exit_with_parent, parent_gone
+    from collapse.sweep.job import console_for_job, exit_with_parent, parent_gone
 
     if multirun:
         exit_with_parent()          # a worker process must not outlive a killed sweep
@@ -181,6 +182,12 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
             raise SystemExit(1) from None
         return math.nan
 
+    return _report(record, metrics_path)
+
+
+def _report(record: RunRecord, metrics_path: Path) -> float:
+    from collapse.sweep.job import JOB_LINE
+
     val = (record.best or {}).get("val") or {}
     labels = ", ".join(f"{split} {d.get('label')}" for split, d in (record.diagnosis or {}).items()) or "none"
     log.info(f"{record.status} ({record.stop_reason}) | best epoch {record.best_epoch} | "
@@ -189,6 +196,77 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
     if record.status == "diverged":
         log.warning("the loss became non-finite: recorded as diverged (try a lower trainer.lr)")
     return _num_or_nan(record.monitor_value)
+
+
+# ---------------------------------------------------------------- hydra/launcher=ensemble's job side
+# collapse.sweep.ensemble runs `prepare_member` as each member's Hydra task function (Hydra's
+# run_job: its job directory and .hydra/ files, as any launcher's), then `train_members` once
+# for the group (collapse.run.ensemble: one stacked model, one record per member).
+
+@dataclass
+class _Member:
+    typed: Config
+    record: RunRecord
+    run_dir: Path
+    sweeper: DictConfig
+    launcher: DictConfig
+
+
+def prepare_member(cfg: DictConfig) -> object:
+    """A member's typed config and record (a _Member), or NaN when its config is refused
+    (recorded as failed, bad_input, as a sweep job's)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra/")}
+    job = {"num": hc.job.num, "dir": hc.runtime.output_dir, "config_name": hc.job.config_name}
+    overrides = OmegaConf.to_container(hc.overrides.task, resolve=False)
+    run_dir = Path(hc.runtime.output_dir)
+    record = RunRecord(overrides=list(overrides), choices=choices, job=job)
+    try:
+        typed = _prepare(cfg, record)
+    except (ConfigError, OmegaConfBaseException) as e:
+        record.status, record.stop_reason = "failed", "bad_input"
+        record.error = f"{type(e).__name__}: {_one_line(e)}"
+        record.write(run_dir)
+        log.error(f"collapse: error: {_one_line(e)}")
+        return _objective(math.nan, hc.sweeper)
+    return _Member(typed, record, run_dir, hc.sweeper, hc.launcher)
+
+
+def train_members(prepared: list) -> list[float]:
+    """Train the prepared members as one group; per member what `main` returns in a sweep."""
+    from collapse.run.ensemble import execute_group
+    from collapse.sweep.cores import threads_per_job
+    from collapse.sweep.job import exit_with_parent, parent_gone
+
+    members = [p for p in prepared if isinstance(p, _Member)]
+    if not members:
+        return list(prepared)
+    exit_with_parent()
+    threads = threads_per_job(members[0].typed.trainer.threads, members[0].launcher)
+    try:
+        outs = execute_group([(m.typed, m.record, m.run_dir) for m in members], threads)
+    except (KeyboardInterrupt, Interrupted) as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        print(f"collapse: interrupted by {signal.Signals(signum).name}: {len(members)} ensemble members recorded",
+              file=sys.stderr)
+        if parent_gone():
+            os._exit(128 + signum)
+        raise SystemExit(128 + signum) from None
+    values = iter(outs)
+    returns = []
+    for p in prepared:
+        if not isinstance(p, _Member):
+            returns.append(p)
+            continue
+        out = next(values)
+        if isinstance(out, BaseException):
+            log.error(f"collapse: error: {_one_line(out)} ({p.run_dir / records.METRICS_FILE})")
+            returns.append(_objective(math.nan, p.sweeper))
+        else:
+            returns.append(_objective(_report(out, p.run_dir / records.METRICS_FILE), p.sweeper))
+    return returns
 
 
 def _num_or_nan(value) -> float:

@@ -1,5 +1,7 @@
 """collapse's Hydra plugins (Hydra only instantiates plugins defined under hydra_plugins):
 - ParallelLauncher (hydra/launcher=parallel, the default): collapse.sweep.engine.Engine;
+- EnsembleLauncher (hydra/launcher=ensemble): the same workers, jobs grouped and each group
+  trained as one stacked model (collapse.sweep.ensemble.EnsembleEngine);
 - GridSweeper (hydra/sweeper=grid, the default): Hydra's BasicSweeper - same grid, same
   job order, same `params` - that lets a launcher able to compose jobs in parallel do
   the validation, keeping the configs it composed for the run.
@@ -36,6 +38,19 @@ class ParallelLauncher(Launcher):
     def close(self) -> None:
         if self.engine is not None:
             self.engine.close()
+
+
+class EnsembleLauncher(ParallelLauncher):
+    def __init__(self, n_jobs: int = 0, max_members: int = 0) -> None:
+        super().__init__(n_jobs)
+        self.max_members = max_members
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        from collapse.sweep.cores import usable_cores, workers_for
+        from collapse.sweep.ensemble import EnsembleEngine
+
+        self.engine = EnsembleEngine(workers_for(int(self.n_jobs), usable_cores()), hydra_context, task_function,
+                                     config, max_members=int(self.max_members))
 
 
 class GridSweeper(BasicSweeper):

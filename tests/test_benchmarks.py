@@ -9,7 +9,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = {"throughput", "startup", "multirun_overhead", "parallel_sweep", "summary", "memory",
-              "main_job", "scaling", "gpu"}
+              "main_job", "scaling", "ensemble", "gpu"}
 
 
 @pytest.mark.slow

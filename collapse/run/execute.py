@@ -27,7 +27,7 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -173,7 +173,8 @@ def _prepare(run: _Run) -> None:
     """Everything that can refuse the run before training: data, device, a custom model's
     first batch, the trackers' packages. Raises BAD_INPUT errors."""
     cfg, record = run.cfg, run.record
-    run.data = data_lib.load(cfg.data, cfg.seed, unlabeled=cfg.ssl.enabled)
+    if run.data is None:            # runs trained together share one load per data config and seed
+        run.data = data_lib.load(cfg.data, cfg.seed, unlabeled=cfg.ssl.enabled)
     run.device = resolve_device(cfg.trainer.device)        # cuda without CUDA is bad input
     if cfg.model.name == "custom":                          # one batch, (B, T, C) -> (B,)
         from collapse.models import check_model
@@ -237,14 +238,12 @@ def _run_recorded(run: _Run, threads: int) -> RunRecord:
     recorded (interrupted, failed) before it is re-raised."""
     import torch  # only now: bad input fails above without paying torch's import (~1.5 s)
 
-    cfg, record = run.cfg, run.record
+    record = run.record
     previous_threads = torch.get_num_threads()
     if threads > 0:
         torch.set_num_threads(threads)
     started = time.time()
-    record.status, record.error, record.traceback, record.stage = "running", None, None, None
-    record.device, record.threads, record.started_at = run.device, torch.get_num_threads(), started
-    record.provenance = records.provenance()
+    start_record(run, started)
     try:
         with Interrupts() as run.interrupts:
             try:
@@ -254,32 +253,80 @@ def _run_recorded(run: _Run, threads: int) -> RunRecord:
                 # handler. Recorded with the handlers still installed: a second signal (Ctrl-C
                 # reaches the whole process group, and the sweep then forwards SIGTERM) is dropped
                 with run.interrupts.recording():
-                    best = getattr(run.trainer, "best_state_", None)
-                    if run.run_dir is not None and cfg.save_weights and best is not None:
-                        record.weights_sha256 = records.save_weights(run.file(records.WEIGHTS_FILE), best)
-                    _record_stop(run, e, "train", started)
+                    record_interrupted(run, e, started, getattr(run.trainer, "best_state_", None))
                 log.warning(f"run interrupted ({record.error}) after {record.epochs_run} epochs: recorded; "
                             "resume=true continues it from its last checkpoint")
                 raise
     except Exception as e:  # noqa: BLE001 - a crash mid-run is a recorded result
-        _record_stop(run, e, "train", started)
+        record_failed(run, e, started)
         raise
     finally:
         torch.set_num_threads(previous_threads)
-    record.wall_time_s = time.time() - started
-    run.write()
-    if run.run_dir is not None:
-        run.file(records.CHECKPOINT_FILE).unlink(missing_ok=True)   # finished: nothing to continue
+    finish_record(run, started)
     return record
 
 
+# The steps of recording a run, shared with collapse.run.ensemble (runs trained together).
+
+def start_record(run: _Run, started: float) -> None:
+    import torch
+
+    record = run.record
+    record.status, record.error, record.traceback, record.stage = "running", None, None, None
+    record.device, record.threads, record.started_at = run.device, torch.get_num_threads(), started
+    record.provenance = records.provenance()
+
+
+def record_interrupted(run: _Run, e: BaseException, started: float, best: Optional[dict]) -> None:
+    """The run stopped by a signal: recorded with its history and best weights so far."""
+    if run.run_dir is not None and run.cfg.save_weights and best is not None:
+        run.record.weights_sha256 = records.save_weights(run.file(records.WEIGHTS_FILE), best)
+    _record_stop(run, e, "train", started)
+
+
+def record_failed(run: _Run, e: Exception, started: float) -> None:
+    """A crash while training: recorded as failed, with its traceback."""
+    _record_stop(run, e, "train", started)
+
+
+def finish_record(run: _Run, started: float) -> None:
+    run.record.wall_time_s = time.time() - started
+    run.write()
+    if run.run_dir is not None:
+        run.file(records.CHECKPOINT_FILE).unlink(missing_ok=True)   # finished: nothing to continue
+
+
 def _train(run: _Run) -> None:
+    from collapse.trainer import Trainer
+
+    s = setup_training(run)
+    trainer = run.trainer = Trainer(s.trainer_cfg, seed=run.cfg.seed)
+    result = trainer.fit(s.model, s.loss_fn, s.X_train, s.y_train, s.w_train, s.X_val, s.y_val,
+                         resume=run.checkpoint, on_epoch_end=epoch_hook(run))
+    record_result(run, s, result, trainer.best_state_)
+
+
+@dataclasses.dataclass
+class Setup:
+    """What a run trains with: its model (seeded, SSL done), loss, tensors and trainer settings."""
+    model: Any
+    loss_fn: Any
+    X_train: Any
+    y_train: Any
+    w_train: Any            # None when every weight is 1
+    X_val: Any
+    y_val: Any
+    X_test: Any
+    trainer_cfg: Any        # cfg.trainer with the budget's batch size
+
+
+def setup_training(run: _Run) -> Setup:
     import torch
 
     from collapse.losses import RegressionLoss
     from collapse.models import build_model
     from collapse.ssl import pretrain_encoder
-    from collapse.trainer import Trainer, budget_exhausted, effective_batch_size, predict
+    from collapse.trainer import effective_batch_size
 
     cfg, record, data, device, checkpoint = run.cfg, run.record, run.data, run.device, run.checkpoint
     t = cfg.trainer
@@ -313,35 +360,52 @@ def _train(run: _Run) -> None:
         log.info(f"trainer.batch_size {t.batch_size} -> {batch_size}: {len(data.z_train)} labelled train "
                  f"samples, >= {t.min_batches_per_epoch} steps an epoch (trainer.min_batches_per_epoch)")
     record.batch_size = batch_size
-    trainer = run.trainer = Trainer(dataclasses.replace(t, batch_size=batch_size), seed=cfg.seed)
-    last_write = time.monotonic()
+    return Setup(model, loss_fn, X_train, y_train, w_train if weighted else None, X_val, y_val, X_test,
+                 dataclasses.replace(t, batch_size=batch_size))
 
-    def original_units(history: list) -> list:
-        # the trainer's val metrics are on z; pred_std, rmse, ... back in the file's units
-        return [to_original_units(h, data.target_std, data.target_mean, "val_") for h in history]
+
+def _original_units(run: _Run, history: list) -> list:
+    # the trainer's val metrics are on z; pred_std, rmse, ... back in the file's units
+    return [to_original_units(h, run.data.target_std, run.data.target_mean, "val_") for h in history]
+
+
+def epoch_hook(run: _Run, write: bool = True):
+    """Trainer.fit's on_epoch_end for this run: the record follows the history; every
+    checkpoint_every_s (with `write`) checkpoint.pt, then metrics.json, are rewritten."""
+    last_write = time.monotonic()
+    record = run.record
 
     def on_epoch_end(progress, make_checkpoint) -> bool:
         nonlocal last_write
-        record.history, record.epochs_run = original_units(progress.history), progress.epoch
+        record.history, record.epochs_run = _original_units(run, progress.history), progress.epoch
         record.best_epoch = progress.best_epoch
         if run.trackers is not None:
             run.trackers.epoch(record.history)             # never raises
         pruned = run.trial is not None and run.trial.epoch(record.history[-1])
-        if run.run_dir is not None and time.monotonic() - last_write >= cfg.checkpoint_every_s:
-            # checkpoint first: a record never points past the checkpoint it continues from
-            with run.interrupts.deferred():
-                records.save_torch(run.file(records.CHECKPOINT_FILE),
-                                   {**make_checkpoint(), "ssl_history": record.ssl_history})
-                run.write()
+        if write and run.run_dir is not None and time.monotonic() - last_write >= run.cfg.checkpoint_every_s:
+            write_checkpoint(run, make_checkpoint())
             last_write = time.monotonic()
         return pruned
 
-    result = trainer.fit(model, loss_fn, X_train, y_train, w_train if weighted else None, X_val, y_val,
-                         resume=checkpoint, on_epoch_end=on_epoch_end)
+    return on_epoch_end
 
+
+def write_checkpoint(run: _Run, checkpoint: dict) -> None:
+    # checkpoint first: a record never points past the checkpoint it continues from
+    with run.interrupts.deferred():
+        records.save_torch(run.file(records.CHECKPOINT_FILE), {**checkpoint, "ssl_history": run.record.ssl_history})
+        run.write()
+
+
+def record_result(run: _Run, s: Setup, result, best_state: Optional[dict]) -> None:
+    """A finished fit into the record: status, best and final metrics, diagnosis,
+    recalibration; the best weights to model.pt. The model holds the best weights."""
+    from collapse.trainer import budget_exhausted, predict
+
+    cfg, record, data, t = run.cfg, run.record, run.data, run.cfg.trainer
     record.status, record.stop_reason = result.status, result.stop_reason
     record.best_epoch, record.epochs_run = result.best_epoch, len(result.history)
-    record.history = original_units(result.history)
+    record.history = _original_units(run, result.history)
     # the best epoch was the last one allowed: still improving, under-trained
     # or its monitored val score still rising over the last epochs (a trend, not one epoch)
     scores = [h.get("val_r2") if t.monitor == "r2" else -h["val_loss"] for h in result.history]
@@ -354,8 +418,8 @@ def _train(run: _Run) -> None:
         record.best, record.monitor_value, record.diagnosis = None, math.nan, None
         return
     # the model now holds the best epoch's weights; predictions in original units
-    pred_val = data.unscale(predict(model, X_val).double().cpu().numpy())
-    pred_test = data.unscale(predict(model, X_test).double().cpu().numpy())
+    pred_val = data.unscale(predict(s.model, s.X_val).double().cpu().numpy())
+    pred_test = data.unscale(predict(s.model, s.X_test).double().cpu().numpy())
     record.best = {"epoch": result.best_epoch, "val": regression_report(data.y_val, pred_val),
                    "test": regression_report(data.y_test, pred_test)}
     # the trainer's score is "higher is better": r2 itself, or -val_loss
@@ -381,4 +445,4 @@ def _train(run: _Run) -> None:
         record.recalibrated = {"intercept": a, "slope": b, "val": regression_report(data.y_val, a + b * pred_val),
                                "test": test, "raised_test_r2": bool(test["r2"] > record.best["test"]["r2"])}
     if run.run_dir is not None and cfg.save_weights:
-        record.weights_sha256 = records.save_weights(run.file(records.WEIGHTS_FILE), trainer.best_state_)
+        record.weights_sha256 = records.save_weights(run.file(records.WEIGHTS_FILE), best_state)

@@ -40,6 +40,7 @@ from collapse.errors import Interrupted
 log = logging.getLogger(__name__)
 
 COMPOSE, RUN, STOP = "compose", "run", "stop"
+RUN_GROUP = "run_group"     # hydra/launcher=ensemble: jobs trained together (collapse.sweep.ensemble)
 SHUTDOWN_GRACE_S = 15.0     # an interrupted job records itself (history, best weights) in this time
 
 
@@ -77,7 +78,7 @@ def _worker_main(conn) -> None:
             sys.stderr.flush()
             os._exit(0)
         try:
-            reply = ("ok", _compose(state, data) if kind == COMPOSE else _run(state, *data))
+            reply = ("ok", _handle(state, kind, data))
         except Exception as e:  # noqa: BLE001 - goes back to the launching process
             reply = ("error", _picklable(e))
         except BaseException as e:                  # an interrupt: the job has recorded it
@@ -110,9 +111,18 @@ def _compose(state: dict, overrides: Sequence[str]) -> bytes:
     return cloudpickle.dumps(config)
 
 
-def _run(state: dict, job_num: int, composed: Optional[bytes], overrides: Sequence[str]):
+def _handle(state: dict, kind: str, data):
+    if kind == COMPOSE:
+        return _compose(state, data)
+    if kind == RUN_GROUP:
+        from collapse.sweep.ensemble import run_group
+
+        return run_group(state, data)
+    return _run(state, *data)
+
+
+def _job_config(state: dict, job_num: int, composed: Optional[bytes], overrides: Sequence[str]):
     from hydra.core.hydra_config import HydraConfig
-    from hydra.core.utils import configure_log, run_job
     from omegaconf import open_dict
 
     config = pickle.loads(composed) if composed is not None else \
@@ -121,6 +131,13 @@ def _run(state: dict, job_num: int, composed: Optional[bytes], overrides: Sequen
         config.hydra.job.id = job_num
         config.hydra.job.num = job_num
     HydraConfig.instance().set_config(config)
+    return config
+
+
+def _run(state: dict, job_num: int, composed: Optional[bytes], overrides: Sequence[str]):
+    from hydra.core.utils import configure_log, run_job
+
+    config = _job_config(state, job_num, composed, overrides)
     try:
         return run_job(hydra_context=state["hydra_context"], task_function=state["task_function"],
                        config=config, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")

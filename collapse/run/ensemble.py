@@ -1,0 +1,178 @@
+"""Runs trained together as one stacked model (collapse.ensemble): the execution path of a
+group, each member recorded as collapse.run.execute records a run.
+
+    execute_group([(cfg, record, run_dir), ...], threads) -> [RunRecord or the exception, ...]
+
+Per member, as `execute` does: its run directory is locked; a result of the same config is
+returned with resume=true (else refused), another config's is refused; an unfinished run
+continues from its checkpoint.pt; bad input is recorded and leaves the group. The others
+train together (a member's init, SSL, data and loss are its single run's); every
+`checkpoint_every_s` each live member's checkpoint.pt and metrics.json are rewritten; SIGINT
+and SIGTERM record every unfinished member `interrupted` (history, best weights), then are
+re-raised. A member's record says `"engine": "ensemble"`.
+
+Members must agree on everything but MEMBER_KEYS (collapse.sweep.engine groups them so);
+members whose data differ in shape (a data=custom callable per seed) train in separate stacks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from collapse.config import ENSEMBLE_MEMBER_KEYS as MEMBER_KEYS
+from collapse.config import Config, ensemble_refusal
+from collapse.errors import BAD_INPUT, ConfigError, Interrupted, RunExists
+from collapse.records import DirLock, DirLocked, RunRecord
+from collapse.run import execute as ex
+from collapse.run.interrupts import Interrupts
+
+log = logging.getLogger("collapse")
+
+
+def shared_part(cfg: Config) -> Config:
+    """`cfg` with MEMBER_KEYS blanked: members of one group have equal shared parts."""
+    return dataclasses.replace(
+        cfg, seed=0, loss=dataclasses.replace(cfg.loss, variance_lambda=0.0),
+        model=dataclasses.replace(cfg.model, init_std=0.0),
+        trainer=dataclasses.replace(cfg.trainer, lr=1.0, weight_decay=0.0))
+
+
+def execute_group(members: Sequence[tuple[Config, RunRecord, Optional[Path]]], threads: int = 0) -> list:
+    """Train `members` together; returns, per member, its finished RunRecord or the
+    exception that stopped it (bad input, a failure). Re-raises an interrupt once every
+    unfinished member recorded it. Every run directory's lock is released on the way out."""
+    runs = [ex._Run(cfg, record, run_dir) for cfg, record, run_dir in members]
+    out: list = [None] * len(runs)
+    locks, todo, loaded = [], [], {}
+    shared = shared_part(runs[0].cfg) if runs else None
+    try:
+        for i, run in enumerate(runs):
+            lock = None
+            try:
+                if run.run_dir is not None:
+                    try:
+                        lock = DirLock(run.run_dir).acquire("run directory")
+                    except DirLocked as e:
+                        raise RunExists(str(e)) from None
+                    locks.append(lock)
+                    previous, run.checkpoint = ex._prior(run.run_dir, run.record.config_hash, run.cfg.resume)
+                    if previous is not None:
+                        log.info(f"resume: {run.file('metrics.json')} already holds a {previous.status} "
+                                 "run of this config; skipped")
+                        out[i] = previous
+                        continue
+                why = ensemble_refusal(str(run.cfg.model.name), [str(n) for n in run.cfg.logger.names],
+                                       str(run.cfg.trainer.lr_schedule))
+                if why is None and shared_part(run.cfg) != shared:
+                    why = "members of one ensemble group differ beyond " + ", ".join(MEMBER_KEYS)
+                if why is not None:
+                    raise ConfigError(f"hydra/launcher=ensemble: {why}")
+                # members of one seed share their data (phase4: 3 loads for a stack of 12, not 12)
+                key = (repr(run.cfg.data), run.cfg.seed, run.cfg.ssl.enabled)
+                run.data = loaded.get(key)
+                ex._prepare(run)
+                loaded[key] = run.data
+                run.record.engine = "ensemble"
+                todo.append(i)
+            except BAD_INPUT as e:
+                if lock is not None and not isinstance(e, RunExists):
+                    run.record.status, run.record.stop_reason = "failed", "bad_input"
+                    run.record.error = f"{type(e).__name__}: {e}"
+                    run.write()
+                out[i] = e
+        # data of one shape per stack (synthetic and .npz splits have one size whatever the seed)
+        stacks: dict = {}
+        for i in todo:
+            d = runs[i].data
+            key = (d.X_train.shape, d.X_val.shape, d.X_test.shape, runs[i].device)
+            stacks.setdefault(key, []).append(i)
+        for group in stacks.values():
+            _train_recorded([runs[i] for i in group], threads)
+            for i in group:
+                out[i] = runs[i].error if getattr(runs[i], "error", None) is not None else runs[i].record
+        return out
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _train_recorded(runs: list, threads: int) -> None:
+    """Train with torch's threads set and the signals handled; an interrupt is recorded in
+    every unfinished member, then re-raised; a failure is recorded in each (run.error)."""
+    import torch
+
+    previous_threads = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    started = time.time()
+    for run in runs:
+        ex.start_record(run, started)
+        run.finished = False
+    try:
+        with Interrupts() as interrupts:
+            for run in runs:
+                run.interrupts = interrupts
+            try:
+                _train(runs, started)
+            except (KeyboardInterrupt, Interrupted, SystemExit) as e:
+                with interrupts.recording():
+                    best = _current_best(runs)
+                    for run, state in zip(runs, best):
+                        if not run.finished:
+                            ex.record_interrupted(run, e, started, state)
+                unfinished = sum(not run.finished for run in runs)
+                log.warning(f"{unfinished} ensemble member(s) interrupted ({type(e).__name__}): recorded; "
+                            "resume=true continues them from their last checkpoints")
+                raise
+    except Exception as e:  # noqa: BLE001 - a crash mid-run is a recorded result, per member
+        for run in runs:
+            if not run.finished:
+                ex.record_failed(run, e, started)
+                run.error = e
+        log.error(f"ensemble group failed: {type(e).__name__}: {e}")
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _current_best(runs: list) -> list:
+    trainer = getattr(runs[0], "stacked_trainer", None)
+    return trainer.best_states_ if trainer is not None else [None] * len(runs)
+
+
+def _train(runs: list, started: float) -> None:
+    from collapse.ensemble import Member, StackedTrainer
+
+    setups = [ex.setup_training(run) for run in runs]          # each seeded as its single run
+    first = runs[0].cfg
+    trainer = StackedTrainer(setups[0].trainer_cfg)
+    for run in runs:
+        run.stacked_trainer = trainer
+    members = []
+    for run, s in zip(runs, setups):
+        tag = f"job {run.record.job.get('num')}" if run.record.job.get("num") is not None else f"seed {run.cfg.seed}"
+        members.append(Member(
+            model=s.model, seed=run.cfg.seed, lr=run.cfg.trainer.lr, weight_decay=run.cfg.trainer.weight_decay,
+            variance_lambda=run.cfg.loss.variance_lambda, train_target_var=s.loss_fn.target_var,
+            X_train=s.X_train, y_train=s.y_train, w_train=s.w_train, X_val=s.X_val, y_val=s.y_val,
+            resume=run.checkpoint, log_fn=lambda line, tag=tag: log.info(f"{tag} | {line}")))
+    hooks = [ex.epoch_hook(run, write=False) for run in runs]
+    last_write = time.monotonic()
+
+    def on_epoch_end(indices, checkpoint) -> None:
+        nonlocal last_write
+        for i in indices:
+            hooks[i](trainer._slots[i].progress, None)
+        if time.monotonic() - last_write >= first.checkpoint_every_s:
+            for i in indices:
+                if runs[i].run_dir is not None:
+                    ex.write_checkpoint(runs[i], checkpoint(i))
+            last_write = time.monotonic()
+
+    results = trainer.fit(setups[0].loss_fn, members, on_epoch_end=on_epoch_end)
+    for run, s, result, best in zip(runs, setups, results, trainer.best_states_):
+        ex.record_result(run, s, result, best)
+        ex.finish_record(run, started)
+        run.finished = True

@@ -1,0 +1,159 @@
+"""hydra/launcher=ensemble: a sweep's jobs grouped and each group trained as one stacked model,
+on the default launcher's worker processes (collapse.sweep.engine).
+
+Launching side (`EnsembleEngine`): every job is composed first (as under the default
+launcher), then jobs whose configs agree on everything but config.ENSEMBLE_MEMBER_KEYS
+(seed, loss.variance_lambda, model.init_std, trainer.lr, trainer.weight_decay) form a
+group; a group is cut into chunks of at most `max_members` (0: as many chunks as
+workers need to stay busy), and each chunk goes to a free worker. A config the ensemble
+engine cannot train (model=custom, a tracker) refuses the whole sweep up front, with one
+line, before anything runs.
+
+Worker side (`run_group`): each member goes through Hydra's run_job with
+collapse.train.prepare_member as its task function (its job directory, .hydra/ files and
+callbacks, as any launcher's), then collapse.train.train_members trains the chunk as one
+model (collapse.run.ensemble) and each job's return value is filled in. A worker that
+dies loses its chunk's jobs: each is reported and counted as not done (resume=true reruns
+them). Nothing here imports torch or the science.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import pickle
+import sys
+from typing import Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from collapse.config import ENSEMBLE_MEMBER_KEYS, ensemble_refusal
+from collapse.sweep.engine import RUN_GROUP, Engine, _compose, _ended, _job_config
+
+GROUP_MODULE = "collapse.train"        # prepare_member, train_members: the entry point's job side
+
+
+def group_key(config: DictConfig) -> str:
+    """What members of one group share: the job's config less hydra and the member keys."""
+    tree = OmegaConf.to_container(config, resolve=False)
+    tree.pop("hydra", None)
+    for key in ENSEMBLE_MEMBER_KEYS:
+        *parents, leaf = key.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return json.dumps(tree, sort_keys=True, default=str)
+
+
+def chunks(groups: Sequence[list], n_workers: int, max_members: int, cost=len) -> list[list]:
+    """Cut groups into even chunks of at most `max_members` (0: the sweep's jobs / workers,
+    so a sweep of one group still keeps every worker busy), costliest first (`cost(chunk)`):
+    the pool hands the next chunk to the first free worker, so the cheap ones fill the gaps
+    at the end (longest-processing-time first). Whole stacks are kept over finer balance:
+    a stack's per-step cost is mostly launches, whatever its size."""
+    out = []
+    total = sum(len(g) for g in groups)
+    cap = max_members if max_members > 0 else max(1, math.ceil(total / max(1, n_workers)))
+    for group in groups:
+        n = math.ceil(len(group) / cap)
+        size = math.ceil(len(group) / n)             # even chunks: 12 at cap 9 -> 6 + 6, not 9 + 3
+        out += [group[i:i + size] for i in range(0, len(group), size)]
+    return sorted(out, key=cost, reverse=True)
+
+
+def run_group(state: dict, jobs: Sequence[tuple]) -> list:
+    """Worker side: prepare each member through Hydra's run_job, train them together, return
+    one JobReturn per job (in order)."""
+    from hydra.core.utils import JobStatus, configure_log, run_job
+
+    task = importlib.import_module(state.get("group_module", GROUP_MODULE))
+    returns = []
+    try:
+        for job_num, composed, overrides in jobs:
+            config = _job_config(state, job_num, composed, overrides)
+            returns.append(run_job(hydra_context=state["hydra_context"], task_function=task.prepare_member,
+                                   config=config, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+    finally:
+        configure_log(state["config"].hydra.hydra_logging, state["config"].hydra.verbose)
+    ok = [r for r in returns if r.status == JobStatus.COMPLETED]
+    values = task.train_members([r._return_value for r in ok])
+    for r, value in zip(ok, values):
+        r.return_value = value
+    return returns
+
+
+class EnsembleEngine(Engine):
+    def __init__(self, n_workers: int, hydra_context, task_function, config, max_members: int = 0):
+        self.max_members = int(max_members)
+        super().__init__(n_workers, hydra_context, task_function, config)
+
+    def _payload(self) -> bytes:
+        import cloudpickle
+        from hydra.core.singleton import Singleton
+
+        return cloudpickle.dumps({"hydra_context": self.hydra_context, "config": self.config,
+                                  "task_function": self.task_function, "singletons": Singleton.get_state(),
+                                  "group_module": GROUP_MODULE})
+
+    def launch(self, batch: Sequence[Sequence[str]], initial_job_idx: int) -> list:
+        import logging
+        import os
+
+        from hydra.core.utils import configure_log, filter_overrides, setup_globals
+
+        log = logging.getLogger(__name__)
+        setup_globals()
+        hydra = self.config.hydra
+        configure_log(hydra.hydra_logging, hydra.verbose)
+        os.makedirs(str(hydra.sweep.dir), exist_ok=True)
+        state = {"hydra_context": self.hydra_context, "config": self.config}
+        groups: dict[str, list] = {}
+        jobs, frames = [], []         # a stack's step costs about members x frames (the MLP's rows)
+        for i, overrides in enumerate(batch):
+            composed = self._composed.pop(tuple(overrides), None)
+            if composed is None:
+                composed = _compose(state, overrides)
+            config = pickle.loads(composed)
+            why = ensemble_refusal(str(config.model.name), [str(n) for n in (config.logger.names or [])],
+                                   str(config.trainer.lr_schedule))
+            if why is not None:
+                print(f"collapse: error: hydra/launcher=ensemble: job {initial_job_idx + i} "
+                      f"({' '.join(filter_overrides(overrides))}): {why}", file=sys.stderr)
+                raise SystemExit(2)
+            jobs.append((initial_job_idx + i, composed, list(overrides)))
+            frames.append(int(config.data.temporal_frames))
+            groups.setdefault(group_key(config), []).append(i)
+        parts = chunks(list(groups.values()), self.n_workers, self.max_members,
+                       cost=lambda part: sum(frames[i] for i in part))
+        where = f"on {self.n_workers} worker processes" if self.pool else "in this process"
+        log.info(f"Launching {len(batch)} jobs as {len(parts)} stacked model(s) of "
+                 f"{'/'.join(str(len(p)) for p in parts)} members {where}")
+        tasks = [(g, RUN_GROUP, [jobs[i] for i in part]) for g, part in enumerate(parts)]
+        if self.pool is None:
+            full = {**state, "task_function": self.task_function, "group_module": GROUP_MODULE}
+            replies = {g: ("ok", run_group(full, data)) for g, _, data in tasks}
+        else:
+            replies = self.pool.map(tasks, on_lost=self._lost_group)
+        returns: list[Optional[object]] = [None] * len(batch)
+        for g, part in enumerate(parts):
+            kind, value = replies[g]
+            if kind == "error":
+                raise value
+            for i, ret in zip(part, value):
+                returns[i] = ret
+        return returns
+
+    def _lost_group(self, task: tuple, code: int) -> list:
+        from hydra.core.utils import JobReturn, JobStatus
+
+        from collapse.sweep.job import failed_objective
+
+        value = failed_objective(self.config.hydra.sweeper)
+        out = []
+        for job_num, _, overrides in task[2]:
+            print(f"collapse: error: job {job_num} ({' '.join(overrides)}): its worker process died "
+                  f"({_ended(code)}); the sweep goes on without it and resume=true runs it again", file=sys.stderr)
+            out.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=value))
+        return out

@@ -1,0 +1,55 @@
+"""collapse.run.ensemble.execute_group: members trained together, each recorded as a run."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from collapse import records
+from collapse.config import Config, DataConfig, ModelConfig, SSLConfig, TrainerConfig
+from collapse.errors import ConfigError, RunExists
+from collapse.records import RunRecord
+from collapse.run.ensemble import execute_group
+from collapse.run.execute import execute
+
+BASE = Config(data=DataConfig(n_samples=400), model=ModelConfig(hidden_dim=16),
+              trainer=TrainerConfig(epochs=3, lr_schedule="none"))
+
+
+def _member(tmp_path, name: str, cfg: Config):
+    record = RunRecord(overrides=[name], config_hash=f"hash-{name}", seed=cfg.seed)
+    return cfg, record, tmp_path / name
+
+
+def test_each_member_is_recorded_as_its_single_run_would_be(tmp_path):
+    cfgs = {"a": BASE, "b": dataclasses.replace(BASE, seed=1, loss=dataclasses.replace(BASE.loss, variance_lambda=0.5))}
+    outs = execute_group([_member(tmp_path, n, c) for n, c in cfgs.items()], threads=1)
+    for (name, cfg), out in zip(cfgs.items(), outs):
+        assert isinstance(out, RunRecord) and out.status == "completed" and out.engine == "ensemble"
+        on_disk = records.read_record(tmp_path / name / records.METRICS_FILE)
+        assert on_disk["engine"] == "ensemble" and on_disk["epochs_run"] == 3
+        assert (tmp_path / name / records.WEIGHTS_FILE).is_file()
+        assert not (tmp_path / name / records.CHECKPOINT_FILE).exists()
+        single = execute(cfg, RunRecord(config_hash="x"), tmp_path / f"single_{name}", threads=1)
+        assert single.engine == "single" and single.best_epoch == out.best_epoch
+        assert out.best["val"]["r2"] == pytest.approx(single.best["val"]["r2"], abs=1e-4)
+    # a second call: results are returned (resume) or refused, as execute does
+    with pytest.raises(RunExists):
+        raise execute_group([_member(tmp_path, "a", BASE)])[0]
+    resumed = dataclasses.replace(BASE, resume=True)
+    assert execute_group([_member(tmp_path, "a", resumed)])[0].best == outs[0].best
+
+
+def test_ssl_runs_per_member(tmp_path):
+    cfg = dataclasses.replace(BASE, ssl=SSLConfig(enabled=True, epochs=2))
+    outs = execute_group([_member(tmp_path, "a", cfg), _member(tmp_path, "b", dataclasses.replace(cfg, seed=3))])
+    assert all(o.status == "completed" and len(o.ssl_history) == 2 for o in outs)
+    assert outs[0].ssl_history != outs[1].ssl_history            # each member its own seed
+
+
+def test_a_member_that_differs_beyond_the_member_keys_is_refused_and_the_rest_train(tmp_path):
+    other = dataclasses.replace(BASE, data=dataclasses.replace(BASE.data, temporal_frames=1))
+    outs = execute_group([_member(tmp_path, "a", BASE), _member(tmp_path, "b", other)])
+    assert outs[0].status == "completed"
+    assert isinstance(outs[1], ConfigError) and "differ beyond seed" in str(outs[1])
+    assert records.read_record(tmp_path / "b" / records.METRICS_FILE)["stop_reason"] == "bad_input"

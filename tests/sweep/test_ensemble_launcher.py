@@ -1,0 +1,107 @@
+"""hydra/launcher=ensemble end to end: real sweeps in subprocesses (slow)."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from collapse import records
+
+from conftest import (
+    BASIC,
+    N_SWEEP_JOBS,
+    SWEEP_GRID,
+    SWEEP_TINY,
+    TIMEOUT,
+    cli,
+    descendants,
+    kill_quietly,
+    read_json,
+    results,
+    start_cli,
+    statuses,
+    wait_until,
+)
+
+ENSEMBLE = ("hydra/launcher=ensemble",)
+# long enough that a kill lands mid-training, with a checkpoint every epoch
+MID_RUN = ("data.n_samples=2500", "trainer.epochs=20", "trainer.patience=0", "model.hidden_dim=16",
+           "checkpoint_every_s=0")
+
+
+def sweep_args(sweep_dir: Path, *extra: str) -> list[str]:
+    # a constant lr: the stacked loop has no per-member plateau schedule (the default's is refused)
+    return ["-m", *SWEEP_TINY, *SWEEP_GRID, "trainer.lr_schedule=none", *extra, f"hydra.sweep.dir={sweep_dir}"]
+
+
+@pytest.mark.slow
+def test_ensemble_sweep_records_each_member_as_a_run_equal_to_single_training_and_reproducible(tmp_path):
+    basic, ensemble, again = tmp_path / "basic", tmp_path / "ensemble", tmp_path / "again"
+    for sweep_dir, extra in ((basic, BASIC), (ensemble, ENSEMBLE), (again, ENSEMBLE)):
+        proc = cli(sweep_args(sweep_dir, *extra), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "as 2 stacked model(s) of 2/2 members" in proc.stdout + proc.stderr
+    assert results(again) == results(ensemble)                   # a rerun: identical metrics
+    for num in range(N_SWEEP_JOBS):
+        single, member = read_json(basic / str(num) / "metrics.json"), read_json(ensemble / str(num) / "metrics.json")
+        assert (single["engine"], member["engine"]) == ("single", "ensemble")
+        assert member["status"] == "completed" and member["config_hash"] == single["config_hash"]
+        assert member["overrides"] == single["overrides"] and member["job"]["num"] == num
+        assert (ensemble / str(num) / ".hydra" / "overrides.yaml").is_file()
+        assert (ensemble / str(num) / records.WEIGHTS_FILE).is_file()
+        # same init, data and shuffle order: equal up to float rounding, not bit for bit
+        assert member["best_epoch"] == single["best_epoch"]
+        assert member["best"]["val"]["r2"] == pytest.approx(single["best"]["val"]["r2"], abs=1e-3)
+        assert member["best"]["test"]["r2"] == pytest.approx(single["best"]["test"]["r2"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_a_custom_model_refuses_the_ensemble_sweep_up_front_with_one_line(tmp_path):
+    proc = cli(sweep_args(tmp_path / "sweep", *ENSEMBLE, "model=custom",
+                          "model._target_=examples.nets.FrameAttention"), cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("collapse: error:")]
+    assert len(errors) == 1 and "hydra/launcher=ensemble: job 0" in errors[0] and "model=custom is refused" in errors[0]
+    assert not list((tmp_path / "sweep").glob("*/metrics.json"))
+    # the default lr schedule (plateau) is refused the same way, naming the key to set
+    proc = cli(["-m", *SWEEP_TINY, *SWEEP_GRID, *ENSEMBLE, f"hydra.sweep.dir={tmp_path / 'plateau'}"], cwd=tmp_path)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("collapse: error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "trainer.lr_schedule=plateau is refused" in errors[0]
+
+
+@pytest.mark.slow
+def test_a_killed_ensemble_sweep_resumes_to_the_metrics_of_an_uninterrupted_one(tmp_path):
+    """SIGKILL the launching process while its members train: the workers record their
+    members `interrupted` (with checkpoints); resume=true continues them from there and ends
+    with the metrics of an uninterrupted ensemble sweep, bit for bit."""
+    reference, sweep_dir = tmp_path / "reference", tmp_path / "sweep"
+    proc = cli(sweep_args(reference, *ENSEMBLE, *MID_RUN), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = start_cli(sweep_args(sweep_dir, *ENSEMBLE, *MID_RUN), tmp_path, tmp_path / "first.log")
+    try:
+        def training():
+            return [n for n in range(N_SWEEP_JOBS) if (r := read_json(sweep_dir / str(n) / "metrics.json"))
+                    and r["status"] == "running" and 2 <= r.get("epochs_run", 0) <= 12]
+        wait_until(lambda: proc.poll() is not None or training(), TIMEOUT, "members past epoch 2")
+        assert proc.poll() is None, "the sweep ended before it could be killed"
+        tree = descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=TIMEOUT)
+        wait_until(lambda: not any(Path(f"/proc/{p}").exists() and
+                                   "Z" not in (Path(f"/proc/{p}/stat").read_text().split(")")[-1][:3])
+                                   for p in tree), 30, "the killed sweep's workers to exit")
+    finally:
+        kill_quietly(proc)
+    state = statuses(sweep_dir)
+    assert "interrupted" in state.values(), state
+    # members that had finished an epoch (a stack still being prepared has none: it starts over)
+    interrupted = [n for n, s in state.items()
+                   if s == "interrupted" and read_json(sweep_dir / str(n) / "metrics.json")["history"]]
+    assert interrupted, state
+    assert all((sweep_dir / str(n) / records.CHECKPOINT_FILE).is_file() for n in interrupted)
+    resumed = cli(sweep_args(sweep_dir, *ENSEMBLE, *MID_RUN, "resume=true"), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert results(sweep_dir) == results(reference)
+    assert all(read_json(sweep_dir / str(n) / "metrics.json")["resumed_from_epoch"] for n in interrupted)
