@@ -270,7 +270,10 @@ def test_overreg_collapses_and_the_variance_term_cures_it():
     cured = run(["experiment=overreg_cured", "seed=0", "trainer.threads=1"]).to_dict()
     assert sick["diagnosis"]["val"]["label"] == "collapsed" and sick["best"]["val"]["pearson_r"] > 0.5
     assert sick["diagnosis"]["test"]["label"] == "collapsed"
-    assert cured["diagnosis"]["val"]["label"] == "healthy"
+    # the squeeze is cured (its spread fits the signal), yet the decay still holds the model below its
+    # linear reference (ridge ~0.83 against ~0.73): underfit, with "else healthy" in the reason
+    cured_val = cured["diagnosis"]["val"]
+    assert cured_val["label"] == "underfit" and "else healthy" in cured_val["reason"], cured_val["reason"]
     assert sick["recalibrated"]["raised_test_r2"]
     assert cured["best"]["val"]["r2"] >= sick["best"]["val"]["r2"] + 0.2
     # recalibration undoes the squeeze post hoc, on test
