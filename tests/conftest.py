@@ -23,8 +23,10 @@ import pytest
 # every split has samples and the model learns something seed-dependent.
 TINY = ("data.n_samples=400", "trainer.epochs=3", "model.hidden_dim=16")
 # The fault tests' sweep: 4 jobs, each long enough (a few hundred ms) for a kill to
-# land in the middle of one. Dirs are job numbers: 0..3 in the order of the product.
-SWEEP_TINY = ("data.n_samples=400", "trainer.epochs=8", "model.hidden_dim=16")
+# land in the middle of one (20 epochs: with epoch lines kept off a sweep's console, 8
+# epochs ran ~150 ms, and a whole sweep could finish inside the kill's random delay).
+# Dirs are job numbers: 0..3 in the order of the product.
+SWEEP_TINY = ("data.n_samples=400", "trainer.epochs=20", "model.hidden_dim=16")
 SWEEP_GRID = ("loss.variance_lambda=0,0.5", "seed=0,1")
 N_SWEEP_JOBS = 4
 BASIC = ("hydra/launcher=basic",)      # the sequential launcher; the default runs jobs in parallel

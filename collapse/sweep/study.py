@@ -141,7 +141,10 @@ class Search:
         if int(n_trials) < 1 or int(n_jobs) < 1:
             raise SearchError(f"hydra.sweeper.n_trials={n_trials}, n_jobs={n_jobs}: both must be >= 1")
         self.direction, self.n_trials, self.n_jobs = str(direction).lower(), int(n_trials), int(n_jobs)
-        self.storage = storage_url(storage)
+        try:
+            self.storage = storage_url(storage)
+        except OSError as e:
+            raise SearchError(f"hydra.sweeper.storage={storage} cannot be used: {e.strerror or e}") from None
         self.study_name = str(study_name) if study_name else str(self.sweep_dir)
         self.pruner_spec = OmegaConf.to_container(pruner) if isinstance(pruner, DictConfig) else dict(pruner or {})
         try:
@@ -156,7 +159,12 @@ class Search:
     def _study(self, resume: bool):
         import optuna
 
-        names = {s.study_name for s in optuna.get_all_study_summaries(self.storage)}
+        try:
+            names = {s.study_name for s in optuna.get_all_study_summaries(self.storage)}
+        except Exception as e:  # noqa: BLE001 - sqlalchemy's and optuna's errors alike: one line
+            reason = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise SearchError(f"hydra.sweeper.storage={self.storage} cannot be used: {type(e).__name__}: "
+                              f"{reason}") from None
         if self.study_name in names and not resume:
             raise SearchError(f"hydra.sweeper.study_name={self.study_name!r} already exists in {self.storage}: "
                               "pass resume=true to continue it, or choose another study_name")

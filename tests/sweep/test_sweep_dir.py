@@ -261,8 +261,9 @@ def test_slurm_without_sbatch_is_one_line(tmp_path):
 
 
 def test_an_unusable_optuna_storage_is_one_line(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    storage = f"sqlite:///{tmp_path}/no/such/dir/x.db"
+    pytest.importorskip("optuna")
+    (tmp_path / "a_file").write_text("")          # collapse's sweeper creates a missing directory, not this
+    storage = f"sqlite:///{tmp_path}/a_file/x.db"
     proc = cli(["--config-dir", str(ROOT / "sweeps"), "--config-name", "tune", "hydra.sweeper.n_trials=2",
                 f"hydra.sweeper.storage={storage}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
