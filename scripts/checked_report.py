@@ -6,6 +6,8 @@ list, the count of checks passed, the report also written to --out, exit 1 on a 
 """
 from __future__ import annotations
 
+import math
+import statistics
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -22,3 +24,12 @@ def finish(report: str, checks: Sequence[tuple[bool, str]], out: Optional[Path],
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text)
     return 0 if passed == len(checks) else 1
+
+
+def mean_sd(values: Sequence[float], missing: str = "—") -> str:
+    """"+0.412 ± 0.031": the mean and sample sd of the finite values (`missing` when none)."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return missing
+    sd = statistics.stdev(finite) if len(finite) > 1 else 0.0
+    return f"{statistics.fmean(finite):+.3f} ± {sd:.3f}"

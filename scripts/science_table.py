@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
 
-from checked_report import finish  # scripts/checked_report.py (scripts/ is on sys.path)
+from checked_report import finish
+from checked_report import mean_sd as fmt  # scripts/checked_report.py (scripts/ is on sys.path)
 
 # name, overrides, what the case shows
 CASES = [
@@ -113,12 +113,6 @@ def checks(results: dict[str, list[dict]], seeds: list[int]) -> list[tuple[bool,
     return out
 
 
-def fmt(values: list[float]) -> str:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return "nan"
-    sd = statistics.stdev(finite) if len(finite) > 1 else 0.0
-    return f"{statistics.fmean(finite):+.3f} ± {sd:.3f}"
 
 
 def table(results: dict[str, list[dict]], seeds: list[int]) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from checked_report import finish  # scripts/checked_report.py (scripts/ is on sys.path)
+from checked_report import finish
+from checked_report import mean_sd as fmt  # scripts/checked_report.py (scripts/ is on sys.path)
 
 REPO = Path(__file__).resolve().parent.parent
 CURES = ["none", "variance", "variance_study", "hinge_train", "ccc", "bmc", "lds_sqrt_inverse", "lds_inverse", "dense"]
@@ -58,12 +58,6 @@ def label(rec: dict) -> str:
     return ((rec.get("diagnosis") or {}).get(SPLIT) or {}).get("label") or rec["status"]
 
 
-def fmt(values: list[float]) -> str:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return "—"
-    sd = statistics.stdev(finite) if len(finite) > 1 else 0.0
-    return f"{statistics.fmean(finite):+.3f} ± {sd:.3f}"
 
 
 def labels(recs: list[dict]) -> str:

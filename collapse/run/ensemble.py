@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 from collapse.config import ENSEMBLE_MEMBER_KEYS as MEMBER_KEYS
 from collapse.config import Config, ensemble_refusal
 from collapse.errors import BAD_INPUT, ConfigError, Interrupted, RunExists
-from collapse.records import DirLock, DirLocked, RunRecord
+from collapse.records import DirLock, RunRecord
 from collapse.run import execute as ex
 from collapse.run.interrupts import Interrupts
 
@@ -53,15 +53,10 @@ def execute_group(members: Sequence[tuple[Config, RunRecord, Optional[Path]]], t
             lock = None
             try:
                 if run.run_dir is not None:
-                    try:
-                        lock = DirLock(run.run_dir).acquire("run directory")
-                    except DirLocked as e:
-                        raise RunExists(str(e)) from None
-                    locks.append(lock)
-                    previous, run.checkpoint = ex._prior(run.run_dir, run.record.config_hash, run.cfg.resume)
+                    lock = DirLock(run.run_dir)
+                    locks.append(lock)              # released on the way out, acquired or not
+                    previous = ex.claim(run, lock)
                     if previous is not None:
-                        log.info(f"resume: {run.file('metrics.json')} already holds a {previous.status} "
-                                 "run of this config; skipped")
                         out[i] = previous
                         continue
                 why = ensemble_refusal(str(run.cfg.model.name), [str(n) for n in run.cfg.logger.names],

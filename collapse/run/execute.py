@@ -139,16 +139,9 @@ def execute(cfg: Config, record: RunRecord, run_dir: Optional[Path] = None, thre
     lock = None
     try:
         if run.run_dir is not None:
-            try:
-                lock = DirLock(run.run_dir).acquire("run directory")
-            except DirLocked as e:
-                raise RunExists(str(e)) from None
-            # we hold the lock: a temp file here is a killed writer's, never a live one's
-            records.remove_temp_files(run.run_dir)
-            previous, run.checkpoint = _prior(run.run_dir, record.config_hash, cfg.resume)
+            lock = DirLock(run.run_dir)
+            previous = claim(run, lock)
             if previous is not None:
-                log.info(f"resume: {run.file(records.METRICS_FILE)} already holds a {previous.status} "
-                         "run of this config; skipped")
                 return previous
         try:
             with Interrupts():          # SIGTERM while the data loads is a recorded interrupt too
@@ -167,6 +160,24 @@ def execute(cfg: Config, record: RunRecord, run_dir: Optional[Path] = None, thre
     finally:
         if lock is not None:
             lock.release()
+
+
+def claim(run: _Run, lock: DirLock) -> Optional[RunRecord]:
+    """Take `run`'s directory: its lock (RunExists when another process holds it), a
+    killed writer's temp files removed, what the directory already holds read. Returns a
+    result to return instead of running (resume=true), else None with `run.checkpoint`
+    set to what an unfinished run continues from. The caller releases `lock`."""
+    try:
+        lock.acquire("run directory")
+    except DirLocked as e:
+        raise RunExists(str(e)) from None
+    # we hold the lock: a temp file here is a killed writer's, never a live one's
+    records.remove_temp_files(run.run_dir)
+    previous, run.checkpoint = _prior(run.run_dir, run.record.config_hash, run.cfg.resume)
+    if previous is not None:
+        log.info(f"resume: {run.file(records.METRICS_FILE)} already holds a {previous.status} "
+                 "run of this config; skipped")
+    return previous
 
 
 def _prepare(run: _Run) -> None:
