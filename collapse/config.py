@@ -503,13 +503,10 @@ def unknown_override(override: str, groups: Sequence[str] = ()) -> Optional[str]
     if not sep or key.startswith(("-", "+", "~", "hydra")) or "/" in key or key in groups:
         return None
     node: Any = Config()
-    for i, part in enumerate(key.split(".")):
-        names = {f.name: f for f in fields(node)} if is_dataclass(node) else None
-        if names is None:
+    for part in key.split("."):
+        if not is_dataclass(node):
             return None                 # inside a dict (kwargs) or past a leaf: Hydra decides
-        if part not in names:
+        if part not in {f.name for f in fields(node)}:
             return f"{key} is not a config key{did_you_mean(key)}; python -m collapse.train --help lists them"
         node = getattr(node, part)
-        if not is_dataclass(node):
-            return None if i == len(key.split(".")) - 1 or isinstance(node, dict) else None
     return None

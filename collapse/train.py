@@ -354,18 +354,6 @@ def cli_callable_overrides(args: Sequence[str]) -> list[str]:
     return found
 
 
-def main() -> float:
-    """The command line (python -m collapse.train, collapse-train): refuses overrides that
-    name a callable unless COLLAPSE_ALLOW_CLI_TARGETS=1, then runs Hydra."""
-    found = cli_callable_overrides(sys.argv[1:])
-    if found and os.environ.get(ALLOW_CLI_TARGETS) != "1":
-        print(f"collapse: error: {found[0]!r} names a Python callable for Hydra to call (hydra.callbacks / "
-              f"_target_ outside model=custom and data=custom); refused from the command line - put it in a "
-              f"config file, or set {ALLOW_CLI_TARGETS}=1 to allow it", file=sys.stderr)
-        raise SystemExit(2)
-    return _hydra_main()
-
-
 def _objective(value: float, sweeper: DictConfig) -> float:
     """A trial without a result (NaN): what collapse.sweep.job.failed_objective says for this
     sweeper (the record says `failed`)."""
@@ -456,10 +444,11 @@ _FLAGS_WITH_VALUE = {"-sc", "--shell-completion", "-cp", "--config-path", "-cn",
                      "--config-dir", "-c", "--cfg", "-p", "--package", "--info", "--experimental-rerun"}
 
 
-def cli() -> None:
-    """The command line (python -m collapse.train, collapse-train): a misspelt key fails in
-    one line with a suggestion before Hydra composes (its own message spans lines and
-    suggests nothing), then Hydra runs `main`."""
+def cli() -> float:
+    """The command line (python -m collapse.train, collapse-train). Before Hydra composes
+    (its own messages span lines and suggest nothing): a misspelt key or an impossible
+    option value fails in one line, with a suggestion; an override that names a callable
+    is refused unless COLLAPSE_ALLOW_CLI_TARGETS=1. Then Hydra runs `task`."""
     from collapse.config import unknown_override
 
     groups = [p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()]
@@ -471,7 +460,13 @@ def cli() -> None:
         if message is not None:
             print(f"collapse: error: {message}", file=sys.stderr)
             raise SystemExit(2)
-    main()
+    found = cli_callable_overrides(arguments)
+    if found and os.environ.get(ALLOW_CLI_TARGETS) != "1":
+        print(f"collapse: error: {found[0]!r} names a Python callable for Hydra to call (hydra.callbacks / "
+              f"_target_ outside model=custom and data=custom); refused from the command line - put it in a "
+              f"config file, or set {ALLOW_CLI_TARGETS}=1 to allow it", file=sys.stderr)
+        raise SystemExit(2)
+    return _hydra_main()
 
 
 if __name__ == "__main__":
