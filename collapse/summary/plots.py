@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from collapse.summary.report import write_file
-from collapse.summary.stats import t975
+from collapse.summary.stats import describe
 
 DPI = 150
 MIN_WIDTH_IN = 9.5          # 9.5 in x 150 dpi: 1,425 px; a tight crop keeps it above 1,200
@@ -38,12 +38,8 @@ def _nan(x):
 
 def _mean_ci(values: list[float]) -> tuple[float, float]:
     """(mean, half-width of the 95% t interval); the half-width is NaN for fewer than 2 values."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, math.nan
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, t975(n - 1) * sd / math.sqrt(n)
+    d = describe(values)
+    return d["mean"], (d["ci_high"] - d["ci_low"]) / 2
 
 
 def _colours(n: int) -> list:

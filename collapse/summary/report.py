@@ -37,7 +37,7 @@ def _shown_keys(summary: dict) -> tuple[str, ...]:
 write_file = records.write_bytes
 
 
-def _fmt(x, digits: int = 3, sign: str = "") -> str:
+def fmt(x, digits: int = 3, sign: str = "") -> str:
     return f"{x:{sign}.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "—"
 
 
@@ -95,9 +95,9 @@ def _cell_rows(summary: dict, incomplete: bool) -> tuple[list[str], list[list[st
         delta = "" if c["baseline"] else (_mean_ci(d, "+") + f" (n {d['n_pairs']})" if d["n_pairs"] else "—")
         rows.append(["—" if c["rank"] is None else str(c["rank"]), *(str(c["settings"][f]) for f in factors),
                      f"{n}/{c['n_planned']}", _mean_ci(m[f"{es}.r2"], n_of=n), _mean_ci(m[f"{other}.r2"], n_of=n),
-                     _mean_ci(m[f"{es}.variance_ratio"], n_of=n), _fmt(c["reference_r2"]["mean"]),
-                     _fmt(c["headroom"]["mean"], sign="+"), _fmt(c["failure_rate"], 2),
-                     _fmt(c["collapse_rate"], 2), _fmt(c["ratio_below_cutoff_rate"], 2), _diagnoses(c),
+                     _mean_ci(m[f"{es}.variance_ratio"], n_of=n), fmt(c["reference_r2"]["mean"]),
+                     fmt(c["headroom"]["mean"], sign="+"), fmt(c["failure_rate"], 2),
+                     fmt(c["collapse_rate"], 2), fmt(c["ratio_below_cutoff_rate"], 2), _diagnoses(c),
                      _recalibration(c), c["verdict"], delta,
                      _cell_flags(c)])
     return headers, rows
@@ -128,7 +128,7 @@ def _effect_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
             rows.append([e["factor"] if i == 0 else "", str(lvl["value"]), str(r2["n"]),
                          _mean_ci(r2), _mean_ci(r2["vs_first"], "+") if i else "",
                          _mean_ci(ratio), _mean_ci(ratio["vs_first"], "+") if i else "",
-                         _mean_ci(beside["vs_first"], "+") if i and beside else "", _fmt(rate, 2),
+                         _mean_ci(beside["vs_first"], "+") if i and beside else "", fmt(rate, 2),
                          test if i == 0 else ""])
     return headers, rows
 
@@ -145,12 +145,12 @@ def _anova_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     for name, row in by_term.items():
         for key in keys:
             t = next((t for t in summary["anova"][key]["terms"] if t["term"] == name), None)
-            row += [_fmt(t["f"], 2), _p(t["p"]), _fmt(t["eta_sq"], 3), _fmt(t["partial_eta_sq"], 3)] if t else ["—"] * 4
+            row += [fmt(t["f"], 2), _p(t["p"]), fmt(t["eta_sq"], 3), fmt(t["partial_eta_sq"], 3)] if t else ["—"] * 4
     errors = [summary["anova"][k]["error"] for k in keys]
     rows = list(by_term.values())
     if errors:
         rows.append([f"error ({errors[0]['source']})", str(errors[0]["df"]),
-                     *(x for e in errors for x in (f"MS {_fmt(e['ms'], 4)}", "", "", ""))])
+                     *(x for e in errors for x in (f"MS {fmt(e['ms'], 4)}", "", "", ""))])
     return headers, rows
 
 
@@ -172,7 +172,7 @@ def _paired_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         row = [c["label"]]
         for key in keys:
             row += [_mean_ci(d[key], "+"), str(d[key]["n_pairs"]), _p(d[key]["p_holm"])]
-        row.append(_fmt(d[f"{es}.r2"]["detectable"]))
+        row.append(fmt(d[f"{es}.r2"]["detectable"]))
         if effect:
             row.append("—" if d[f"{es}.r2"]["seeds_needed"] is None else str(d[f"{es}.r2"]["seeds_needed"]))
         rows.append(row)
@@ -198,8 +198,8 @@ def _header_lines(summary: dict) -> list[str]:
              "the share with val variance ratio below it (no-signal shrinkage too); ridge R²: the runs' linear "
              f"reference on the same frames ({es}), headroom: ridge minus the run; incomplete: results for "
              "fewer than half the planned seeds (no verdict, not ranked)",
-             f"share of the variance of {es} R² between cells: {_fmt(ve['cells'].get(f'{es}.r2'), 2)}, "
-             f"within cells (seeds): {_fmt(ve['within_cells'].get(f'{es}.r2'), 2)}"]
+             f"share of the variance of {es} R² between cells: {fmt(ve['cells'].get(f'{es}.r2'), 2)}, "
+             f"within cells (seeds): {fmt(ve['within_cells'].get(f'{es}.r2'), 2)}"]
     return lines
 
 
@@ -237,8 +237,8 @@ def _compact_cell_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
         m, n = c["metrics"], c["n_results"]
         rows.append([("—" if c["rank"] is None else str(c["rank"])) + ("*" if c["baseline"] else ""),
                      _short_cell(c, factors), f"{n}/{c['n_planned']}",
-                     _mean_ci(m[f"{es}.r2"], n_of=n), _fmt(m[f"{other}.r2"]["mean"]),
-                     _fmt(m[f"{es}.variance_ratio"]["mean"]), c["verdict"] if not c["incomplete"] else "incomplete",
+                     _mean_ci(m[f"{es}.r2"], n_of=n), fmt(m[f"{other}.r2"]["mean"]),
+                     fmt(m[f"{es}.variance_ratio"]["mean"]), c["verdict"] if not c["incomplete"] else "incomplete",
                      _diagnoses(c)])
     return headers, rows
 

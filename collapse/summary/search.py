@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import yaml
 
 from collapse.summary.jobs import STATISTICS_STATUSES, Job, number
-from collapse.summary.report import write_outputs
+from collapse.summary.report import fmt, write_outputs
 
 RESULTS_FILE = "optimization_results.yaml"      # collapse.sweep.study's (as hydra-optuna-sweeper's), in the sweep dir
 SCHEMA = 1
@@ -149,10 +149,6 @@ def build(sweep_dir: Path, jobs: Sequence[Job], factors: list, info: dict, notes
     }
 
 
-def _fmt(x, digits: int = 3) -> str:
-    return f"{x:.{digits}f}" if isinstance(x, (int, float)) and math.isfinite(x) else "—"
-
-
 def _param(x) -> str:
     return f"{x:.4g}" if isinstance(x, (int, float)) else "—"
 
@@ -163,8 +159,8 @@ def _rows(summary: dict) -> tuple[list[str], list[list[str]]]:
     headers = ["rank", "job", *factors, summary["objective"], *(["val R²"] if r2 else []), "val var ratio",
                "test R²", "diagnosis val/test", "status"]
     rows = [[str(t["rank"] or "—"), str(t["job"]), *(_param(t["params"][f]) for f in factors),
-             _fmt(t["objective"]), *([_fmt(t["val_r2"])] if r2 else []), _fmt(t["val_variance_ratio"]),
-             _fmt(t["test_r2"]), f"{t['diagnosis']['val'] or '—'}/{t['diagnosis']['test'] or '—'}", t["status"]]
+             fmt(t["objective"]), *([fmt(t["val_r2"])] if r2 else []), fmt(t["val_variance_ratio"]),
+             fmt(t["test_r2"]), f"{t['diagnosis']['val'] or '—'}/{t['diagnosis']['test'] or '—'}", t["status"]]
             for t in summary["trials"]]
     return headers, rows
 
@@ -176,13 +172,13 @@ def _lines(summary: dict) -> list[str]:
     best = summary["best"]
     if best:
         params = " ".join(f"{k}={_param(v)}" for k, v in best["params"].items())
-        lines.append(f"best: job {best['job']}: {summary['objective']} {_fmt(best['objective'])} at {params} "
+        lines.append(f"best: job {best['job']}: {summary['objective']} {fmt(best['objective'])} at {params} "
                      f"(diagnosis val {best['diagnosis']['val']}, test {best['diagnosis']['test']}; "
-                     f"test R² {_fmt(best['test_r2'])})")
+                     f"test R² {fmt(best['test_r2'])})")
     else:
         lines.append("best: none (no trial finished with a result)")
     if summary.get("optuna_best"):
-        lines.append(f"optuna's best value: {_fmt(number(summary['optuna_best'].get('best_value')))} "
+        lines.append(f"optuna's best value: {fmt(number(summary['optuna_best'].get('best_value')))} "
                      f"({RESULTS_FILE})")
     if summary["importance"]:
         lines.append("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["importance"].items()))
