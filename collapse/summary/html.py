@@ -120,7 +120,8 @@ def render_html(summary: dict, out_dir: Path) -> str:
     if is_search:
         parts += ["<h2>Trials, best first</h2>\n", _table(*search._rows(summary))]
     else:
-        parts += ["<h2>Cells, ranked by mean val R²</h2>\n", _table(*report._cell_rows(summary, False))]
+        parts += [f"<h2>Cells, ranked by mean {report._splits(summary)[0]} R²</h2>\n",
+                  _table(*report._cell_rows(summary, False))]
         headers, rows = report._cell_rows(summary, True)
         if rows:
             parts += ["<h2>Incomplete cells (not ranked)</h2>\n", _table(headers, rows)]
