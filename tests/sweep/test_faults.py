@@ -182,7 +182,12 @@ def test_whole_sweep_killed_repeatedly_then_resumed_equals_an_uninterrupted_swee
             # at least one more job finishes in every round (progress), then a random moment
             wait_until(lambda proc=proc: proc.poll() is not None or n_completed(sweep_dir) > len(kept), TIMEOUT,
                        f"round {round_}: a job to finish")
-            time.sleep(rng.uniform(0.0, 0.8 * job_s))
+            # a job's time as this sweep runs it: the reference sweep ran beside other tests, on a
+            # machine as busy or not, and a delay sized on it could outlast this whole sweep
+            here = [r["wall_time_s"] for r in (read_json(sweep_dir / str(n) / "metrics.json")
+                                               for n in range(N_SWEEP_JOBS))
+                    if r and r.get("status") == "completed" and r.get("wall_time_s")]
+            time.sleep(rng.uniform(0.0, 0.4 * min([job_s, *here])))
             tree = descendants(proc.pid)
             if proc.poll() is None:
                 if sig == signal.SIGINT:
