@@ -9,8 +9,8 @@ cells, wall and CPU seconds, against the targets 1 s (1k) and 3 s (10k):
 
 Without --template, one short real run (collapse.train, 30 epochs) is the template.
 
-Run directories are fabricated from one real job directory (its metrics.json and
-.hydra/ files) with varied overrides: a 3 x 4 x 5 grid (data.temporal_frames x
+Run directories are fabricated from one real job directory (its metrics.json, model.pt
+and .hydra/ files) with varied overrides: a 3 x 4 x 5 grid (data.temporal_frames x
 loss.variance_lambda x model.init_std) over as many seeds as it takes, metrics jittered
 so that cells differ. Only the lines the summary reads are changed in hydra.yaml.
 The timed summary is the whole statistics pass: cell statistics, the type II ANOVA and
@@ -88,6 +88,7 @@ def fabricate(template_dir: Path, sweep_dir: Path, n: int, seed: int = 0, levels
     if (template_dir.parent / "multirun.yaml").exists():
         shutil.copy(template_dir.parent / "multirun.yaml", sweep_dir / "multirun.yaml")
     best = record.get("best") or {}
+    weights = template_dir / "model.pt"
     for i in range(n):
         cell, seed_i = cells[i % len(cells)], i // len(cells)
         overrides = [f"{k}={v}" for k, v in zip(keys, cell)] + [f"seed={seed_i}"] + keep
@@ -113,6 +114,11 @@ def fabricate(template_dir: Path, sweep_dir: Path, n: int, seed: int = 0, levels
                                               for k, v in (best.get(split) or {}).items()}
                                        for split in ("val", "test")}}
         (job_dir / "metrics.json").write_text(json.dumps(fake, indent=1))
+        if weights.exists():    # the summary checks each run's weights against its record's sha256
+            try:
+                os.link(weights, job_dir / weights.name)     # the same bytes to hash, no disk
+            except OSError:
+                shutil.copy(weights, job_dir / weights.name)
     os.sync()       # the timed summary must not share the disk with this write-back
     return sweep_dir
 

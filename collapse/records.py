@@ -428,11 +428,12 @@ def job_dirs(sweep_dir: Path, max_depth: int = 3) -> list[Path]:
     found: list[Path] = []
 
     def walk(directory: Path, depth: int) -> None:
-        try:
-            children = sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith("."))
+        try:        # scandir: the entries' types come with the listing, without a stat each
+            with os.scandir(directory) as entries:
+                names = sorted(e.name for e in entries if not e.name.startswith(".") and e.is_dir())
         except OSError:
             return
-        for child in children:
+        for child in (directory / name for name in names):
             if _is_job_dir(child):
                 found.append(child)
             elif depth < max_depth:

@@ -43,7 +43,7 @@ from collapse.summary.jobs import (
     find_factors,
     level_key,
     manifest_jobs,
-    read_job,
+    read_jobs,
     same_level,
     sweep_info,
     unify_numeric_levels,
@@ -316,7 +316,7 @@ def _effects(factors: list, levels: dict, grid: list, runs: dict, cell_info: dic
         notes.append(f"incomplete cells left out of the ANOVA and EMMs: {'; '.join(_label(factors, c) for c in apart)}")
     counted = [c for c in grid if not cell_info[c]["incomplete"]]
     for key in EFFECT_KEYS:
-        values = [(cell, r[key]) for cell in counted for r in runs[cell].values() if stats.finite([r[key]]).size]
+        values = [(cell, r[key]) for cell in counted for r in runs[cell].values() if _number(r[key])]
         # a level with no value at all is left out of the model (its EMM is undefined):
         # kept, it would make every EMM of every factor inestimable
         used = [[v for v in levels[f] if any(cell[i] == v for cell, _ in values)] for i, f in enumerate(factors)]
@@ -426,7 +426,7 @@ def build_summary(sweep_dir, thresholds=None, histories: bool = False, diagnosis
     if not dirs:
         raise SweepDirError(f"{sweep_dir}: holds no job directories")
 
-    jobs = [read_job(d, histories=histories) for d in dirs]
+    jobs = read_jobs(dirs, histories)
     try:
         manifest, manifest_problem = read_manifest(sweep_dir), None
     except ManifestError as e:     # not "no manifest": the jobs it planned are inferred below

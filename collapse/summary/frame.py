@@ -10,7 +10,7 @@ from pathlib import Path
 
 from collapse.records import job_dirs
 from collapse.summary.build import SweepDirError, _metric
-from collapse.summary.jobs import STAT_KEYS, find_factors, read_job, sweep_info, unify_numeric_levels
+from collapse.summary.jobs import STAT_KEYS, find_factors, read_jobs, sweep_info, unify_numeric_levels
 
 
 def load_runs(sweep_dir):
@@ -24,7 +24,7 @@ def load_runs(sweep_dir):
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise SweepDirError(f"{sweep_dir}: no such directory")
-    jobs = [read_job(d, histories=False) for d in job_dirs(sweep_dir)]
+    jobs = read_jobs(job_dirs(sweep_dir), histories=False)
     placed = [j for j in jobs if j.settings is not None]
     unify_numeric_levels([j.settings for j in placed])
     factors, _ = find_factors(jobs, [str(k) for k in sweep_info(jobs).get("factors") or []])

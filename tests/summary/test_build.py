@@ -350,6 +350,42 @@ def test_tables_skip_histories_without_changing_the_record(tmp_path):
     assert sweep_jobs.sweep_info([sweep_jobs.read_job(job, histories=False)]) == {"name": "adhoc"}
 
 
+def test_a_record_the_fast_parser_refuses_is_read_by_the_stdlib(tmp_path):
+    job = write_job(tmp_path / "sweep", 0, ["seed=0"], {})
+    text = (job / "metrics.json").read_text()
+    # NaN is not JSON, but Python's json wrote it before records turned it into null
+    (job / "metrics.json").write_text(text.replace('"r2": 0.5', '"r2": NaN', 1))
+    light = sweep_jobs.read_metrics(job / "metrics.json", histories=False)
+    assert math.isnan(light["best"]["val"]["r2"]) and light["history"] is None
+    (job / "metrics.json").write_text(text[:-40])                     # truncated: still one line naming it
+    with pytest.raises(records.RecordError, match="not valid JSON"):
+        sweep_jobs.read_metrics(job / "metrics.json", histories=False)
+
+
+def test_reading_in_parallel_gives_the_jobs_of_reading_in_order(tmp_path, monkeypatch):
+    import gc
+
+    sweep = make_grid(tmp_path / "sweep", job2={"status": "failed"})
+    (sweep / "5" / "metrics.json").write_text("{")
+    dirs = records.job_dirs(sweep)
+    serial = [sweep_jobs.read_job(d, histories=False) for d in dirs]
+    read_job, pids = sweep_jobs.read_job, []
+
+    def read_job_saying_where(d, histories):
+        job = read_job(d, histories)
+        job.reader = os.getpid()
+        return job
+
+    monkeypatch.setattr(sweep_jobs, "read_job", read_job_saying_where)
+    monkeypatch.setattr(sweep_jobs, "PARALLEL_FROM", 4)     # 12 jobs: read by 2 processes here
+    parallel = sweep_jobs.read_jobs(dirs, histories=False)
+    pids = {j.reader for j in parallel}
+    if len(os.sched_getaffinity(0)) > 1:
+        assert len(pids) == 2 and os.getpid() in pids, pids
+    assert [(j.num, j.status, j.settings, j.seed, j.record, j.problems) for j in parallel] == \
+        [(j.num, j.status, j.settings, j.seed, j.record, j.problems) for j in serial]
+    assert gc.isenabled()           # the reader leaves the collector as it found it
+
 # ---------------------------------------------------------------- CLI and plots
 
 def _cli(*args, cwd):
@@ -376,6 +412,17 @@ def test_cli_writes_the_files_and_exit_codes(tmp_path):
     assert len(empty.stderr.strip().splitlines()) == 1
     bad = _cli(sweep, "--thresholds", "r2=1,0", cwd=tmp_path)
     assert bad.returncode == 2 and "--thresholds 'r2=1,0' is invalid" in bad.stderr
+
+    # a sweep with more problems than a console should scroll: the first ones, then a count
+    for num in range(12, 12 + 30):
+        write_job(sweep, num, [f"data.temporal_frames={FRAMES[0]}", f"loss.variance_lambda={LAMBDAS[0]}",
+                               f"seed={SEEDS[num % len(SEEDS)]}"], {"model": "mean_pool"})
+        (sweep / str(num) / "metrics.json").write_text("[")
+    many = _cli(sweep, "--no-plots", cwd=tmp_path)
+    lines, problems = many.stderr.splitlines(), json.loads((sweep / "summary.json").read_text())["problems"]
+    assert many.returncode == 0 and len(problems) > 31, problems
+    assert lines[:-1] == [f"problem: {p}" for p in problems[:30]]
+    assert lines[-1] == f"problem: ... and {len(problems) - 30} more: summary.md and summary.json list them all"
 
 
 def test_cli_into_a_closed_pipe_exits_without_a_traceback(tmp_path):
