@@ -49,20 +49,27 @@ def _colours(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+def _split(summary: dict) -> str:
+    """The split the plots show: the one the tables rank and judge by (test by default: it
+    chose nothing; val picked each run's epoch). Summaries from before it was chosen: val."""
+    return summary.get("effects_split") or "val"
+
+
 def _cell_stats(summary: dict, row_factor: str, row, col_factor: str, col) -> Optional[dict]:
-    """The val R² statistics of the cell (row, col) when the sweep has exactly these two factors."""
+    """The R² statistics (effects split) of the cell (row, col) when the sweep has exactly these two factors."""
     if len(summary["factors"]) != 2:
         return None
     for c in summary["cells"]:
         if c["settings"].get(row_factor) == row and c["settings"].get(col_factor) == col:
-            return c["metrics"]["val.r2"]
+            return c["metrics"][f"{_split(summary)}.r2"]
     return None
 
 
 def _heatmap(plt, summary: dict, out_dir: Path) -> Path:
     heat = summary["heatmap"]
     rows, cols = heat["row_levels"], heat["col_levels"]
-    values = [[_nan(v) for v in row] for row in heat["mean_val_r2"]]
+    split = _split(summary)
+    values = [[_nan(v) for v in row] for row in heat[f"mean_{split}_r2"]]
     fig, ax = plt.subplots(figsize=(max(MIN_WIDTH_IN + 2, 2.0 + 2.2 * len(cols)), 2.0 + 1.0 * len(rows)))
     image = ax.imshow(values, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(cols)), [str(v) for v in cols])
@@ -83,9 +90,9 @@ def _heatmap(plt, summary: dict, out_dir: Path) -> Path:
                 text = f"{v:.3f}"
             # dark text on the light end of viridis, white on the dark end
             ax.text(j, i, text, ha="center", va="center", fontsize=9, color="k" if v > middle else "w")
-    fig.colorbar(image, ax=ax, label="mean val R²")
+    fig.colorbar(image, ax=ax, label=f"mean {split} R²")
     more = len(summary["factors"]) > 2
-    ax.set_title("mean val R²" + (" (unweighted over the other factors' cells)" if more else
+    ax.set_title(f"mean {split} R²" + (" (unweighted over the other factors' cells)" if more else
                                   " ± 95% CI over seeds, n runs per cell"))
     path = save_figure(fig, Path(out_dir) / "summary_heatmap.png")
     plt.close(fig)
@@ -96,9 +103,9 @@ def _interaction(plt, summary: dict, out_dir: Path) -> Path:
     heat = summary["heatmap"]
     rows, cols = heat["row_levels"], heat["col_levels"]
     fig, ax = plt.subplots(figsize=(MIN_WIDTH_IN + 1, 5.0))
-    x = list(range(len(rows)))
+    x, split = list(range(len(rows))), _split(summary)
     for j, (level, colour) in enumerate(zip(cols, _colours(len(cols)))):
-        means = [_nan(heat["mean_val_r2"][i][j]) for i in range(len(rows))]
+        means = [_nan(heat[f"mean_{split}_r2"][i][j]) for i in range(len(rows))]
         cells = [_cell_stats(summary, heat["rows"], r, heat["cols"], level) for r in rows]
         errors = [((c["ci_high"] - c["ci_low"]) / 2 if c is not None and c["ci_high"] is not None else math.nan)
                   for c in cells]
@@ -108,7 +115,7 @@ def _interaction(plt, summary: dict, out_dir: Path) -> Path:
                     capsize=4, label=f"{heat['cols']} = {level}")
     ax.set_xticks(x, [str(v) for v in rows])
     ax.set_xlabel(heat["rows"])
-    ax.set_ylabel("mean val R² (95% CI over seeds)" if len(summary["factors"]) == 2 else "mean val R²")
+    ax.set_ylabel(f"mean {split} R²" + (" (95% CI over seeds)" if len(summary["factors"]) == 2 else ""))
     ax.set_title("interaction: parallel lines = additive effects")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
@@ -120,8 +127,10 @@ def _interaction(plt, summary: dict, out_dir: Path) -> Path:
 def _main_effects(plt, summary: dict, out_dir: Path) -> Path:
     effects = summary["main_effects"]
     fig, axes = plt.subplots(2, len(effects), figsize=(max(MIN_WIDTH_IN, 4.2 * len(effects)), 6.5), squeeze=False)
+    split = _split(summary)
     for col, effect in enumerate(effects):
-        for row, (key, name) in enumerate((("val.r2", "val R²"), ("val.variance_ratio", "val variance ratio"))):
+        for row, (key, name) in enumerate(((f"{split}.r2", f"{split} R²"),
+                                           (f"{split}.variance_ratio", f"{split} variance ratio"))):
             stats = [lvl[key] for lvl in effect["levels"]]
             means = [_nan(s["mean"]) for s in stats]
             errors = [0.0 if s["ci_high"] is None or math.isnan(s["ci_high"]) else s["ci_high"] - s["mean"]
@@ -215,11 +224,12 @@ def _curves(plt, summary: dict, histories: dict, out_dir: Path) -> Optional[Path
 
 
 def write_plots(summary: dict, histories: dict[str, list[list[dict]]], out_dir: Path) -> tuple[list[Path], list[str]]:
-    """Write summary_heatmap.png (mean val R² over the first two factors, each cell with
+    """Write summary_heatmap.png (mean R² on the effects split over the first two factors, each cell with
     mean ± CI and n), summary_interaction.png (the same means as lines with error bars: one
     per level of the second factor across the first; parallel lines = no interaction),
-    summary_main_effects.png (EMMs with model-based 95% CIs) and summary_curves.png
-    (val R² and variance ratio per epoch, mean ± 95% CI over each cell's runs).
+    summary_main_effects.png (EMMs with model-based 95% CIs, effects split) and summary_curves.png
+    (val R² and variance ratio per epoch, mean ± 95% CI over each cell's runs: the histories
+    hold val only, and val is the split early stopping watched).
     `histories`: cell label -> the result runs' record["history"] lists.
     Returns (files written, notes on plots skipped)."""
     import matplotlib

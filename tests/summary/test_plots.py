@@ -45,14 +45,22 @@ def test_every_plot_is_150_dpi_and_at_least_1200_px_wide(tmp_path):
         assert width >= 1200 and dpi == pytest.approx(150, abs=1), name
 
 
-def test_heatmap_cells_say_mean_ci_and_n(tmp_path, figures):
-    summary = summarize(make_grid(tmp_path / "sweep"), plots=True)
-    texts = [t.get_text() for t in figures["summary_heatmap.png"].axes[0].texts]
-    cell = next(c for c in summary["cells"] if c["label"] == "data.temporal_frames=1 loss.variance_lambda=0.0")
-    r2 = cell["metrics"]["val.r2"]        # 0.60, 0.70, 0.65: mean 0.65, half-width t975(2) * 0.05 / sqrt(3)
-    assert r2["mean"] == pytest.approx(0.65)
+def test_heatmap_cells_say_mean_ci_and_n_on_the_split_the_tables_judge_by(tmp_path, figures):
+    sweep = make_grid(tmp_path / "sweep")
     half = t975(2) * 0.05 / math.sqrt(3)
-    assert f"0.650 ± {half:.3f}\nn = 3" in texts and len(texts) == 4
+    # val R² 0.60, 0.70, 0.65 (mean 0.65); test R² is val - 0.05 in these records (mean 0.60)
+    for split, mean in (("test", 0.60), ("val", 0.65)):
+        summary = summarize(sweep, plots=True, effects_split=split)
+        ax = figures["summary_heatmap.png"].axes[0]
+        texts = [t.get_text() for t in ax.texts]
+        cell = next(c for c in summary["cells"] if c["label"] == "data.temporal_frames=1 loss.variance_lambda=0.0")
+        assert cell["metrics"][f"{split}.r2"]["mean"] == pytest.approx(mean)
+        assert f"{mean:.3f} ± {half:.3f}\nn = 3" in texts and len(texts) == 4
+        assert ax.get_title().startswith(f"mean {split} R²")
+        main = figures["summary_main_effects.png"].axes
+        assert main[0].get_ylabel() == f"{split} R² EMM (95% CI)"
+        assert [b.get_height() for b in main[0].patches] == pytest.approx(
+            [lvl[f"{split}.r2"]["mean"] for lvl in summary["main_effects"][0]["levels"]])
 
 
 def test_interaction_has_error_bars_and_curves_have_bands_colours_and_integer_epochs(tmp_path, figures):
@@ -64,8 +72,9 @@ def test_interaction_has_error_bars_and_curves_have_bands_colours_and_integer_ep
     assert len(bars) == 2                                     # one per level of loss.variance_lambda
     r2 = next(c for c in summary["cells"] if c["label"] == "data.temporal_frames=1 loss.variance_lambda=0.0")
     segment = bars[0].lines[2][0].get_segments()[0]           # the first level's first error bar
-    assert segment[1][1] - segment[0][1] == pytest.approx(r2["metrics"]["val.r2"]["ci_high"]
-                                                          - r2["metrics"]["val.r2"]["ci_low"])
+    assert segment[1][1] - segment[0][1] == pytest.approx(r2["metrics"]["test.r2"]["ci_high"]   # the effects split
+                                                          - r2["metrics"]["test.r2"]["ci_low"])
+    assert ax.get_ylabel() == "mean test R² (95% CI over seeds)"
 
     curves = figures["summary_curves.png"].axes[0]
     lines = {line.get_label(): line for line in curves.lines}
