@@ -253,9 +253,37 @@ def read_job(job_dir: Path, histories: bool = True) -> Job:
 PARALLEL_FROM = 2000
 
 
+# Files the kernel is asked to fetch ahead of the reader (posix_fadvise WILLNEED): a sweep
+# read days after it ran is on disk, not in the page cache, and one read at a time waits on
+# each file in turn (10,000 records: 2.5 s cold, 1.3 s with the reads queued ahead).
+READ_AHEAD = 256
+
+
+def _advise(dirs: Sequence[Path]) -> None:
+    for d in dirs:
+        for name in (records.METRICS_FILE, records.WEIGHTS_FILE):
+            try:
+                fd = os.open(d / name, os.O_RDONLY)
+            except OSError:
+                continue        # read_job says what is missing
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+
 def _read_slice(dirs: list, histories: bool) -> list:
-    gc.disable()        # a forked reader lives for one slice
-    return [read_job(d, histories) for d in dirs]
+    gc.disable()        # a forked reader lives for one slice (see read_jobs)
+    if not hasattr(os, "posix_fadvise"):
+        return [read_job(d, histories) for d in dirs]
+    jobs: list[Job] = []
+    _advise(dirs[:READ_AHEAD])
+    for start in range(0, len(dirs), READ_AHEAD):
+        _advise(dirs[start + READ_AHEAD:start + 2 * READ_AHEAD])
+        jobs += [read_job(d, histories) for d in dirs[start:start + READ_AHEAD]]
+    return jobs
 
 
 def read_jobs(dirs: Sequence[Path], histories: bool = True) -> list[Job]:
@@ -270,14 +298,14 @@ def read_jobs(dirs: Sequence[Path], histories: bool = True) -> list[Job]:
         processes = min(cpus, 8, len(dirs) // (PARALLEL_FROM // 2))
         # fork (Linux) only a process with one thread: a lock another thread holds would stay held
         if processes < 2 or threading.active_count() > 1 or not sys.platform.startswith("linux"):
-            return [read_job(d, histories) for d in dirs]
+            return _read_slice(dirs, histories)
         import multiprocessing
 
         size = -(-len(dirs) // processes)
         slices = [dirs[k:k + size] for k in range(0, len(dirs), size)]
         with multiprocessing.get_context("fork").Pool(len(slices) - 1) as pool:
             others = pool.starmap_async(_read_slice, [(s, histories) for s in slices[1:]])
-            first = [read_job(d, histories) for d in slices[0]]      # this process reads too
+            first = _read_slice(slices[0], histories)               # this process reads too
             return first + [job for part in others.get() for job in part]
     finally:
         if was_enabled:
