@@ -24,6 +24,7 @@ import dataclasses
 import logging
 import math
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -64,8 +65,23 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS needs it before use
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    set_deterministic(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
+
+
+def set_deterministic(mode: bool) -> None:
+    """torch.use_deterministic_algorithms(mode, warn_only=True), without its import of
+    torch._inductor: it imports the inductor and dynamo stack only to copy the flag into
+    inductor's config, 1.2-1.3 s once per process on these machines (torch 2.13), which
+    every sweep worker paid before its first job. Nothing here compiles; where inductor is
+    loaded already (a custom model that compiles) torch's own call sets both flags."""
+    import torch
+
+    set_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if set_flag is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=True)
+    else:
+        set_flag(mode, warn_only=True)
 
 
 def _prior(run_dir: Path, config_hash: Optional[str], resume: bool) -> tuple[Optional[RunRecord], Optional[dict]]:
