@@ -5,7 +5,8 @@ Launching side (`EnsembleEngine`): every job is composed first (as under the def
 launcher), then jobs whose configs agree on everything but config.ENSEMBLE_MEMBER_KEYS
 (seed, loss.variance_lambda, model.init_std, trainer.lr, trainer.weight_decay) form a
 group; a group is cut into chunks of at most `max_members` (0: as many chunks as
-workers need to stay busy), and each chunk goes to a free worker. A config the ensemble
+workers need to stay busy, each small enough that its activations stay in cache:
+`stack_cap`), and each chunk goes to a free worker, costliest first. A config the ensemble
 engine cannot train (model=custom, a tracker) refuses the whole sweep up front, with one
 line, before anything runs.
 
@@ -47,19 +48,38 @@ def group_key(config: DictConfig) -> str:
     return json.dumps(tree, sort_keys=True, default=str)
 
 
-def chunks(groups: Sequence[list], n_workers: int, max_members: int, cost=len) -> list[list]:
-    """Cut groups into even chunks of at most `max_members` (0: the sweep's jobs / workers,
-    so a sweep of one group still keeps every worker busy), costliest first (`cost(chunk)`):
-    the pool hands the next chunk to the first free worker, so the cheap ones fill the gaps
-    at the end (longest-processing-time first). Whole stacks are kept over finer balance:
-    a stack's per-step cost is mostly launches, whatever its size."""
+# A stack's layer activation (members x batch x frames x hidden floats) at most this many
+# floats, 2 MiB: past the cache, every elementwise op (ReLU, its backward, the mean) streams
+# from memory. phase4's 7-frame group on 2 cores, one thread (12 members, 4 epochs): 1.83 s
+# as one stack, 1.53 s as stacks of 4; its 3-frame group fastest as one stack of 12.
+STACK_FLOATS = 512 << 10
+
+
+def stack_cap(batch_size: int, frames: int, hidden_dim: int) -> int:
+    """Members per stack whose layer activation stays within STACK_FLOATS (at least 2: a
+    stack of one computes a duplicate row, twice the work of one run)."""
+    return max(2, STACK_FLOATS // max(1, batch_size * frames * hidden_dim))
+
+
+def chunks(groups: Sequence[list], n_workers: int, max_members: int, cost=len, caps=None) -> list[list]:
+    """Cut groups into even chunks, costliest first (`cost(chunk)`): the pool hands the next
+    chunk to the first free worker, so the cheap ones fill the gaps at the end
+    (longest-processing-time first).
+
+    A chunk holds at most `max_members`; with 0, at most the group's cap (`caps[i]`, the
+    members whose activations fit the cache: `stack_cap`) and the sweep's jobs / workers
+    (so a sweep of one group still keeps every worker busy)."""
     out = []
     total = sum(len(g) for g in groups)
-    cap = max_members if max_members > 0 else max(1, math.ceil(total / max(1, n_workers)))
-    for group in groups:
+    per_worker = max(1, math.ceil(total / max(1, n_workers)))
+    for i, group in enumerate(groups):
+        if max_members > 0:
+            cap = max_members
+        else:
+            cap = min(per_worker, caps[i]) if caps is not None and caps[i] > 0 else per_worker
         n = math.ceil(len(group) / cap)
         size = math.ceil(len(group) / n)             # even chunks: 12 at cap 9 -> 6 + 6, not 9 + 3
-        out += [group[i:i + size] for i in range(0, len(group), size)]
+        out += [group[j:j + size] for j in range(0, len(group), size)]
     return sorted(out, key=cost, reverse=True)
 
 
@@ -110,7 +130,7 @@ class EnsembleEngine(Engine):
         os.makedirs(str(hydra.sweep.dir), exist_ok=True)
         state = {"hydra_context": self.hydra_context, "config": self.config}
         groups: dict[str, list] = {}
-        jobs, frames = [], []         # a stack's step costs about members x frames (the MLP's rows)
+        jobs, frames, seeds, caps = [], [], [], {}   # a stack's step costs about members x frames (the MLP's rows)
         for i, overrides in enumerate(batch):
             composed = self._composed.pop(tuple(overrides), None)
             if composed is None:
@@ -124,9 +144,15 @@ class EnsembleEngine(Engine):
                 raise SystemExit(2)
             jobs.append((initial_job_idx + i, composed, list(overrides)))
             frames.append(int(config.data.temporal_frames))
-            groups.setdefault(group_key(config), []).append(i)
-        parts = chunks(list(groups.values()), self.n_workers, self.max_members,
-                       cost=lambda part: sum(frames[i] for i in part))
+            seeds.append(int(config.seed))
+            key = group_key(config)
+            groups.setdefault(key, []).append(i)
+            caps[key] = stack_cap(int(config.trainer.batch_size), frames[-1], int(config.model.hidden_dim))
+        # a group's members by seed: a chunk then holds few seeds, whose members share one
+        # data load and one linear reference (collapse.run.ensemble)
+        ordered = {k: sorted(g, key=lambda i: seeds[i]) for k, g in groups.items()}
+        parts = chunks(list(ordered.values()), self.n_workers, self.max_members,
+                       cost=lambda part: sum(frames[i] for i in part), caps=[caps[k] for k in ordered])
         where = f"on {self.n_workers} worker processes" if self.pool else "in this process"
         log.info(f"Launching {len(batch)} jobs as {len(parts)} stacked model(s) of "
                  f"{'/'.join(str(len(p)) for p in parts)} members {where}")

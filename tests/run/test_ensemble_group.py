@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 
@@ -38,6 +40,40 @@ def test_each_member_is_recorded_as_its_single_run_would_be(tmp_path):
         raise execute_group([_member(tmp_path, "a", BASE)])[0]
     resumed = dataclasses.replace(BASE, resume=True)
     assert execute_group([_member(tmp_path, "a", resumed)])[0].best == outs[0].best
+
+
+def test_members_of_one_seed_share_one_linear_reference_equal_to_their_single_runs(tmp_path):
+    # the ridge reference depends on the data alone: fitted once per data load of a group
+    cfgs = {f"{seed}_{lam}": dataclasses.replace(BASE, seed=seed,
+                                                 loss=dataclasses.replace(BASE.loss, variance_lambda=lam))
+            for seed in (0, 1) for lam in (0.0, 0.5)}
+    outs = dict(zip(cfgs, execute_group([_member(tmp_path, n, c) for n, c in cfgs.items()], threads=1)))
+    computed = lambda ref: {k: v for k, v in ref.items() if k != "seconds"}  # noqa: E731
+    assert outs["0_0.0"].reference == outs["0_0.5"].reference                 # one fit, seconds and all
+    assert outs["0_0.0"].reference is not outs["0_0.5"].reference             # each record its own copy
+    assert computed(outs["0_0.0"].reference) != computed(outs["1_0.0"].reference)   # another split
+    for name in ("0_0.5", "1_0.0"):
+        single = execute(cfgs[name], RunRecord(config_hash="x"), tmp_path / f"single_{name}", threads=1)
+        assert computed(outs[name].reference) == computed(single.reference)
+        assert outs[name].diagnosis["test"]["label"] == single.diagnosis["test"]["label"]
+
+
+def test_a_stack_keeps_freed_blocks_in_the_heap():
+    # glibc returns blocks over its mmap threshold on free: a stack's megabyte activations
+    # then page-faulted in afresh every step; after hold_freed_memory they stay in the heap
+    code = ("import resource, torch; from collapse.run.ensemble import hold_freed_memory\n"
+            "def faults():\n"
+            "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "    for _ in range(50):\n"
+            "        a = torch.ones(12, 1792, 64); b = torch.relu(a); del a, b\n"
+            "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before\n"
+            "faults(); print(faults(), hold_freed_memory(), faults(), faults())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    default, held, warm, again = out.stdout.split()
+    if sys.platform != "linux" or held != "True":
+        pytest.skip("not glibc: the allocator is left as it is")
+    assert int(default) > 50 * 1000 and int(again) < 500            # 5.5 MB: ~1,350 pages a tensor
 
 
 def test_ssl_runs_per_member(tmp_path):

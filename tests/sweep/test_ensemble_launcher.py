@@ -1,4 +1,4 @@
-"""hydra/launcher=ensemble end to end: real sweeps in subprocesses (slow)."""
+"""hydra/launcher=ensemble end to end: real sweeps in subprocesses (slow); how a sweep is cut into stacks."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from collapse import records
+from collapse.sweep.ensemble import chunks, stack_cap
 
 from conftest import (
     BASIC,
@@ -105,3 +106,28 @@ def test_a_killed_ensemble_sweep_resumes_to_the_metrics_of_an_uninterrupted_one(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert results(sweep_dir) == results(reference)
     assert all(read_json(sweep_dir / str(n) / "metrics.json")["resumed_from_epoch"] for n in interrupted)
+
+
+def test_stacks_are_cut_to_fit_the_cache_and_handed_out_costliest_first():
+    # phase4: 3 groups of 12 (frames 1, 3, 7), batch 256, hidden 64, 2 workers. Whole groups
+    # left one worker the 7-frame stack (7 of 11 cost units) and the 7-frame stack's 5.5 MB
+    # activations streamed from memory; cut to <= 2 MiB of activations, 6 stacks balance
+    frames = [1] * 12 + [3] * 12 + [7] * 12
+    groups = [list(range(0, 12)), list(range(12, 24)), list(range(24, 36))]
+    caps = [stack_cap(256, f, 64) for f in (1, 3, 7)]
+    assert caps == [32, 10, 4]
+    cost = lambda part: sum(frames[i] for i in part)  # noqa: E731
+    parts = chunks(groups, 2, 0, cost=cost, caps=caps)
+    assert [len(p) for p in parts] == [4, 4, 4, 6, 6, 12] and sorted(sum(parts, [])) == list(range(36))
+    assert [cost(p) for p in parts] == [28, 28, 28, 18, 18, 12]
+    # longest-processing-time first over 2 workers: 68 and 64 units, where whole groups gave 84 and 48
+    loads = [0, 0]
+    for p in parts:
+        loads[loads.index(min(loads))] += cost(p)
+    assert sorted(loads) == [64, 68]
+    # hydra.launcher.max_members is the user's cap, the cache's is not applied over it
+    assert [len(p) for p in chunks(groups, 2, 12, cost=cost, caps=caps)] == [12, 12, 12]
+    # a stack of one computes a duplicate row: the cache never cuts below 2 members
+    assert stack_cap(4096, 7, 256) == 2
+    # a sweep of one small group still feeds every worker (jobs / workers)
+    assert [len(p) for p in chunks([list(range(8))], 4, 0, caps=[32])] == [2, 2, 2, 2]
