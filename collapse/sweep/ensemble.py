@@ -104,10 +104,83 @@ def run_group(state: dict, jobs: Sequence[tuple]) -> list:
     return returns
 
 
+def _parse(overrides: Sequence[str]) -> list:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(list(overrides))
+
+
+def _member_value(override) -> bool:
+    """A plain `key=value` of a member key (a number or a bool): composing it into a job is
+    one OmegaConf.update, as Hydra applies it after the defaults."""
+    from hydra.core.override_parser.types import OverrideType, ValueType
+
+    return (override.get_key_element() in ENSEMBLE_MEMBER_KEYS and override.type == OverrideType.CHANGE
+            and override.package is None and override.value_type == ValueType.ELEMENT
+            and isinstance(override.value(), (int, float)))
+
+
+def derivable(batch: Sequence[Sequence[str]]) -> dict[int, int]:
+    """job index -> the index of an earlier job whose overrides differ from its own only in
+    member-key values (see `derive`); jobs not in it are composed by Hydra."""
+    first: dict[tuple, int] = {}
+    out = {}
+    for i, overrides in enumerate(batch):
+        try:
+            parsed = _parse(overrides)
+        except Exception:  # noqa: BLE001 - Hydra's composition reports it, in job order
+            continue
+        signature = tuple(o.get_key_element() if _member_value(o) else o.input_line for o in parsed)
+        if signature in first:
+            out[i] = first[signature]
+        else:
+            first[signature] = i
+    return out
+
+
+def derive(composed: bytes, overrides: Sequence[str]) -> bytes:
+    """A job's config from the config Hydra composed for a job whose overrides differ only in
+    member-key values: those values set as Hydra sets an override, and what Hydra derives
+    from the override list (hydra.overrides.task, hydra.job.override_dirname) redone.
+    ~5 ms against ~90 ms a composition (phase4: 3 compositions, not 36); a test checks the
+    result against Hydra's own composition, file for file."""
+    import cloudpickle
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra.errors import ConfigCompositionException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    config = pickle.loads(composed)
+    parsed = _parse(overrides)
+    for o in parsed:
+        if _member_value(o):
+            try:
+                OmegaConf.update(config, o.key_or_group, o.value(), merge=True)
+            except OmegaConfBaseException as e:
+                raise ConfigCompositionException(f"Error merging override {o.input_line}") from e
+    task = [o for o in parsed if not o.is_hydra_override()]
+    config.hydra.overrides.task = [o.input_line for o in task]
+    named = config.hydra.job.config.override_dirname
+    config.hydra.job.override_dirname = get_overrides_dirname(
+        overrides=task, kv_sep=named.kv_sep, item_sep=named.item_sep, exclude_keys=named.exclude_keys)
+    return cloudpickle.dumps(config)
+
+
 class EnsembleEngine(Engine):
     def __init__(self, n_workers: int, hydra_context, task_function, config, max_members: int = 0):
         self.max_members = int(max_members)
         super().__init__(n_workers, hydra_context, task_function, config)
+
+    def compose(self, batch: Sequence[Sequence[str]]) -> None:
+        """Compose one job of each set whose overrides differ only in member-key values (the
+        configs of a would-be group), on the workers; derive the others from it here, in
+        job order, raising the first error before anything runs."""
+        keys = [tuple(o) for o in batch]
+        source = derivable(keys)
+        super().compose([k for i, k in enumerate(keys) if i not in source])
+        for i, key in enumerate(keys):
+            if i in source and keys[source[i]] in self._composed:
+                self._composed[key] = derive(self._composed[keys[source[i]]], key)
 
     def _payload(self) -> bytes:
         import cloudpickle

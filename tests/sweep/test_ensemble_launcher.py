@@ -6,9 +6,10 @@ import signal
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from collapse import records
-from collapse.sweep.ensemble import chunks, stack_cap
+from collapse.sweep.ensemble import chunks, derivable, derive, stack_cap
 
 from conftest import (
     BASIC,
@@ -50,7 +51,12 @@ def test_ensemble_sweep_records_each_member_as_a_run_equal_to_single_training_an
         assert (single["engine"], member["engine"]) == ("single", "ensemble")
         assert member["status"] == "completed" and member["config_hash"] == single["config_hash"]
         assert member["overrides"] == single["overrides"] and member["job"]["num"] == num
-        assert (ensemble / str(num) / ".hydra" / "overrides.yaml").is_file()
+        # its job's .hydra files are Hydra's own, though most members' configs were derived
+        for name in ("config.yaml", "overrides.yaml"):
+            texts = [(d / str(num) / ".hydra" / name).read_text() for d in (basic, ensemble)]
+            assert texts[0] == texts[1]
+        hydras = [OmegaConf.load(d / str(num) / ".hydra" / "hydra.yaml").hydra for d in (basic, ensemble)]
+        assert hydras[0].job == hydras[1].job and hydras[0].overrides.task == hydras[1].overrides.task
         assert (ensemble / str(num) / records.WEIGHTS_FILE).is_file()
         # same init, data and shuffle order: equal up to float rounding, not bit for bit
         assert member["best_epoch"] == single["best_epoch"]
@@ -131,3 +137,45 @@ def test_stacks_are_cut_to_fit_the_cache_and_handed_out_costliest_first():
     assert stack_cap(4096, 7, 256) == 2
     # a sweep of one small group still feeds every worker (jobs / workers)
     assert [len(p) for p in chunks([list(range(8))], 4, 0, caps=[32])] == [2, 2, 2, 2]
+
+
+def test_a_job_derived_from_its_groups_composition_is_hydras_own_composition():
+    """The ensemble launcher composes one job of each would-be group and derives the others
+    (member-key values, hydra.overrides.task, hydra.job.override_dirname): equal to what
+    Hydra composes, key for key; a bad member value fails as Hydra's composition does."""
+    import pickle
+
+    import cloudpickle
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from collapse import train
+
+    grid = [[f"data.temporal_frames={f}", f"loss.variance_lambda={lam}", f"seed={seed}", "trainer.epochs=5"]
+            for f in (1, 3) for lam in ("0.0", "0.25", "1") for seed in (0, 2)]
+    grid.append(["data.temporal_frames=3", "loss.variance_lambda=0.5", "seed=1", "model.init_std=0.01",
+                 "trainer.lr=3e-3", "trainer.weight_decay=0"])          # other member keys: its own set
+    grid.append(["data.temporal_frames=3", "loss.variance_lambda=2", "seed=7", "model.init_std=0.5",
+                 "trainer.lr=0.01", "trainer.weight_decay=1e-4"])
+    grid.append(["data.temporal_frames=3", "+loss.variance_lambda=2", "seed=7"])   # not a plain value: composed
+    source = derivable(grid)
+    assert set(source.values()) == {0, 6, 12} and len(source) == 11 and 14 not in source
+    with initialize_config_dir(config_dir=train.CONF_DIR, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", ["hydra/launcher=ensemble", "experiment=phase1"],
+                                           RunMode.MULTIRUN)
+        for i, j in source.items():
+            want = loader.load_sweep_config(master, grid[i])
+            got = pickle.loads(derive(cloudpickle.dumps(loader.load_sweep_config(master, grid[j])), grid[i]))
+            assert OmegaConf.to_container(got, resolve=False) == OmegaConf.to_container(want, resolve=False)
+            assert OmegaConf.to_yaml(got) == OmegaConf.to_yaml(want)        # types too (0 -> 0.0)
+            assert got.loss.variance_lambda == float(grid[i][1].split("=")[1])
+        base = cloudpickle.dumps(loader.load_sweep_config(master, grid[0]))
+        bad = ["data.temporal_frames=1", "loss.variance_lambda=0.0", "seed=1.5", "trainer.epochs=5"]
+        with pytest.raises(ConfigCompositionException):
+            loader.load_sweep_config(master, bad)
+        with pytest.raises(ConfigCompositionException, match="seed=1.5"):
+            derive(base, bad)
