@@ -55,6 +55,17 @@ def group_key(config: DictConfig) -> str:
 STACK_FLOATS = 512 << 10
 
 
+# What a member costs a stack, in frames: its step's rows, plus what it costs whatever its
+# frames (Hydra's run_job, its setup, record and files). phase4 at 20 epochs on 2 cores: 4
+# members x 7 frames and 12 x 1 frame each took ~2.4 s, 6 x 3 ~2.0 s: ~0.066 s a frame,
+# ~0.14 s a member, i.e. frames + 2.
+MEMBER_COST_FRAMES = 2
+
+
+def member_cost(frames: int) -> int:
+    return frames + MEMBER_COST_FRAMES
+
+
 def stack_cap(batch_size: int, frames: int, hidden_dim: int) -> int:
     """Members per stack whose layer activation stays within STACK_FLOATS (at least 2: a
     stack of one computes a duplicate row, twice the work of one run)."""
@@ -203,7 +214,7 @@ class EnsembleEngine(Engine):
         os.makedirs(str(hydra.sweep.dir), exist_ok=True)
         state = {"hydra_context": self.hydra_context, "config": self.config}
         groups: dict[str, list] = {}
-        jobs, frames, seeds, caps = [], [], [], {}   # a stack's step costs about members x frames (the MLP's rows)
+        jobs, frames, seeds, caps = [], [], [], {}
         for i, overrides in enumerate(batch):
             composed = self._composed.pop(tuple(overrides), None)
             if composed is None:
@@ -225,7 +236,7 @@ class EnsembleEngine(Engine):
         # data load and one linear reference (collapse.run.ensemble)
         ordered = {k: sorted(g, key=lambda i: seeds[i]) for k, g in groups.items()}
         parts = chunks(list(ordered.values()), self.n_workers, self.max_members,
-                       cost=lambda part: sum(frames[i] for i in part), caps=[caps[k] for k in ordered])
+                       cost=lambda part: sum(member_cost(frames[i]) for i in part), caps=[caps[k] for k in ordered])
         where = f"on {self.n_workers} worker processes" if self.pool else "in this process"
         log.info(f"Launching {len(batch)} jobs as {len(parts)} stacked model(s) of "
                  f"{'/'.join(str(len(p)) for p in parts)} members {where}")

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from collapse import records
-from collapse.sweep.ensemble import chunks, derivable, derive, stack_cap
+from collapse.sweep.ensemble import chunks, derivable, derive, member_cost, stack_cap
 
 from conftest import (
     BASIC,
@@ -116,21 +116,21 @@ def test_a_killed_ensemble_sweep_resumes_to_the_metrics_of_an_uninterrupted_one(
 
 def test_stacks_are_cut_to_fit_the_cache_and_handed_out_costliest_first():
     # phase4: 3 groups of 12 (frames 1, 3, 7), batch 256, hidden 64, 2 workers. Whole groups
-    # left one worker the 7-frame stack (7 of 11 cost units) and the 7-frame stack's 5.5 MB
-    # activations streamed from memory; cut to <= 2 MiB of activations, 6 stacks balance
+    # left one worker the 7-frame stack and the 7-frame stack's 5.5 MB activations streamed
+    # from memory; cut to <= 2 MiB of activations, 6 stacks balance
     frames = [1] * 12 + [3] * 12 + [7] * 12
     groups = [list(range(0, 12)), list(range(12, 24)), list(range(24, 36))]
     caps = [stack_cap(256, f, 64) for f in (1, 3, 7)]
     assert caps == [32, 10, 4]
-    cost = lambda part: sum(frames[i] for i in part)  # noqa: E731
+    cost = lambda part: sum(member_cost(frames[i]) for i in part)  # noqa: E731
     parts = chunks(groups, 2, 0, cost=cost, caps=caps)
-    assert [len(p) for p in parts] == [4, 4, 4, 6, 6, 12] and sorted(sum(parts, [])) == list(range(36))
-    assert [cost(p) for p in parts] == [28, 28, 28, 18, 18, 12]
-    # longest-processing-time first over 2 workers: 68 and 64 units, where whole groups gave 84 and 48
+    assert sorted(len(p) for p in parts) == [4, 4, 4, 6, 6, 12] and sorted(sum(parts, [])) == list(range(36))
+    assert [cost(p) for p in parts] == [36, 36, 36, 36, 30, 30]          # costliest first
+    # longest-processing-time first over 2 workers: 102 and 102 units; whole groups: 108 and 96
     loads = [0, 0]
     for p in parts:
         loads[loads.index(min(loads))] += cost(p)
-    assert sorted(loads) == [64, 68]
+    assert loads == [102, 102]
     # hydra.launcher.max_members is the user's cap, the cache's is not applied over it
     assert [len(p) for p in chunks(groups, 2, 12, cost=cost, caps=caps)] == [12, 12, 12]
     # a stack of one computes a duplicate row: the cache never cuts below 2 members
