@@ -229,7 +229,7 @@ def t_cdf(t: float, df: float) -> float:
 @functools.lru_cache(maxsize=1024)
 def t_quantile(p: float, df: float) -> float:
     """Student t quantile (p > 0.5) by bisection on the exact CDF. Cached: a run's
-    diagnosis asks for the same few (p, df) over and over (~3 ms each, pure Python), and a
+    diagnosis asks for the same few (p, df) over and over (~2 ms each, pure Python), and a
     sweep's runs share their split sizes."""
     lo, hi = 0.0, 1.0
     while t_cdf(hi, df) < p:
