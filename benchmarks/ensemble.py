@@ -11,6 +11,7 @@ against samples/s.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -39,12 +40,15 @@ def bench_ensemble(quick: bool, repeats: int, tmp: Path, epochs: int = 0) -> Res
     variants = {"default": [], "ensemble": ["hydra/launcher=ensemble"]}
     times: dict = {k: [] for k in variants}
     dirs: dict = {k: [] for k in variants}
+    stacks = set()
     for i in range(repeats):
         for name in (list(variants) if i % 2 == 0 else list(reversed(variants))):
             d = tmp / f"ensemble_item_phase4_{name}_{i}"      # apart from parallel_sweep's dirs
-            times[name].append(run_cmd(train_cmd(*grid, *variants[name], f"hydra.sweep.dir={d}",
-                                                 config_name="phase4"), tmp).seconds)
+            timed = run_cmd(train_cmd(*grid, *variants[name], f"hydra.sweep.dir={d}", config_name="phase4"), tmp)
+            times[name].append(timed.seconds)
             dirs[name].append(d)
+            # the launcher's plan: "Launching 36 jobs as 6 stacked model(s) of 4/4/4/6/6/12 members ..."
+            stacks |= set(re.findall(r"as (\d+) stacked model\(s\) of ([\d/]+) members", timed.stdout))
     speedup = [a / b for a, b in zip(times["default"], times["ensemble"])]
     default_cells, ensemble_cells = _cells(dirs["default"][0]), _cells(dirs["ensemble"][0])
     diffs = {k: ensemble_cells[k] - default_cells[k] for k in default_cells}
@@ -55,12 +59,14 @@ def bench_ensemble(quick: bool, repeats: int, tmp: Path, epochs: int = 0) -> Res
                    "speedup": speedup, "cells": {f"frames={k[0]} lambda={k[1]}": {
                        "default": default_cells[k], "ensemble": ensemble_cells[k]} for k in sorted(default_cells)},
                    "reruns_identical": identical, "stop_epochs": stops,
+                   "stacks": sorted(f"{n}: {sizes}" for n, sizes in stacks),
                    "engines": sorted({r["engine"] for r in members})}
     label = f"phase4 grid ({len(members)} jobs)"
     res.add(f"{label}, default launcher", median(times["default"]), "s",
             note=", ".join(f"{x:.1f}" for x in times["default"]))
     res.add(f"{label}, ensemble launcher", median(times["ensemble"]), "s",
-            note=", ".join(f"{x:.1f}" for x in times["ensemble"]))
+            note=", ".join(f"{x:.1f}" for x in times["ensemble"]) + "; stacks of "
+            + "; ".join(sizes for _, sizes in sorted(stacks)) + " members")
     res.add("speedup, ensemble vs default (median)", median(speedup), "x", (">=", 1.8),
             note="repeats: " + ", ".join(f"{x:.2f}" for x in speedup))
     for k in sorted(default_cells):

@@ -26,6 +26,7 @@ torch's gate order r, z, n). Plain tensors only: no Hydra, nothing about files.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +39,7 @@ from torch import nn
 from collapse.config import TrainerConfig
 from collapse.metrics import regression_report
 from collapse.models import SequenceRegressor
-from collapse.trainer import FitResult, Progress, make_optimizer
+from collapse.trainer import FitResult, Progress
 
 # ---------------------------------------------------------------- the stacked model
 
@@ -219,37 +220,53 @@ class StackedOptimizer:
         self.lr, self.weight_decay, self.step_count = self.lr[index], self.weight_decay[index], self.step_count[index]
         self.state = [{k: v[index.to(v.device)] for k, v in s.items()} for s in self.state]
 
-    # a member's state in torch's own format, through a torch optimizer on copies of its tensors
-    def _torch_optimizer(self, m: int, tensors: Sequence[torch.Tensor]) -> torch.optim.Optimizer:
-        params = [nn.Parameter(t) for t in tensors]
-        return make_optimizer(self.name, params, float(self.lr[m]), float(self.weight_decay[m]))
+    # A member's state in torch's own optimizer.state_dict() format, built and read here:
+    # a torch optimizer's first use imports torch._dynamo (~1 s once per process, torch
+    # 2.13), which nothing else in a stack's process needs. test_ensemble pins the format
+    # against torch's own state_dict for adam, adamw and sgd.
+    def _param_group(self, m: int, n_params: int) -> dict:
+        """The param group torch's optimizer (make_optimizer's choice) holds: its class's
+        keyword defaults, this member's lr and weight decay, the param ids 0..n-1."""
+        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[self.name]
+        group = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
+                 if k not in ("self", "params")}
+        group.update(lr=float(self.lr[m]), weight_decay=float(self.weight_decay[m]))
+        if self.name == "sgd":
+            group["momentum"] = SGD_MOMENTUM
+        elif self.name == "adamw" and "decoupled_weight_decay" in inspect.signature(torch.optim.Adam).parameters:
+            group["decoupled_weight_decay"] = True       # AdamW: Adam with it forced on (its own signature lacks it)
+        return {**group, "params": list(range(n_params))}
 
     def member_state_dict(self, m: int, member_params: Sequence[torch.Tensor]) -> dict:
-        opt = self._torch_optimizer(m, member_params)
+        state = {}
         if self.step_count[m] > 0:
-            for p, state in zip(opt.param_groups[0]["params"], self.state):
+            for i, s in enumerate(self.state):
                 if self.name == "sgd":
-                    opt.state[p] = {"momentum_buffer": state["momentum_buffer"][m].clone()}
+                    state[i] = {"momentum_buffer": s["momentum_buffer"][m].detach().clone()}
                 else:
-                    opt.state[p] = {"step": torch.tensor(float(self.step_count[m])),
-                                    "exp_avg": state["exp_avg"][m].clone(),
-                                    "exp_avg_sq": state["exp_avg_sq"][m].clone()}
-        return opt.state_dict()
+                    state[i] = {"step": torch.tensor(float(self.step_count[m])),
+                                "exp_avg": s["exp_avg"][m].detach().clone(),
+                                "exp_avg_sq": s["exp_avg_sq"][m].detach().clone()}
+        return {"state": state, "param_groups": [self._param_group(m, len(member_params))]}
 
     def load_member(self, m: int, state_dict: dict, member_params: Sequence[torch.Tensor]) -> None:
-        opt = self._torch_optimizer(m, [t.detach().clone() for t in member_params])
-        opt.load_state_dict(state_dict)
-        for p, stacked, state in zip(opt.param_groups[0]["params"], self.params, self.state):
-            loaded = opt.state.get(p)
+        groups = state_dict["param_groups"]
+        ids = [i for g in groups for i in g["params"]]
+        if len(ids) != len(self.params):
+            raise ValueError(f"the checkpoint's optimizer holds {len(ids)} parameters, the model {len(self.params)}")
+        loaded_any = False
+        for i, stacked, state in zip(ids, self.params, self.state):
+            loaded = state_dict["state"].get(i)
             if not loaded:
                 continue
+            loaded_any = True
             for key in (("momentum_buffer",) if self.name == "sgd" else ("exp_avg", "exp_avg_sq")):
                 if key not in state:
                     state[key] = torch.zeros_like(stacked)
                 state[key][m].copy_(loaded[key])
             if "step" in loaded:
                 self.step_count[m] = float(loaded["step"])
-        if self.name == "sgd" and any(opt.state.values()):
+        if self.name == "sgd" and loaded_any:
             self.step_count[m] = max(1.0, float(self.step_count[m]))
 
 

@@ -19,6 +19,7 @@ and the diagnosis' offset (in target units; `offset_sds` is the invariant form).
 """
 from __future__ import annotations
 
+import functools
 import math
 from statistics import NormalDist
 from typing import Optional
@@ -225,8 +226,11 @@ def t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t >= 0 else tail
 
 
+@functools.lru_cache(maxsize=1024)
 def t_quantile(p: float, df: float) -> float:
-    """Student t quantile (p > 0.5) by bisection on the exact CDF."""
+    """Student t quantile (p > 0.5) by bisection on the exact CDF. Cached: a run's
+    diagnosis asks for the same few (p, df) over and over (~2 ms each, pure Python), and a
+    sweep's runs share their split sizes."""
     lo, hi = 0.0, 1.0
     while t_cdf(hi, df) < p:
         hi *= 2.0

@@ -10,10 +10,10 @@ import torch
 
 from collapse import data as data_lib
 from collapse.config import DataConfig, LossConfig, ModelConfig, TrainerConfig
-from collapse.ensemble import Member, StackedRegressor, StackedTrainer
+from collapse.ensemble import Member, StackedOptimizer, StackedRegressor, StackedTrainer
 from collapse.losses import RegressionLoss
 from collapse.models import build_model
-from collapse.trainer import Trainer
+from collapse.trainer import Trainer, make_optimizer
 
 DATA = DataConfig(n_samples=600, temporal_frames=3)
 TRAINER = TrainerConfig(epochs=4, batch_size=64, patience=0, lr_schedule="none")
@@ -119,3 +119,51 @@ def test_resume_from_checkpoints_ends_as_uninterrupted():
     single = Trainer(cfg, 1, log_fn=lambda s: None).fit(model, RegressionLoss(LossConfig(variance_lambda=0.5)),
                                                          *tensors, resume=copy.deepcopy(saved[1]))
     assert np.allclose([h["val_r2"] for h in single.history], [h["val_r2"] for h in straight[1].history], atol=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_a_members_optimizer_state_is_torchs_own_state_dict(optimizer):
+    """Built without a torch optimizer (whose first use imports torch._dynamo, ~1 s a
+    process): equal to the state_dict torch's optimizer holds after the same steps, loadable
+    by it, and read back into a stack unchanged."""
+    torch.manual_seed(0)
+    shapes = [(3, 4), (3,), (1, 3)]
+    inits = [[torch.randn(*sh) for sh in shapes] for _ in range(2)]
+    grads = [[[torch.randn(*sh) for sh in shapes] for _ in range(2)] for _ in range(3)]       # step, member, param
+    lr, wd = torch.tensor([1e-2, 3e-3]), torch.tensor([0.0, 1e-2])
+    stacked = [torch.stack([inits[m][j] for m in range(2)]).requires_grad_() for j in range(len(shapes))]
+    opt = StackedOptimizer(optimizer, stacked, lr, wd)
+    fresh = opt.member_state_dict(1, stacked)
+    singles = []
+    for m in range(2):
+        params = [torch.nn.Parameter(t.clone()) for t in inits[m]]
+        single = make_optimizer(optimizer, params, float(lr[m]), float(wd[m]))
+        if m == 1:
+            assert fresh == single.state_dict()                     # before any step: no state
+        singles.append((params, single))
+    for step in grads:
+        for j, p in enumerate(stacked):
+            p.grad = torch.stack([step[m][j] for m in range(2)])
+        opt.step()
+        for m, (params, single) in enumerate(singles):
+            for p, g in zip(params, step[m]):
+                p.grad = g.clone()
+            single.step()
+    for m, (params, single) in enumerate(singles):
+        ours, theirs = opt.member_state_dict(m, [p[m] for p in stacked]), single.state_dict()
+        assert ours["param_groups"] == theirs["param_groups"]
+        assert ours["state"].keys() == theirs["state"].keys()
+        for i in theirs["state"]:
+            assert ours["state"][i].keys() == theirs["state"][i].keys()
+            for k, v in theirs["state"][i].items():
+                torch.testing.assert_close(ours["state"][i][k], v, rtol=1e-5, atol=1e-7)
+        other = make_optimizer(optimizer, [torch.nn.Parameter(p.clone()) for p in params], 1.0, 0.0)
+        other.load_state_dict(copy.deepcopy(ours))                     # torch takes it
+        assert other.state_dict()["param_groups"] == theirs["param_groups"]
+    # read back (the resume path): member 0 takes member 1's state, then writes it out the same
+    back = opt.member_state_dict(1, [p[1] for p in stacked])
+    opt.load_member(0, back, [p[0] for p in stacked])
+    again = opt.member_state_dict(0, [p[0] for p in stacked])
+    for i in back["state"]:
+        for k, v in back["state"][i].items():
+            assert torch.equal(again["state"][i][k], v)

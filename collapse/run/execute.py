@@ -20,10 +20,12 @@ Both entry points (collapse.train's CLI task function and its notebook `run()`) 
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
 import os
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -64,8 +66,23 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.manual_seed(seed)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")   # cuBLAS needs it before use
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    set_deterministic(deterministic)
     torch.backends.cudnn.benchmark = not deterministic
+
+
+def set_deterministic(mode: bool) -> None:
+    """torch.use_deterministic_algorithms(mode, warn_only=True), without its import of
+    torch._inductor: it imports the inductor and dynamo stack only to copy the flag into
+    inductor's config, 1.2-1.3 s once per process on these machines (torch 2.13), which
+    every sweep worker paid before its first job. Nothing here compiles; where inductor is
+    loaded already (a custom model that compiles) torch's own call sets both flags."""
+    import torch
+
+    set_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if set_flag is None or "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(mode, warn_only=True)
+    else:
+        set_flag(mode, warn_only=True)
 
 
 def _prior(run_dir: Path, config_hash: Optional[str], resume: bool) -> tuple[Optional[RunRecord], Optional[dict]]:
@@ -408,9 +425,21 @@ def write_checkpoint(run: _Run, checkpoint: dict) -> None:
         run.write()
 
 
-def record_result(run: _Run, s: Setup, result, best_state: Optional[dict]) -> None:
+def reference_for(data: data_lib.PreparedData) -> tuple[dict, dict]:
+    """The linear reference on `data`: (record.reference, its val and test predictions)."""
+    started = time.perf_counter()
+    reference = linear_reference(data.X_train, data.z_train,
+                                 {"val": (data.X_val, data.y_val), "test": (data.X_test, data.y_test)}, data.unscale)
+    predictions = reference.pop("predictions", {})
+    return {**reference, "seconds": time.perf_counter() - started}, predictions
+
+
+def record_result(run: _Run, s: Setup, result, best_state: Optional[dict],
+                  references: Optional[dict] = None) -> None:
     """A finished fit into the record: status, best and final metrics, diagnosis,
-    recalibration; the best weights to model.pt. The model holds the best weights."""
+    recalibration; the best weights to model.pt. The model holds the best weights.
+    `references`: linear references by id(run.data), for runs that share their data (an
+    ensemble's members of one seed): the ridge fit depends on the data alone."""
     from collapse.trainer import budget_exhausted, predict
 
     cfg, record, data, t = run.cfg, run.record, run.data, run.cfg.trainer
@@ -440,11 +469,13 @@ def record_result(run: _Run, s: Setup, result, best_state: Optional[dict]) -> No
     candidates = len(result.history) if cfg.diagnosis.correct_selection else 1
     # the linear reference: ridge on the same standardised frames, fitted on the labelled
     # train split (milliseconds next to training; the diagnosis' `underfit` needs it)
-    started = time.perf_counter()
-    reference = linear_reference(data.X_train, data.z_train,
-                                 {"val": (data.X_val, data.y_val), "test": (data.X_test, data.y_test)}, data.unscale)
-    ref_pred = reference.pop("predictions", {})
-    record.reference = {**reference, "seconds": time.perf_counter() - started}
+    if references is None:
+        reference, ref_pred = reference_for(data)
+    else:
+        if id(data) not in references:
+            references[id(data)] = reference_for(data)
+        reference, ref_pred = references[id(data)]
+    record.reference = copy.deepcopy(reference)         # its own copy, not one shared among members
     record.diagnosis = {"val": diagnose(data.y_val, pred_val, cfg.diagnosis, candidates, split="val",
                                         y_reference=ref_pred.get("val")),
                         "test": diagnose(data.y_test, pred_test, cfg.diagnosis, 1, split="test",

@@ -136,6 +136,20 @@ def test_deterministic_false_really_turns_determinism_off():
     assert torch.are_deterministic_algorithms_enabled()
 
 
+def test_determinism_is_set_without_importing_torch_inductor():
+    # torch.use_deterministic_algorithms imports torch._inductor (~1.2 s a process): a run
+    # sets the same flags without it, and with torch's own call once inductor is loaded
+    code = ("import sys, torch; from collapse.run.execute import set_deterministic; "
+            "set_deterministic(True); a = (torch.are_deterministic_algorithms_enabled(), "
+            "torch.is_deterministic_algorithms_warn_only_enabled(), 'torch._inductor' in sys.modules); "
+            "set_deterministic(False); b = torch.are_deterministic_algorithms_enabled(); "
+            "import torch._inductor.config as ic; set_deterministic(True); "
+            "print(a, b, ic.deterministic, torch.are_deterministic_algorithms_enabled())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["(True,", "True,", "False)", "False", "True", "True"]
+
+
 def test_config_values_are_recorded_as_resolved_and_interpolations_are_documented(tmp_path, monkeypatch):
     # the README's security note: `${oc.env:...}` in an override is resolved, and the value lands in
     # metrics.json; nothing on the command line runs code (see test_bad_input for the refusals)

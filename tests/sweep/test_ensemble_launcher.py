@@ -1,4 +1,4 @@
-"""hydra/launcher=ensemble end to end: real sweeps in subprocesses (slow)."""
+"""hydra/launcher=ensemble end to end: real sweeps in subprocesses (slow); how a sweep is cut into stacks."""
 from __future__ import annotations
 
 import os
@@ -6,8 +6,10 @@ import signal
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from collapse import records
+from collapse.sweep.ensemble import chunks, derivable, derive, member_cost, stack_cap
 
 from conftest import (
     BASIC,
@@ -49,7 +51,12 @@ def test_ensemble_sweep_records_each_member_as_a_run_equal_to_single_training_an
         assert (single["engine"], member["engine"]) == ("single", "ensemble")
         assert member["status"] == "completed" and member["config_hash"] == single["config_hash"]
         assert member["overrides"] == single["overrides"] and member["job"]["num"] == num
-        assert (ensemble / str(num) / ".hydra" / "overrides.yaml").is_file()
+        # its job's .hydra files are Hydra's own, though most members' configs were derived
+        for name in ("config.yaml", "overrides.yaml"):
+            texts = [(d / str(num) / ".hydra" / name).read_text() for d in (basic, ensemble)]
+            assert texts[0] == texts[1]
+        hydras = [OmegaConf.load(d / str(num) / ".hydra" / "hydra.yaml").hydra for d in (basic, ensemble)]
+        assert hydras[0].job == hydras[1].job and hydras[0].overrides.task == hydras[1].overrides.task
         assert (ensemble / str(num) / records.WEIGHTS_FILE).is_file()
         # same init, data and shuffle order: equal up to float rounding, not bit for bit
         assert member["best_epoch"] == single["best_epoch"]
@@ -105,3 +112,70 @@ def test_a_killed_ensemble_sweep_resumes_to_the_metrics_of_an_uninterrupted_one(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert results(sweep_dir) == results(reference)
     assert all(read_json(sweep_dir / str(n) / "metrics.json")["resumed_from_epoch"] for n in interrupted)
+
+
+def test_stacks_are_cut_to_fit_the_cache_and_handed_out_costliest_first():
+    # phase4: 3 groups of 12 (frames 1, 3, 7), batch 256, hidden 64, 2 workers. Whole groups
+    # left one worker the 7-frame stack and the 7-frame stack's 5.5 MB activations streamed
+    # from memory; cut to <= 2 MiB of activations, 6 stacks balance
+    frames = [1] * 12 + [3] * 12 + [7] * 12
+    groups = [list(range(0, 12)), list(range(12, 24)), list(range(24, 36))]
+    caps = [stack_cap(256, f, 64) for f in (1, 3, 7)]
+    assert caps == [32, 10, 4]
+    cost = lambda part: sum(member_cost(frames[i]) for i in part)  # noqa: E731
+    parts = chunks(groups, 2, 0, cost=cost, caps=caps)
+    assert sorted(len(p) for p in parts) == [4, 4, 4, 6, 6, 12] and sorted(sum(parts, [])) == list(range(36))
+    assert [cost(p) for p in parts] == [36, 36, 36, 36, 30, 30]          # costliest first
+    # longest-processing-time first over 2 workers: 102 and 102 units; whole groups: 108 and 96
+    loads = [0, 0]
+    for p in parts:
+        loads[loads.index(min(loads))] += cost(p)
+    assert loads == [102, 102]
+    # hydra.launcher.max_members is the user's cap, the cache's is not applied over it
+    assert [len(p) for p in chunks(groups, 2, 12, cost=cost, caps=caps)] == [12, 12, 12]
+    # a stack of one computes a duplicate row: the cache never cuts below 2 members
+    assert stack_cap(4096, 7, 256) == 2
+    # a sweep of one small group still feeds every worker (jobs / workers)
+    assert [len(p) for p in chunks([list(range(8))], 4, 0, caps=[32])] == [2, 2, 2, 2]
+
+
+def test_a_job_derived_from_its_groups_composition_is_hydras_own_composition():
+    """The ensemble launcher composes one job of each would-be group and derives the others
+    (member-key values, hydra.overrides.task, hydra.job.override_dirname): equal to what
+    Hydra composes, key for key; a bad member value fails as Hydra's composition does."""
+    import pickle
+
+    import cloudpickle
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from collapse import train
+
+    grid = [[f"data.temporal_frames={f}", f"loss.variance_lambda={lam}", f"seed={seed}", "trainer.epochs=5"]
+            for f in (1, 3) for lam in ("0.0", "0.25", "1") for seed in (0, 2)]
+    grid.append(["data.temporal_frames=3", "loss.variance_lambda=0.5", "seed=1", "model.init_std=0.01",
+                 "trainer.lr=3e-3", "trainer.weight_decay=0"])          # other member keys: its own set
+    grid.append(["data.temporal_frames=3", "loss.variance_lambda=2", "seed=7", "model.init_std=0.5",
+                 "trainer.lr=0.01", "trainer.weight_decay=1e-4"])
+    grid.append(["data.temporal_frames=3", "+loss.variance_lambda=2", "seed=7"])   # not a plain value: composed
+    source = derivable(grid)
+    assert set(source.values()) == {0, 6, 12} and len(source) == 11 and 14 not in source
+    with initialize_config_dir(config_dir=train.CONF_DIR, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", ["hydra/launcher=ensemble", "experiment=phase1"],
+                                           RunMode.MULTIRUN)
+        for i, j in source.items():
+            want = loader.load_sweep_config(master, grid[i])
+            got = pickle.loads(derive(cloudpickle.dumps(loader.load_sweep_config(master, grid[j])), grid[i]))
+            assert OmegaConf.to_container(got, resolve=False) == OmegaConf.to_container(want, resolve=False)
+            assert OmegaConf.to_yaml(got) == OmegaConf.to_yaml(want)        # types too (0 -> 0.0)
+            assert got.loss.variance_lambda == float(grid[i][1].split("=")[1])
+        base = cloudpickle.dumps(loader.load_sweep_config(master, grid[0]))
+        bad = ["data.temporal_frames=1", "loss.variance_lambda=0.0", "seed=1.5", "trainer.epochs=5"]
+        with pytest.raises(ConfigCompositionException):
+            loader.load_sweep_config(master, bad)
+        with pytest.raises(ConfigCompositionException, match="seed=1.5"):
+            derive(base, bad)
