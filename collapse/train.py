@@ -12,6 +12,7 @@ typed Config (collapse.config) and plain numbers.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -210,6 +211,7 @@ class _Member:
     run_dir: Path
     sweeper: DictConfig
     launcher: DictConfig
+    log_file: Optional[Path] = None         # the job's log (Hydra's job_logging file), if it has one
 
 
 def prepare_member(cfg: DictConfig) -> object:
@@ -231,14 +233,17 @@ def prepare_member(cfg: DictConfig) -> object:
         record.write(run_dir)
         log.error(f"collapse: error: {_one_line(e)}")
         return _objective(math.nan, hc.sweeper)
-    return _Member(typed, record, run_dir, hc.sweeper, hc.launcher)
+    # where Hydra's job logging writes this job's log: the member's lines go there while its stack trains
+    has_file = OmegaConf.select(hc, "job_logging.handlers.file", default=None) is not None
+    log_file = run_dir / f"{hc.job.name}.log" if has_file else None
+    return _Member(typed, record, run_dir, hc.sweeper, hc.launcher, log_file)
 
 
 def train_members(prepared: list) -> list[float]:
     """Train the prepared members as one group; per member what `main` returns in a sweep."""
     from collapse.run.ensemble import execute_group
     from collapse.sweep.cores import threads_per_job
-    from collapse.sweep.job import exit_with_parent, parent_gone
+    from collapse.sweep.job import console_for_group, exit_with_parent, parent_gone
 
     members = [p for p in prepared if isinstance(p, _Member)]
     if not members:
@@ -246,7 +251,9 @@ def train_members(prepared: list) -> list[float]:
     exit_with_parent()
     threads = threads_per_job(members[0].typed.trainer.threads, members[0].launcher)
     try:
-        outs = execute_group([(m.typed, m.record, m.run_dir) for m in members], threads)
+        with console_for_group():
+            outs = execute_group([(m.typed, m.record, m.run_dir) for m in members], threads,
+                                 log_files=[m.log_file for m in members])
     except (KeyboardInterrupt, Interrupted) as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
         print(f"collapse: interrupted by {signal.Signals(signum).name}: {len(members)} ensemble members recorded",
@@ -261,12 +268,32 @@ def train_members(prepared: list) -> list[float]:
             returns.append(p)
             continue
         out = next(values)
-        if isinstance(out, BaseException):
-            log.error(f"collapse: error: {_one_line(out)} ({p.run_dir / records.METRICS_FILE})")
-            returns.append(_objective(math.nan, p.sweeper))
-        else:
-            returns.append(_objective(_report(out, p.run_dir / records.METRICS_FILE), p.sweeper))
+        # the member's closing line in its own log; the launcher prints its line on the console
+        with console_for_group(), _job_log(p.log_file):
+            if isinstance(out, BaseException):
+                log.error(f"collapse: error: {_one_line(out)} ({p.run_dir / records.METRICS_FILE})")
+                returns.append(_objective(math.nan, p.sweeper))
+            else:
+                returns.append(_objective(_report(out, p.run_dir / records.METRICS_FILE), p.sweeper))
     return returns
+
+
+@contextlib.contextmanager
+def _job_log(path: Optional[Path]):
+    """The "collapse" logger's lines also into `path` (a member's job log), for the block."""
+    if path is None:
+        yield
+        return
+    from collapse.run.ensemble import JOB_LOG_FORMAT
+
+    handler = logging.FileHandler(path, mode="a")
+    handler.setFormatter(logging.Formatter(JOB_LOG_FORMAT))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        handler.close()
 
 
 def _num_or_nan(value) -> float:

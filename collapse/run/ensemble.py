@@ -16,6 +16,7 @@ members whose data differ in shape (a data=custom callable per seed) train in se
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -40,11 +41,16 @@ def shared_part(cfg: Config) -> Config:
         trainer=dataclasses.replace(cfg.trainer, lr=1.0, weight_decay=0.0))
 
 
-def execute_group(members: Sequence[tuple[Config, RunRecord, Optional[Path]]], threads: int = 0) -> list:
+def execute_group(members: Sequence[tuple[Config, RunRecord, Optional[Path]]], threads: int = 0,
+                  log_files: Optional[Sequence[Optional[Path]]] = None) -> list:
     """Train `members` together; returns, per member, its finished RunRecord or the
     exception that stopped it (bad input, a failure). Re-raises an interrupt once every
-    unfinished member recorded it. Every run directory's lock is released on the way out."""
+    unfinished member recorded it. Every run directory's lock is released on the way out.
+    `log_files`: each member's job log, where its epoch and closing lines go (as its single
+    run's would); None: they go to the "collapse" logger, tagged with the job."""
     runs = [ex._Run(cfg, record, run_dir) for cfg, record, run_dir in members]
+    for run, path in zip(runs, log_files or [None] * len(runs)):
+        run.log_file = path
     out: list = [None] * len(runs)
     locks, todo, loaded = [], [], {}
     shared = shared_part(runs[0].cfg) if runs else None
@@ -169,22 +175,73 @@ def _current_best(runs: list) -> list:
     return trainer.best_states_ if trainer is not None else [None] * len(runs)
 
 
+# Hydra's job-log format (hydra/job_logging=default), so a member's log reads as a single run's
+JOB_LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
+
+
+class _MemberLog:
+    """A member's lines in its own job log, not on the worker's console: a stack's members
+    printing every epoch made hundreds of interleaved lines there and left their own logs
+    empty. Without a log file, its lines go to the "collapse" logger, tagged with the job."""
+
+    def __init__(self, run):
+        num = run.record.job.get("num")
+        self.tag = f"job {num}" if num is not None else f"seed {run.cfg.seed}"
+        path = getattr(run, "log_file", None)
+        self.handler = None
+        if path is not None:
+            self.handler = logging.FileHandler(path, mode="a", delay=True)
+            self.handler.setFormatter(logging.Formatter(JOB_LOG_FORMAT))
+
+    def __call__(self, line: str) -> None:
+        if self.handler is None:
+            log.info(f"{self.tag} | {line}")
+        else:
+            self.handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, None, None))
+
+    @contextlib.contextmanager
+    def routed(self):
+        """The "collapse" logger's lines (a member's closing line) into this member's log."""
+        if self.handler is not None:
+            log.addHandler(self.handler)
+        try:
+            yield
+        finally:
+            if self.handler is not None:
+                log.removeHandler(self.handler)
+
+    def close(self) -> None:
+        if self.handler is not None:
+            self.handler.close()
+
+
 def _train(runs: list, started: float) -> None:
+    logs = [_MemberLog(run) for run in runs]
+    try:
+        _train_logged(runs, started, logs)
+    finally:
+        for member_log in logs:
+            member_log.close()
+
+
+def _train_logged(runs: list, started: float, logs: list) -> None:
     from collapse.ensemble import Member, StackedTrainer
 
-    setups = [ex.setup_training(run) for run in runs]          # each seeded as its single run
+    setups = []
+    for run, member_log in zip(runs, logs):                     # each seeded as its single run
+        with member_log.routed():                               # its set-up lines (the batch cap) too
+            setups.append(ex.setup_training(run))
     first = runs[0].cfg
     trainer = StackedTrainer(setups[0].trainer_cfg)
     for run in runs:
         run.stacked_trainer = trainer
     members = []
-    for run, s in zip(runs, setups):
-        tag = f"job {run.record.job.get('num')}" if run.record.job.get("num") is not None else f"seed {run.cfg.seed}"
+    for run, s, member_log in zip(runs, setups, logs):
         members.append(Member(
             model=s.model, seed=run.cfg.seed, lr=run.cfg.trainer.lr, weight_decay=run.cfg.trainer.weight_decay,
             variance_lambda=run.cfg.loss.variance_lambda, train_target_var=s.loss_fn.target_var,
             X_train=s.X_train, y_train=s.y_train, w_train=s.w_train, X_val=s.X_val, y_val=s.y_val,
-            resume=run.checkpoint, log_fn=lambda line, tag=tag: log.info(f"{tag} | {line}")))
+            resume=run.checkpoint, log_fn=member_log))
     hooks = [ex.epoch_hook(run, write=False) for run in runs]
     last_write = time.monotonic()
 
@@ -200,7 +257,8 @@ def _train(runs: list, started: float) -> None:
 
     results = trainer.fit(setups[0].loss_fn, members, on_epoch_end=on_epoch_end)
     references: dict = {}               # members of one seed share their data: one ridge fit
-    for run, s, result, best in zip(runs, setups, results, trainer.best_states_):
-        ex.record_result(run, s, result, best, references)
-        ex.finish_record(run, started)
+    for run, s, result, best, member_log in zip(runs, setups, results, trainer.best_states_, logs):
+        with member_log.routed():
+            ex.record_result(run, s, result, best, references)
+            ex.finish_record(run, started)
         run.finished = True

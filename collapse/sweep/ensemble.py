@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from collapse.config import ENSEMBLE_MEMBER_KEYS, ensemble_refusal
-from collapse.sweep.engine import RUN_GROUP, Engine, _compose, _ended, _job_config
+from collapse.sweep.engine import RUN, RUN_GROUP, Engine, _compose, _ended, _job_config, _planned_total
 
 GROUP_MODULE = "collapse.train"        # prepare_member, train_members: the entry point's job side
 
@@ -240,12 +240,19 @@ class EnsembleEngine(Engine):
         where = f"on {self.n_workers} worker processes" if self.pool else "in this process"
         log.info(f"Launching {len(batch)} jobs as {len(parts)} stacked model(s) of "
                  f"{'/'.join(str(len(p)) for p in parts)} members {where}")
+        if self.progress is None:           # a line per finished member, as the default launcher prints
+            from collapse.sweep.progress import SweepProgress
+
+            self.progress = SweepProgress(_planned_total(self.config), fixed=list(self.config.hydra.overrides.task))
         tasks = [(g, RUN_GROUP, [jobs[i] for i in part]) for g, part in enumerate(parts)]
         if self.pool is None:
             full = {**state, "task_function": self.task_function, "group_module": GROUP_MODULE}
-            replies = {g: ("ok", run_group(full, data)) for g, _, data in tasks}
+            replies = {}
+            for task in tasks:
+                replies[task[0]] = ("ok", run_group(full, task[2]))
+                self._group_done(task, replies[task[0]])
         else:
-            replies = self.pool.map(tasks, on_lost=self._lost_group)
+            replies = self.pool.map(tasks, on_lost=self._lost_group, on_done=self._group_done)
         returns: list[Optional[object]] = [None] * len(batch)
         for g, part in enumerate(parts):
             kind, value = replies[g]
@@ -255,11 +262,20 @@ class EnsembleEngine(Engine):
                 returns[i] = ret
         return returns
 
-    def _lost_group(self, task: tuple, code: int) -> list:
+    def _group_done(self, task: tuple, reply: tuple) -> None:
+        """A stack finished: each member's progress line (Engine._job_done)."""
+        kind, value = reply
+        for k, job in enumerate(task[2]):
+            self._job_done((k, RUN, job), (kind, value[k]) if kind == "ok" else reply)
+
+    def _lost_group(self, task: tuple, code: int, pid: int) -> list:
         from hydra.core.utils import JobReturn, JobStatus
 
+        from collapse.records import interrupt_orphaned
         from collapse.sweep.job import failed_objective
 
+        # the dead worker's members say `running` (and a write may have left a temp file)
+        interrupt_orphaned(str(self.config.hydra.sweep.dir), pid, f"its worker process died ({_ended(code)})")
         value = failed_objective(self.config.hydra.sweeper)
         out = []
         for job_num, _, overrides in task[2]:

@@ -3,6 +3,7 @@ what a job without a result tells the sweeper.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -81,6 +82,24 @@ def console_for_job(job_num: int, launcher_reports: bool) -> None:
             continue
         handler.addFilter(_JobConsole(keep_job_line=not launcher_reports))
         handler.setFormatter(logging.Formatter(f"[job {job_num}][%(levelname)s] %(message)s"))
+
+
+@contextlib.contextmanager
+def console_for_group():
+    """An ensemble stack's console, while it trains: warnings and errors only, as a sweep
+    job's (console_for_job); each member's lines go to its own job log (collapse.run.ensemble)
+    and the launcher prints a line per finished member."""
+    handlers = [h for h in logging.getLogger().handlers
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+                and h.stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)]
+    quiet = _JobConsole(keep_job_line=False)
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 def failed_objective(sweeper: DictConfig) -> float:

@@ -17,6 +17,7 @@ from conftest import (
     SWEEP_GRID,
     SWEEP_TINY,
     TIMEOUT,
+    children,
     cli,
     descendants,
     kill_quietly,
@@ -44,7 +45,12 @@ def test_ensemble_sweep_records_each_member_as_a_run_equal_to_single_training_an
     for sweep_dir, extra in ((basic, BASIC), (ensemble, ENSEMBLE), (again, ENSEMBLE)):
         proc = cli(sweep_args(sweep_dir, *extra), cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "as 2 stacked model(s) of 2/2 members" in proc.stdout + proc.stderr
+    console = proc.stdout + proc.stderr
+    assert "as 2 stacked model(s) of 2/2 members" in console
+    # the console as the default launcher's: a line per job, no member's epochs
+    assert "Epoch" not in console, console[-3000:]
+    done = sorted(int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("job "))
+    assert done == list(range(N_SWEEP_JOBS)), proc.stdout
     assert results(again) == results(ensemble)                   # a rerun: identical metrics
     for num in range(N_SWEEP_JOBS):
         single, member = read_json(basic / str(num) / "metrics.json"), read_json(ensemble / str(num) / "metrics.json")
@@ -58,6 +64,11 @@ def test_ensemble_sweep_records_each_member_as_a_run_equal_to_single_training_an
         hydras = [OmegaConf.load(d / str(num) / ".hydra" / "hydra.yaml").hydra for d in (basic, ensemble)]
         assert hydras[0].job == hydras[1].job and hydras[0].overrides.task == hydras[1].overrides.task
         assert (ensemble / str(num) / records.WEIGHTS_FILE).is_file()
+        # its job log holds its own epochs and closing line, as a single run's does
+        logs = [[line.split("] - ", 1)[1].split(" |")[0]
+                 for line in (d / str(num) / "train.log").read_text().splitlines() if "] - " in line]
+                for d in (basic, ensemble)]
+        assert logs[1] == logs[0] and "Epoch 1" in logs[1] and logs[1][-1].startswith("completed"), logs
         # same init, data and shuffle order: equal up to float rounding, not bit for bit
         assert member["best_epoch"] == single["best_epoch"]
         assert member["best"]["val"]["r2"] == pytest.approx(single["best"]["val"]["r2"], abs=1e-3)
@@ -113,6 +124,38 @@ def test_a_killed_ensemble_sweep_resumes_to_the_metrics_of_an_uninterrupted_one(
     assert results(sweep_dir) == results(reference)
     assert all(read_json(sweep_dir / str(n) / "metrics.json")["resumed_from_epoch"] for n in interrupted)
 
+
+@pytest.mark.slow
+def test_a_killed_worker_loses_only_its_stack_which_a_resume_runs_again(tmp_path):
+    """SIGKILL one worker process mid-stack (the OOM killer): its members are marked
+    interrupted, the other stack completes, the sweep exits 1 naming the jobs, and a
+    resume runs only those."""
+    sweep_dir = tmp_path / "sweep"
+    proc = start_cli(sweep_args(sweep_dir, *ENSEMBLE, *MID_RUN), tmp_path, tmp_path / "first.log")
+    try:
+        def a_worker_training():
+            workers = set(children(proc.pid))
+            pids = {r["provenance"]["pid"] for n in range(N_SWEEP_JOBS)
+                    if (r := read_json(sweep_dir / str(n) / "metrics.json")) and r["status"] == "running"}
+            return sorted(pids & workers)
+        [pid, *_] = wait_until(lambda: proc.poll() is not None or a_worker_training(), TIMEOUT, "a stack training")
+        assert proc.poll() is None, "the sweep ended before a worker could be killed"
+        os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=TIMEOUT)
+    finally:
+        kill_quietly(proc)
+    log = (tmp_path / "first.log").read_text()
+    state = statuses(sweep_dir)
+    records_now = {n: read_json(sweep_dir / str(n) / "metrics.json") for n in range(N_SWEEP_JOBS)}
+    victims = [n for n, r in records_now.items() if r and r["provenance"]["pid"] == pid]
+    assert victims and all(state[n] in ("interrupted", "completed") for n in victims), (state, log[-3000:])
+    assert {state[n] for n in range(N_SWEEP_JOBS) if n not in victims} == {"completed"}, state
+    if any(state[n] == "interrupted" for n in victims):
+        assert proc.returncode == 1, log[-3000:]
+        assert "its worker process died (signal SIGKILL)" in log and "Traceback" not in log, log[-3000:]
+    resumed = cli(sweep_args(sweep_dir, *ENSEMBLE, *MID_RUN, "resume=true"), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert statuses(sweep_dir) == dict.fromkeys(range(N_SWEEP_JOBS), "completed")
 
 def test_stacks_are_cut_to_fit_the_cache_and_handed_out_costliest_first():
     # phase4: 3 groups of 12 (frames 1, 3, 7), batch 256, hidden 64, 2 workers. Whole groups
