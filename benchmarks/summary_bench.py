@@ -172,14 +172,19 @@ SCALE = {1000: 125, 10000: 1000, 100000: 1000}      # runs -> cells
 TARGETS = {1000: 1.0, 10000: 3.0}                   # whole process, seconds
 
 
-def time_cli(sweep_dir: Path, out_dir: Path) -> dict:
-    """Wall and CPU seconds of `python -m collapse.summary DIR --no-plots --out OUT`."""
+def time_cli(sweep_dir: Path, out_dir: Path, drop_caches: bool = False) -> dict:
+    """Wall and CPU seconds of `python -m collapse.summary DIR --no-plots --out OUT`;
+    `drop_caches`: with nothing in the page cache (the interpreter's own files neither),
+    as a sweep read days after it ran."""
     import resource
     import subprocess
     import time
 
     from benchmarks.common import child_env
 
+    if drop_caches:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")     # PermissionError unless root
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run([PY, "-m", "collapse.summary", str(sweep_dir), "--no-plots", "--out", str(out_dir)],
@@ -231,6 +236,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed summaries per size; the median is shown")
     parser.add_argument("--template", type=Path, default=None, help="a job directory to copy (default: one real run)")
     parser.add_argument("--tmp", type=Path, default=None, help="where to fabricate the sweeps (default: a temp dir)")
+    parser.add_argument("--cold", action="store_true",
+                        help="also time each size with the page cache dropped first (root: /proc/sys/vm/drop_caches)")
     args = parser.parse_args(argv)
     sizes = [int(x) for x in args.sizes.split(",")]
     power_table()
@@ -249,6 +256,11 @@ def main(argv=None) -> int:
             verdict = "" if target is None else f"<= {target:g} {'ok' if wall <= target else 'MISSED'}"
             print(f"{n:>7} {cells:>6} {wall:>16.2f} {cpu:>7.2f} {verdict:>8}  "
                   + " ".join(f"{r['wall_s']:.2f}" for r in runs), flush=True)
+            if args.cold:
+                cold = [time_cli(sweep, tmp / f"out_{n}", drop_caches=True) for _ in runs]
+                print(f"{'':>7} {'cold':>6} {median([r['wall_s'] for r in cold]):>16.2f} "
+                      f"{median([r['cpu_s'] for r in cold]):>7.2f} {'':>8}  "
+                      + " ".join(f"{r['wall_s']:.2f}" for r in cold), flush=True)
             shutil.rmtree(sweep, ignore_errors=True)
     return 0
 
