@@ -263,7 +263,7 @@ def _advise(dirs: Sequence[Path]) -> None:
     for d in dirs:
         for name in (records.METRICS_FILE, records.WEIGHTS_FILE):
             try:
-                fd = os.open(d / name, os.O_RDONLY)
+                fd = os.open(os.path.join(d, name), os.O_RDONLY)
             except OSError:
                 continue        # read_job says what is missing
             try:
