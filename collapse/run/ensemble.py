@@ -247,13 +247,17 @@ def _train_logged(runs: list, started: float, logs: list) -> None:
 
     def on_epoch_end(indices, checkpoint) -> None:
         nonlocal last_write
-        for i in indices:
-            hooks[i](trainer._slots[i].progress, None)
-        if time.monotonic() - last_write >= first.checkpoint_every_s:
+        # one epoch's bookkeeping for every member before an interrupt lands: else a member
+        # could record an epoch in its history whose checkpoint was never written
+        interrupts = getattr(runs[0], "interrupts", None)
+        with interrupts.deferred() if interrupts is not None else contextlib.nullcontext():
             for i in indices:
-                if runs[i].run_dir is not None:
-                    ex.write_checkpoint(runs[i], checkpoint(i))
-            last_write = time.monotonic()
+                hooks[i](trainer._slots[i].progress, None)
+            if time.monotonic() - last_write >= first.checkpoint_every_s:
+                for i in indices:
+                    if runs[i].run_dir is not None:
+                        ex.write_checkpoint(runs[i], checkpoint(i))
+                last_write = time.monotonic()
 
     results = trainer.fit(setups[0].loss_fn, members, on_epoch_end=on_epoch_end)
     references: dict = {}               # members of one seed share their data: one ridge fit
