@@ -12,7 +12,6 @@ typed Config (collapse.config) and plain numbers.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -241,7 +240,7 @@ def prepare_member(cfg: DictConfig) -> object:
 
 def train_members(prepared: list) -> list[float]:
     """Train the prepared members as one group; per member what `main` returns in a sweep."""
-    from collapse.run.ensemble import execute_group
+    from collapse.run.ensemble import execute_group, job_log
     from collapse.sweep.cores import threads_per_job
     from collapse.sweep.job import console_for_group, exit_with_parent, parent_gone
 
@@ -269,31 +268,13 @@ def train_members(prepared: list) -> list[float]:
             continue
         out = next(values)
         # the member's closing line in its own log; the launcher prints its line on the console
-        with console_for_group(), _job_log(p.log_file):
+        with console_for_group(), job_log(p.log_file):
             if isinstance(out, BaseException):
                 log.error(f"collapse: error: {_one_line(out)} ({p.run_dir / records.METRICS_FILE})")
                 returns.append(_objective(math.nan, p.sweeper))
             else:
                 returns.append(_objective(_report(out, p.run_dir / records.METRICS_FILE), p.sweeper))
     return returns
-
-
-@contextlib.contextmanager
-def _job_log(path: Optional[Path]):
-    """The "collapse" logger's lines also into `path` (a member's job log), for the block."""
-    if path is None:
-        yield
-        return
-    from collapse.run.ensemble import JOB_LOG_FORMAT
-
-    handler = logging.FileHandler(path, mode="a")
-    handler.setFormatter(logging.Formatter(JOB_LOG_FORMAT))
-    log.addHandler(handler)
-    try:
-        yield
-    finally:
-        log.removeHandler(handler)
-        handler.close()
 
 
 def _num_or_nan(value) -> float:

@@ -179,6 +179,29 @@ def _current_best(runs: list) -> list:
 JOB_LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"
 
 
+def job_log_handler(path: Path) -> logging.FileHandler:
+    handler = logging.FileHandler(path, mode="a", delay=True)
+    handler.setFormatter(logging.Formatter(JOB_LOG_FORMAT))
+    return handler
+
+
+@contextlib.contextmanager
+def job_log(path: Optional[Path], handler: Optional[logging.Handler] = None):
+    """The "collapse" logger's lines also into a member's job log (`path`, or an open
+    `handler`) for the block; neither: nothing changes."""
+    own = handler is None and path is not None
+    handler = job_log_handler(path) if own else handler
+    if handler is not None:
+        log.addHandler(handler)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            log.removeHandler(handler)
+        if own:
+            handler.close()
+
+
 class _MemberLog:
     """A member's lines in its own job log, not on the worker's console: a stack's members
     printing every epoch made hundreds of interleaved lines there and left their own logs
@@ -188,10 +211,7 @@ class _MemberLog:
         num = run.record.job.get("num")
         self.tag = f"job {num}" if num is not None else f"seed {run.cfg.seed}"
         path = getattr(run, "log_file", None)
-        self.handler = None
-        if path is not None:
-            self.handler = logging.FileHandler(path, mode="a", delay=True)
-            self.handler.setFormatter(logging.Formatter(JOB_LOG_FORMAT))
+        self.handler = job_log_handler(path) if path is not None else None
 
     def __call__(self, line: str) -> None:
         if self.handler is None:
@@ -199,16 +219,9 @@ class _MemberLog:
         else:
             self.handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, None, None))
 
-    @contextlib.contextmanager
     def routed(self):
-        """The "collapse" logger's lines (a member's closing line) into this member's log."""
-        if self.handler is not None:
-            log.addHandler(self.handler)
-        try:
-            yield
-        finally:
-            if self.handler is not None:
-                log.removeHandler(self.handler)
+        """The "collapse" logger's lines (set-up and closing lines) into this member's log."""
+        return job_log(None, self.handler)
 
     def close(self) -> None:
         if self.handler is not None:

@@ -69,17 +69,20 @@ class _JobConsole(logging.Filter):
         return record.levelno >= logging.WARNING or (self.keep_job_line and getattr(record, JOB_LINE, False))
 
 
+def _console_handlers() -> list:
+    """The root logger's handlers that write to the terminal (not a job's log file)."""
+    return [h for h in logging.getLogger().handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+            and h.stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)]
+
+
 def console_for_job(job_num: int, launcher_reports: bool) -> None:
     """A sweep job's console: warnings and errors only, each with its job number (the
     per-epoch lines of parallel jobs interleaved, unnumbered, into hundreds of lines); the
     job's log file keeps everything. `launcher_reports`: the launcher prints a line per
     finished job (collapse's), else the job's closing line stays on the console.
     Hydra configures fresh handlers for every job, so this lasts one job."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler) or not isinstance(handler, logging.StreamHandler):
-            continue
-        if handler.stream not in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
-            continue
+    for handler in _console_handlers():
         handler.addFilter(_JobConsole(keep_job_line=not launcher_reports))
         handler.setFormatter(logging.Formatter(f"[job {job_num}][%(levelname)s] %(message)s"))
 
@@ -89,9 +92,7 @@ def console_for_group():
     """An ensemble stack's console, while it trains: warnings and errors only, as a sweep
     job's (console_for_job); each member's lines go to its own job log (collapse.run.ensemble)
     and the launcher prints a line per finished member."""
-    handlers = [h for h in logging.getLogger().handlers
-                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-                and h.stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)]
+    handlers = _console_handlers()
     quiet = _JobConsole(keep_job_line=False)
     for handler in handlers:
         handler.addFilter(quiet)
