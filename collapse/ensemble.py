@@ -26,7 +26,6 @@ torch's gate order r, z, n). Plain tensors only: no Hydra, nothing about files.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -39,6 +38,7 @@ from torch import nn
 from collapse.config import TrainerConfig
 from collapse.metrics import regression_report
 from collapse.models import SequenceRegressor
+from collapse.optim import ADAM_BETAS, ADAM_EPS, NAMES, SGD_MOMENTUM, param_group
 from collapse.trainer import FitResult, Progress
 
 # ---------------------------------------------------------------- the stacked model
@@ -162,16 +162,13 @@ class StackedRegressor:
 
 # ---------------------------------------------------------------- the stacked optimizer
 
-ADAM_BETAS, ADAM_EPS, SGD_MOMENTUM = (0.9, 0.999), 1e-8, 0.9     # torch's defaults, as make_optimizer uses them
-
-
 class StackedOptimizer:
     """Adam, AdamW or SGD (momentum 0.9) on stacked parameters, with one lr and one weight
     decay per member (`lr`, `weight_decay`: (M,)): torch's update rules (make_optimizer's
     choices), elementwise, so member m's update is the one its own optimizer would make."""
 
     def __init__(self, name: str, params: Sequence[torch.Tensor], lr: torch.Tensor, weight_decay: torch.Tensor):
-        if name not in ("adam", "adamw", "sgd"):
+        if name not in NAMES:
             raise ValueError(f"optimizer={name!r} is invalid: must be adam, adamw or sgd")
         self.name, self.params = name, list(params)
         self.lr, self.weight_decay = lr.double(), weight_decay.double()
@@ -220,23 +217,9 @@ class StackedOptimizer:
         self.lr, self.weight_decay, self.step_count = self.lr[index], self.weight_decay[index], self.step_count[index]
         self.state = [{k: v[index.to(v.device)] for k, v in s.items()} for s in self.state]
 
-    # A member's state in torch's own optimizer.state_dict() format, built and read here:
-    # a torch optimizer's first use imports torch._dynamo (~1 s once per process, torch
-    # 2.13), which nothing else in a stack's process needs. test_ensemble pins the format
-    # against torch's own state_dict for adam, adamw and sgd.
-    def _param_group(self, m: int, n_params: int) -> dict:
-        """The param group torch's optimizer (make_optimizer's choice) holds: its class's
-        keyword defaults, this member's lr and weight decay, the param ids 0..n-1."""
-        cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[self.name]
-        group = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
-                 if k not in ("self", "params")}
-        group.update(lr=float(self.lr[m]), weight_decay=float(self.weight_decay[m]))
-        if self.name == "sgd":
-            group["momentum"] = SGD_MOMENTUM
-        elif self.name == "adamw" and "decoupled_weight_decay" in inspect.signature(torch.optim.Adam).parameters:
-            group["decoupled_weight_decay"] = True       # AdamW: Adam with it forced on (its own signature lacks it)
-        return {**group, "params": list(range(n_params))}
-
+    # A member's state in torch's own optimizer.state_dict() format, built and read here
+    # (collapse.optim: a torch optimizer's first use imports torch._dynamo). test_ensemble
+    # pins the format against torch's own state_dict for adam, adamw and sgd.
     def member_state_dict(self, m: int, member_params: Sequence[torch.Tensor]) -> dict:
         state = {}
         if self.step_count[m] > 0:
@@ -247,7 +230,8 @@ class StackedOptimizer:
                     state[i] = {"step": torch.tensor(float(self.step_count[m])),
                                 "exp_avg": s["exp_avg"][m].detach().clone(),
                                 "exp_avg_sq": s["exp_avg_sq"][m].detach().clone()}
-        return {"state": state, "param_groups": [self._param_group(m, len(member_params))]}
+        return {"state": state, "param_groups": [param_group(self.name, float(self.lr[m]), float(self.weight_decay[m]),
+                                                             len(member_params))]}
 
     def load_member(self, m: int, state_dict: dict, member_params: Sequence[torch.Tensor]) -> None:
         groups = state_dict["param_groups"]

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from collapse.config import SSLConfig
+from collapse.optim import Optimizer
 
 
 @torch.no_grad()
@@ -62,7 +63,7 @@ def pretrain_encoder(encoder: nn.Module, frames: torch.Tensor, cfg: SSLConfig, s
     rms_before = feature_rms(encoder, frames)
     n_frames, n_features = frames.shape
     decoder = nn.Linear(encoder.hidden_dim, n_features).to(frames.device)
-    opt = torch.optim.Adam(list(encoder.parameters()) + list(decoder.parameters()), lr=cfg.lr)
+    opt = Optimizer("adam", list(encoder.parameters()) + list(decoder.parameters()), lr=cfg.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
     history = []
     encoder.train()

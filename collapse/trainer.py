@@ -18,6 +18,7 @@ from torch import nn
 
 from collapse.config import TrainerConfig
 from collapse.metrics import regression_report
+from collapse.optim import Optimizer, PlateauSchedule
 
 log = logging.getLogger("collapse")
 
@@ -87,16 +88,11 @@ def budget_exhausted(best_epoch, epochs_run: int, stop_reason: str, scores: Opti
 
 # ---------------------------------------------------------------- the loop
 
-def make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params, lr: float, weight_decay: float) -> Optimizer:
     # adam applies weight_decay as coupled L2 inside the adaptive step, which squeezes
     # the output scale; adamw decouples it (Loshchilov & Hutter) and does not.
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    raise ValueError(f"optimizer={name!r} is invalid: must be adam, adamw or sgd")
+    # collapse.optim: torch.optim's arithmetic without its import of torch._dynamo
+    return Optimizer(name, params, lr, weight_decay)
 
 
 @torch.no_grad()
@@ -158,9 +154,8 @@ class Trainer:
         c = self.cfg
         opt = make_optimizer(c.optimizer, model.parameters(), c.lr, c.weight_decay)
         # the monitored score is "higher is better"; its threshold is early stopping's min_delta
-        sched = (torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, mode="max", factor=c.lr_factor, patience=c.lr_patience, threshold=c.min_delta,
-            threshold_mode="abs", min_lr=c.lr * c.min_lr_ratio) if c.lr_schedule == "plateau" else None)
+        sched = (PlateauSchedule(opt, factor=c.lr_factor, patience=c.lr_patience, threshold=c.min_delta,
+                                 min_lr=c.lr * c.min_lr_ratio) if c.lr_schedule == "plateau" else None)
         shuffle = torch.Generator().manual_seed(self.seed)   # CPU generator: same order on any device
         p, self.best_state_ = Progress(), None
         if resume is not None:

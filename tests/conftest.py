@@ -186,6 +186,16 @@ def reference_sweep(tmp_path_factory) -> Path:
     return sweep_dir
 
 
+# ---------------------------------------------------------------- references
+
+def torch_optimizer(name: str, params, lr: float, weight_decay: float):
+    """torch.optim's Adam / AdamW / SGD(momentum 0.9): what collapse.optim must equal."""
+    import torch
+
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[name]
+    return cls(params, lr=lr, weight_decay=weight_decay, **({"momentum": 0.9} if name == "sgd" else {}))
+
+
 # ---------------------------------------------------------------- data files
 
 def xy(n: int = 60, frames: int = 5, features: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

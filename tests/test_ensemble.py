@@ -13,7 +13,8 @@ from collapse.config import DataConfig, LossConfig, ModelConfig, TrainerConfig
 from collapse.ensemble import Member, StackedOptimizer, StackedRegressor, StackedTrainer
 from collapse.losses import RegressionLoss
 from collapse.models import build_model
-from collapse.trainer import Trainer, make_optimizer
+from collapse.trainer import Trainer
+from tests.conftest import torch_optimizer
 
 DATA = DataConfig(n_samples=600, temporal_frames=3)
 TRAINER = TrainerConfig(epochs=4, batch_size=64, patience=0, lr_schedule="none")
@@ -137,7 +138,7 @@ def test_a_members_optimizer_state_is_torchs_own_state_dict(optimizer):
     singles = []
     for m in range(2):
         params = [torch.nn.Parameter(t.clone()) for t in inits[m]]
-        single = make_optimizer(optimizer, params, float(lr[m]), float(wd[m]))
+        single = torch_optimizer(optimizer, params, float(lr[m]), float(wd[m]))
         if m == 1:
             assert fresh == single.state_dict()                     # before any step: no state
         singles.append((params, single))
@@ -157,7 +158,7 @@ def test_a_members_optimizer_state_is_torchs_own_state_dict(optimizer):
             assert ours["state"][i].keys() == theirs["state"][i].keys()
             for k, v in theirs["state"][i].items():
                 torch.testing.assert_close(ours["state"][i][k], v, rtol=1e-5, atol=1e-7)
-        other = make_optimizer(optimizer, [torch.nn.Parameter(p.clone()) for p in params], 1.0, 0.0)
+        other = torch_optimizer(optimizer, [torch.nn.Parameter(p.clone()) for p in params], 1.0, 0.0)
         other.load_state_dict(copy.deepcopy(ours))                     # torch takes it
         assert other.state_dict()["param_groups"] == theirs["param_groups"]
     # read back (the resume path): member 0 takes member 1's state, then writes it out the same
