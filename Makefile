@@ -19,16 +19,19 @@ $(VENV)/bin/python:
 # what running needs: the package and torch. torch through pip (the machine's own wheel,
 # see TORCH); the rest through uv (from PyPI, through pip): the ~150 packages of the dev
 # extra take it seconds where pip took a minute and a half. uv keeps the torch installed here.
-UV := $(VENV)/bin/uv
+# --compile-bytecode: uv does not byte-compile by default, and where PYTHONDONTWRITEBYTECODE is set
+# (CI and Docker images) Python never caches what it compiles: every process then compiled numpy,
+# hydra, omegaconf (and a test worker scipy, sklearn, pandas) from source, ~0.3-2.5 s each time.
+UV := $(VENV)/bin/uv pip install --python $(PY) -q --compile-bytecode
 $(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
 	$(if $(strip $(TORCH)),$(PY) -m pip install -q $(TORCH))
 	$(PY) -m pip install -q uv
-	$(UV) pip install --python $(PY) -q -e .
+	$(UV) -e .
 	touch $@
 
 # what testing needs: the dev extra (tracking, optuna, statsmodels, pandas, linters, xdist)
 $(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed-run
-	$(UV) pip install --python $(PY) -q -e ".[dev]"
+	$(UV) -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed-run
