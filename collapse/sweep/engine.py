@@ -16,8 +16,9 @@ only its job: the job is reported, a new worker takes the next one, and the swee
 on; its end report (collapse.sweep.callback) counts the job as not done and exits non-zero.
 
 hydra_plugins/collapse_launcher.py holds the Hydra classes (Hydra requires plugins to
-live there); they delegate to this module. Nothing here imports torch: workers import
-it once, while the sweep is still being planned.
+live there); they delegate to this module. Nothing here imports torch: the workers fork
+from a server process that imported it once (multiprocessing's forkserver, PRELOAD), while
+the sweep is still being planned.
 """
 from __future__ import annotations
 
@@ -42,6 +43,11 @@ log = logging.getLogger(__name__)
 COMPOSE, RUN, STOP = "compose", "run", "stop"
 RUN_GROUP = "run_group"     # hydra/launcher=ensemble: jobs trained together (collapse.sweep.ensemble)
 SHUTDOWN_GRACE_S = 15.0     # an interrupted job records itself (history, best weights) in this time
+# What the fork server imports once for every worker it forks: a spawned worker paid ~1.7 s
+# of CPU for python, torch and hydra before its first job, a forked one ~0.3 s, and its
+# siblings share those pages. Modules that fail to import are left to the workers. Not
+# collapse.train itself: a worker runs it as its __main__ (runpy warns if it is loaded).
+PRELOAD = ("torch", "hydra", "cloudpickle", "collapse.config", "collapse.run.execute", "collapse.sweep.engine")
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -54,8 +60,13 @@ def _worker_main(conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         payload = conn.recv_bytes()                 # first: the launching process is sending it
+        environ = pickle.loads(conn.recv_bytes())
     except (EOFError, OSError):
         return
+    # the launching process's environment as it is now (CONCURRENT_ENV: the threads a job
+    # takes): the fork server's is the one it had when that server started, maybe a sweep ago
+    os.environ.clear()
+    os.environ.update(environ)
     import cloudpickle
     from hydra.core.singleton import Singleton
     from hydra.core.utils import setup_globals
@@ -63,7 +74,7 @@ def _worker_main(conn) -> None:
     state = cloudpickle.loads(payload)
     setup_globals()
     Singleton.set_state(state["singletons"])
-    import torch  # noqa: F401 - every job needs it: paid now, while the sweep is planned
+    import torch  # noqa: F401 - every job needs it (preloaded by the fork server; spawned: paid now)
 
     _send(conn, ("ready", os.getpid()))
     while True:
@@ -145,9 +156,10 @@ def _run(state: dict, job_num: int, composed: Optional[bytes], overrides: Sequen
         configure_log(state["config"].hydra.hydra_logging, state["config"].hydra.verbose)
 
 
-def _send_quietly(conn, data: bytes) -> None:
+def _send_quietly(conn, *messages: bytes) -> None:
     try:
-        conn.send_bytes(data)
+        for data in messages:
+            conn.send_bytes(data)
     except (OSError, ValueError):
         pass            # the worker died first: its sentinel tells the pool
 
@@ -169,17 +181,27 @@ class _Worker:
     task: Optional[tuple] = None            # (key, kind, data) while busy
 
 
+def _context():
+    """Workers fork from a fork server that preloaded PRELOAD; spawned where there is none
+    (Windows). Never forked from the launching process: a worker would inherit the sweep
+    directory's lock and the launching process's threads."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(PRELOAD))       # read when the server starts: once a process
+    return context
+
+
 class WorkerPool:
-    """`n_workers` spawned processes that each hold the Hydra state; `map` hands tasks
-    to whichever worker is free. spawn, not fork: a forked worker would inherit the
-    sweep directory's lock and the parent's threads."""
+    """`n_workers` worker processes that each hold the Hydra state; `map` hands tasks to
+    whichever worker is free."""
 
     def __init__(self, n_workers: int, payload: bytes):
         self.payload = payload
         self.workers: list[_Worker] = []
         self._on_done: Optional[Callable[[tuple, tuple], None]] = None
         self._started, self._all_ready = time.monotonic(), False
-        self._context = multiprocessing.get_context("spawn")
+        self._context = _context()
         for _ in range(n_workers):
             self._start()
 
@@ -187,13 +209,23 @@ class WorkerPool:
         parent_end, child_end = self._context.Pipe()
         process = self._context.Process(target=_worker_main, args=(child_end,),
                                         name=f"collapse-worker-{len(self.workers)}")
-        process.start()
+        try:
+            process.start()     # the first one starts the fork server: python and PRELOAD, ~1.5 s
+        except (EOFError, OSError) as e:
+            # the fork server died before it forked (killed while importing torch): so would the next
+            parent_end.close()
+            child_end.close()
+            self.shutdown()
+            print(f"collapse: error: a sweep worker process died while starting (the fork server it "
+                  f"comes from ended: {type(e).__name__}); hydra/launcher=basic runs the jobs in this "
+                  "process", file=sys.stderr)
+            raise SystemExit(1) from None
         child_end.close()
-        # The Hydra state (hundreds of kB) goes over the worker's own pipe, from a thread.
-        # Not as a Process argument: multiprocessing writes those before it closes its copy
-        # of the child's end, so a worker killed while starting left start() blocked forever.
-        threading.Thread(target=_send_quietly, args=(parent_end, self.payload), daemon=True,
-                         name="collapse-worker-payload").start()
+        # The Hydra state (hundreds of kB) and the environment go over the worker's own pipe,
+        # from a thread. Not as Process arguments: multiprocessing writes those before it closes
+        # its copy of the child's end, so a worker killed while starting left start() blocked forever.
+        threading.Thread(target=_send_quietly, args=(parent_end, self.payload, pickle.dumps(dict(os.environ))),
+                         daemon=True, name="collapse-worker-payload").start()
         self.workers.append(_Worker(process, parent_end))
 
     def map(self, tasks: Sequence[tuple], on_lost: Callable[[tuple, int, int], Any],

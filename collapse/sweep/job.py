@@ -29,10 +29,13 @@ def exit_with_parent(poll_s: float = 0.1) -> None:
     A worker process (collapse's launcher, joblib's loky) outlives a SIGKILLed sweep:
     it finishes its job, and a resume started meanwhile runs the same job a second time
     into the same files.
-    The parent's death shows as a changed getppid() (the orphan is reparented). The
-    worker then SIGTERMs itself, so a job in progress records itself `interrupted` with
-    its history (collapse.run.execute), and exits for good a few seconds later. Records'
-    atomic writes leave the old or the new file, whenever the exit lands.
+    The launching process's death shows on the worker's end of the pipe it was started
+    through (multiprocessing's parent sentinel, at once) or as a changed getppid() (the
+    orphan is reparented: joblib's workers; a worker forked by collapse's fork server is
+    reparented only once that server has exited, ~0.5 s later). The worker then SIGTERMs
+    itself, so a job in progress records itself `interrupted` with its history
+    (collapse.run.execute), and exits for good a few seconds later. Records' atomic writes
+    leave the old or the new file, whenever the exit lands.
     A no-op in a process that multiprocessing did not start (the basic launcher's,
     one worker or one job): a sweep must survive the shell that started it."""
     import multiprocessing
@@ -40,13 +43,27 @@ def exit_with_parent(poll_s: float = 0.1) -> None:
     global _watching_parent
     if _watching_parent or multiprocessing.parent_process() is None:
         return
+    from multiprocessing.connection import wait
+
     _watching_parent = True
     parent = os.getppid()
+    sentinel = getattr(multiprocessing.parent_process(), "sentinel", None)
+
+    def gone() -> bool:
+        if os.getppid() != parent:
+            return True
+        if sentinel is None:
+            time.sleep(poll_s)
+            return False
+        try:
+            return bool(wait([sentinel], timeout=poll_s))     # readable only at EOF: nothing is sent on it
+        except OSError:
+            return True
 
     def watch() -> None:
         global _parent_gone
-        while os.getppid() == parent:
-            time.sleep(poll_s)
+        while not gone():
+            pass
         _parent_gone = True
         os.kill(os.getpid(), signal.SIGTERM)   # collapse.train exits once the job is recorded
         time.sleep(5)                          # a job stuck in C code: give up on the record

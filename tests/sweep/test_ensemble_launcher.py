@@ -17,7 +17,6 @@ from conftest import (
     SWEEP_GRID,
     SWEEP_TINY,
     TIMEOUT,
-    children,
     cli,
     descendants,
     kill_quietly,
@@ -134,7 +133,7 @@ def test_a_killed_worker_loses_only_its_stack_which_a_resume_runs_again(tmp_path
     proc = start_cli(sweep_args(sweep_dir, *ENSEMBLE, *MID_RUN), tmp_path, tmp_path / "first.log")
     try:
         def a_worker_training():
-            workers = set(children(proc.pid))
+            workers = set(descendants(proc.pid))      # forked by the sweep's fork server
             pids = {r["provenance"]["pid"] for n in range(N_SWEEP_JOBS)
                     if (r := read_json(sweep_dir / str(n) / "metrics.json")) and r["status"] == "running"}
             return sorted(pids & workers)
