@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,10 @@ TINY = ("data.n_samples=400", "trainer.epochs=3", "model.hidden_dim=16")
 SWEEP_TINY = ("data.n_samples=400", "trainer.epochs=20", "model.hidden_dim=16")
 SWEEP_GRID = ("loss.variance_lambda=0,0.5", "seed=0,1")
 N_SWEEP_JOBS = 4
+# Long enough that a worker process, which notices its sweep's death at once, is still
+# mid-job when it does (a kill lands after epoch 2; an epoch checkpoints every time).
+MID_RUN = ("data.n_samples=1200", "trainer.epochs=20", "trainer.patience=0", "model.hidden_dim=16",
+           "checkpoint_every_s=0")
 BASIC = ("hydra/launcher=basic",)      # the sequential launcher; the default runs jobs in parallel
 TIMEOUT = 240
 ROOT = Path(__file__).resolve().parent.parent     # the checkout: conf/, sweeps/, examples/
@@ -174,16 +179,46 @@ def results(sweep_dir: Path, n_jobs: int = N_SWEEP_JOBS) -> dict[int, dict]:
     return out
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], None]) -> Path:
+    """A directory `build(root)` fills once for the whole test run, however many pytest-xdist
+    workers ask for it: the first builds it under a lock, the others wait and reuse it. Its
+    users only read it (they copy what they change)."""
+    import fcntl
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent                      # the run's own temp dir, above each worker's
+    root = base / f"built-once-{name}"
+    with open(base / f"built-once-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / ".built").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            build(root)
+            (root / ".built").touch()
+    return root
+
+
+def _sweep_once(args: Sequence[str]) -> Callable[[Path], None]:
+    def build(root: Path) -> None:
+        proc = cli(["-m", *args, f"hydra.sweep.dir={root / 'sweep'}"], cwd=root)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert statuses(root / "sweep") == dict.fromkeys(range(N_SWEEP_JOBS), "completed")
+    return build
+
+
 @pytest.fixture(scope="session")
 def reference_sweep(tmp_path_factory) -> Path:
     """The fault tests' sweep run once, uninterrupted, with the basic launcher: what
     every killed-and-resumed sweep must end up equal to."""
-    root = tmp_path_factory.mktemp("reference")
-    sweep_dir = root / "sweep"
-    proc = cli(["-m", *SWEEP_TINY, *SWEEP_GRID, *BASIC, f"hydra.sweep.dir={sweep_dir}"], cwd=root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert statuses(sweep_dir) == dict.fromkeys(range(N_SWEEP_JOBS), "completed")
-    return sweep_dir
+    return built_once(tmp_path_factory, "reference", _sweep_once([*SWEEP_TINY, *SWEEP_GRID, *BASIC])) / "sweep"
+
+
+@pytest.fixture(scope="session")
+def mid_run_reference(tmp_path_factory) -> Path:
+    """The mid-run sweep (MID_RUN), uninterrupted (basic launcher): what both launchers
+    must reach after kills mid-job."""
+    return built_once(tmp_path_factory, "mid-run", _sweep_once([*SWEEP_TINY, *SWEEP_GRID, *MID_RUN, *BASIC])) / "sweep"
 
 
 # ---------------------------------------------------------------- references

@@ -13,6 +13,7 @@ from collapse.sweep.ensemble import chunks, derivable, derive, member_cost, stac
 
 from conftest import (
     BASIC,
+    MID_RUN,
     N_SWEEP_JOBS,
     SWEEP_GRID,
     SWEEP_TINY,
@@ -28,9 +29,6 @@ from conftest import (
 )
 
 ENSEMBLE = ("hydra/launcher=ensemble",)
-# long enough that a kill lands mid-training, with a checkpoint every epoch
-MID_RUN = ("data.n_samples=2500", "trainer.epochs=20", "trainer.patience=0", "model.hidden_dim=16",
-           "checkpoint_every_s=0")
 
 
 def sweep_args(sweep_dir: Path, *extra: str) -> list[str]:

@@ -26,6 +26,7 @@ from collapse.summary import summarize
 
 from conftest import (
     BASIC,
+    MID_RUN,
     N_SWEEP_JOBS,
     SWEEP_GRID,
     SWEEP_TINY,
@@ -215,21 +216,6 @@ def test_whole_sweep_killed_repeatedly_then_resumed_equals_an_uninterrupted_swee
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_unchanged(sweep_dir, kept, f"final resume (seed {seed}, rounds {seen})")
     assert results(sweep_dir) == results(reference_sweep), f"seed {seed}, rounds {seen}"
-
-
-# long enough (20 epochs) that a worker process, which notices its sweep's death within
-# a tenth of a second, is still mid-job when it does
-MID_RUN = ("data.n_samples=2500", "trainer.epochs=20", "trainer.patience=0", "model.hidden_dim=16",
-           "checkpoint_every_s=0")
-
-
-@pytest.fixture(scope="module")
-def mid_run_reference(tmp_path_factory) -> Path:
-    """The mid-run sweep, uninterrupted (basic launcher): what both launchers must reach."""
-    root = tmp_path_factory.mktemp("mid_run")
-    proc = cli(sweep_args(root / "reference", *MID_RUN, *BASIC), cwd=root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root / "reference"
 
 
 @pytest.mark.slow
