@@ -32,7 +32,7 @@ SWEEP_GRID = ("loss.variance_lambda=0,0.5", "seed=0,1")
 N_SWEEP_JOBS = 4
 # Long enough that a worker process, which notices its sweep's death at once, is still
 # mid-job when it does (a kill lands after epoch 2; an epoch checkpoints every time).
-MID_RUN = ("data.n_samples=1200", "trainer.epochs=20", "trainer.patience=0", "model.hidden_dim=16",
+MID_RUN = ("data.n_samples=2500", "trainer.epochs=20", "trainer.patience=0", "model.hidden_dim=16",
            "checkpoint_every_s=0")
 BASIC = ("hydra/launcher=basic",)      # the sequential launcher; the default runs jobs in parallel
 TIMEOUT = 240
