@@ -2,6 +2,8 @@
 Hydra's own: the same refusals, the same jobs, with either sweeper. Killed workers and
 interrupted sweeps are in test_faults.py, identical metrics in test_reproducibility.py."""
 import json
+import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
@@ -47,3 +49,35 @@ def test_the_parallel_launcher_runs_every_job_under_either_sweeper(tmp_path, swe
     assert len({r["provenance"]["pid"] for r in runs}) <= 2
     hydra_dir = _job_dirs(sweep_dir)[0] / ".hydra"
     assert (hydra_dir / "config.yaml").exists() and (hydra_dir / "overrides.yaml").exists()
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="spawned workers")
+def test_workers_fork_from_one_server_yet_see_the_environment_of_their_sweep(hydra_sweep_runner, tmp_path,
+                                                                               monkeypatch):
+    """Two sweeps in one process (a notebook's): the fork server that preloaded torch for the
+    first forks the second's workers too, and those read the environment as it is at the
+    second sweep (the server's own is the first's)."""
+    from multiprocessing import forkserver
+
+    from collapse import train
+    from collapse.sweep.cores import CONCURRENT_ENV
+    from collapse.sweep.engine import PRELOAD
+
+    monkeypatch.delenv(CONCURRENT_ENV, raising=False)        # the sweep sets it in this process
+    servers, studies = [], []
+    for value in ("first", "second"):
+        monkeypatch.setenv("COLLAPSE_TEST_SWEEP_ENV", value)
+        sweep = hydra_sweep_runner(
+            calling_file=train.__file__, calling_module=None, task_function=train.task,
+            config_path=train.CONF_DIR, config_name="config",
+            overrides=[*TINY, "seed=0,1", "hydra.launcher.n_jobs=2", "study=${oc.env:COLLAPSE_TEST_SWEEP_ENV}"],
+            temp_dir=tmp_path / value)
+        with sweep:
+            jobs = [json.loads((job / "metrics.json").read_text()) for job in _job_dirs(tmp_path / value)]
+        servers.append(forkserver._forkserver._forkserver_pid)
+        studies.append({r["study"] for r in jobs})
+        assert len({r["provenance"]["pid"] for r in jobs}) == 2          # two worker processes ran them
+        assert all(r["provenance"]["pid"] != os.getpid() for r in jobs)
+    assert servers[0] is not None and servers[0] == servers[1]
+    assert studies == [{"first"}, {"second"}]
+    assert set(PRELOAD) >= {"torch", "collapse.run.execute"}
