@@ -52,7 +52,8 @@ class Optimizer:
         self.param_groups = [param_group(name, lr, weight_decay, len(self.params))]
         self.state: list[dict] = [{} for _ in self.params]
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
+        """Gradients to None (torch's default): the next backward writes them afresh."""
         for p in self.params:
             p.grad = None
 

@@ -76,7 +76,7 @@ def pretrain_encoder(encoder: nn.Module, frames: torch.Tensor, cfg: SSLConfig, s
             noise = corruption_std * torch.randn(x.shape, generator=gen).to(x.device)
             recon = decoder(encoder(x.masked_fill(mask, 0.0) + noise))
             loss = ((recon - x) ** 2 * mask).sum() / mask.sum().clamp(min=1)
-            opt.zero_grad(set_to_none=True)
+            opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item() * len(x)

@@ -190,7 +190,7 @@ class Trainer:
                 idx = perm[start:start + c.batch_size]
                 w = w_train[idx] if w_train is not None else None
                 loss = loss_fn(model(X_train[idx]), y_train[idx], w)
-                opt.zero_grad(set_to_none=True)
+                opt.zero_grad()
                 loss.backward()
                 opt.step()
                 # accumulate on the device: a .item() per batch would sync every step

@@ -23,7 +23,7 @@ def _steps(model, opt, n_steps: int, seed: int) -> None:
     for _ in range(n_steps):
         X, y = torch.randn(16, 4, 3, generator=g), torch.randn(16, generator=g)      # (B, T, C), (B,)
         loss = ((model(X) - y) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
         loss.backward()
         opt.step()
 
