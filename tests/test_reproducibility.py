@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from collapse import records
+from collapse.sweep.cores import usable_cores
 from collapse.train import run
 
 from conftest import N_SWEEP_JOBS, SWEEP_GRID, SWEEP_TINY, TINY, cli, read_json, results, statuses
@@ -39,7 +40,14 @@ def test_same_process_again_after_a_different_run_gives_identical_metrics():
 def test_cli_process_and_notebook_api_give_identical_metrics_and_weights(tmp_path):
     proc = cli([*TINY, "hydra.run.dir=cli"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    in_process = run(TINY, run_dir=tmp_path / "api")
+    # run() keeps the process's torch threads (trainer.threads=0); a fresh CLI process takes every
+    # usable core, and a test process may have been given one (conftest: OMP_NUM_THREADS under xdist)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(usable_cores())
+    try:
+        in_process = run(TINY, run_dir=tmp_path / "api")
+    finally:
+        torch.set_num_threads(previous)
     assert computed(read_json(tmp_path / "cli" / "metrics.json")) == computed(in_process)
     # the whole record, not only the metrics: one execution path writes both
     volatile = ("wall_time_s", "started_at", "provenance", "job", "history")
