@@ -95,7 +95,7 @@ class Optimizer:
 
     def state_dict(self) -> dict:
         return {"state": {i: dict(s) for i, s in enumerate(self.state) if s},
-                "param_groups": [dict(self.param_groups[0], params=list(range(len(self.params))))]}
+                "param_groups": [dict(self.param_groups[0])]}
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's or this class's state_dict: the state tensors go to their parameter's

@@ -10,8 +10,8 @@ import os
 
 # pytest-xdist runs one test process per core, and each test's own processes set the threads
 # they train with: any other OpenMP/BLAS thread (this process's torch, numpy's BLAS in every
-# child) only spins against the other workers. Measured on 2 cores: 496 -> 437 s of CPU for
-# the suite, 252 -> 224 s of wall. Set before numpy or torch is imported; a run's own
+# child) only spins against the other workers. Measured on 2 cores: 496 -> 450 s of CPU for
+# the suite, 252 -> 229 s of wall. Set before numpy or torch is imported; a run's own
 # thread count (collapse.sweep.cores) does not read it.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
