@@ -15,6 +15,7 @@ import re
 import statistics
 import time
 from pathlib import Path
+from typing import Optional
 
 from benchmarks.common import Result, job_records, median, run_cmd, train_cmd
 from benchmarks.processes import phase4_grid
@@ -34,15 +35,21 @@ def _computed(sweep_dir: Path) -> list:
     return [json.dumps({k: r.get(k) for k in keep}, sort_keys=True) for r in job_records(sweep_dir)]
 
 
-def bench_ensemble(quick: bool, repeats: int, tmp: Path, epochs: int = 0) -> Result:
+def bench_ensemble(quick: bool, repeats: int, tmp: Path, epochs: int = 0, ctx: Optional[dict] = None) -> Result:
     res = Result()
     grid = phase4_grid(quick, epochs)
     variants = {"default": [], "ensemble": ["hydra/launcher=ensemble"]}
     times: dict = {k: [] for k in variants}
     dirs: dict = {k: [] for k in variants}
     stacks = set()
+    reused = (ctx or {}).get("quick_default_phase4") if quick else None
+    if reused:          # --quick: parallel_sweep's default sweep of the same grid is the baseline
+        times["default"].append(reused["seconds"])
+        dirs["default"].append(reused["dir"])
     for i in range(repeats):
         for name in (list(variants) if i % 2 == 0 else list(reversed(variants))):
+            if reused and name == "default":
+                continue
             d = tmp / f"ensemble_item_phase4_{name}_{i}"      # apart from parallel_sweep's dirs
             timed = run_cmd(train_cmd(*grid, *variants[name], f"hydra.sweep.dir={d}", config_name="phase4"), tmp)
             times[name].append(timed.seconds)

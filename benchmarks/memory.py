@@ -7,10 +7,13 @@ from pathlib import Path
 from benchmarks.common import PY, TINY, Result, median, run_cmd, train_cmd
 
 
-def sweep_peak_rss(quick: bool, tmp: Path, epochs: int) -> float:
-    """The summed RSS of a default (parallel) phase4 sweep's process tree at its peak."""
+def sweep_peak_rss(quick: bool, tmp: Path, epochs: int, ctx: dict) -> float:
+    """The summed RSS of a default (parallel) phase4 sweep's process tree at its peak
+    (--quick: parallel_sweep's default sweep, sampled, where that item ran)."""
     from benchmarks.processes import phase4_grid
 
+    if quick and "quick_default_phase4" in ctx:
+        return ctx["quick_default_phase4"]["tree_peak_mb"]
     timed = run_cmd(train_cmd(*phase4_grid(quick, epochs), f"hydra.sweep.dir={tmp}/phase4_memory",
                               config_name="phase4"), tmp, sample_tree=True)
     return timed.tree_peak_mb
@@ -39,7 +42,7 @@ def bench_memory(quick: bool, tmp: Path, ctx: dict) -> Result:
     growth = (per_epoch[-1] - per_epoch[0]) / max(1, len(per_epoch) - 1)
     first = per_epoch[0] - probe["rss_fit_start_mb"]
     shared = probe["tensors_share_prepared_arrays"]
-    sweep_peak = sweep_peak_rss(quick, tmp, epochs=ctx.get("phase4_epochs", 0))
+    sweep_peak = sweep_peak_rss(quick, tmp, ctx.get("phase4_epochs", 0), ctx)
     res.figures = {"default_run_peak_rss_mb": run_peak,
                    "sweep_2_workers_peak_rss_mb": sweep_peak, "probe": probe,
                    "growth_per_epoch_mb": growth, "first_epoch_working_memory_mb": first}

@@ -161,10 +161,16 @@ def bench_parallel(quick: bool, repeats: int, tmp: Path, ctx: dict, epochs: int 
         dirs = {name: tmp / f"phase4_{name}_{i}" for name in times}
         order = list(variants) if i % 2 == 0 else list(reversed(variants))
         for name in order:
-            # not sampled for memory (benchmarks.memory is): a /proc scan every 0.1 s takes CPU from the jobs
+            # not sampled for memory (a /proc scan every 0.1 s takes CPU from the jobs), but under
+            # --quick, where no figure is a target: the default's sweep is then memory's and the
+            # ensemble item's baseline too, one phase4 sweep instead of three
+            sample = quick and name == "default"
             timed = run_cmd(train_cmd(*grid, *variants[name], f"hydra.sweep.dir={dirs[name]}", config_name="phase4"),
-                            tmp)
+                            tmp, sample_tree=sample)
             times[name].append(timed.seconds)
+            if sample:
+                ctx["quick_default_phase4"] = {"dir": dirs[name], "seconds": timed.seconds,
+                                               "tree_peak_mb": timed.tree_peak_mb}
             if name == "default":       # the launcher says when its workers could take their first job
                 found = WORKERS_READY.search(timed.stdout)    # stdout + stderr
                 if found:

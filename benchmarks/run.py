@@ -115,7 +115,7 @@ class Suite:
         from benchmarks.ensemble import bench_ensemble, bench_scaling
 
         res = bench_ensemble(self.quick, 1 if self.quick else self.args.parallel_repeats, self.tmp,
-                             self.args.phase4_epochs)
+                             self.args.phase4_epochs, self.ctx)
         figures = {"phase4": res.figures}
         for model in (("mean_pool",) if self.quick else ("mean_pool", "temporal_conv", "gru")):
             scaling = bench_scaling(self.quick, model=model)
