@@ -23,9 +23,9 @@ $(VENV)/bin/python:
 # (CI and Docker images) Python never caches what it compiles: every process then compiled numpy,
 # hydra, omegaconf (and a test worker scipy, sklearn, pandas) from source, ~0.3-2.5 s each time.
 UV := $(VENV)/bin/uv pip install --python $(PY) -q --compile-bytecode
-# torch's ~2,000 modules: pip byte-compiles one at a time (28 s of the install on 2 cores); compiled
-# here on every core instead (torch step, 4 alternated pairs: 23-26 s against 28-36 s). As pip does, a file that does not compile is skipped
-# (torch ships one in Python 3.12 syntax, for its own tests).
+# torch's ~2,000 modules: pip byte-compiles them one at a time; compiled here on every core
+# instead (the torch step, alternated pairs on 2 cores: 23-26 s against 28-36 s). As pip does,
+# a file that does not compile is skipped (torch ships one in Python 3.12 syntax, for its tests).
 COMPILE := $(PY) -c "import compileall, sysconfig; compileall.compile_dir(sysconfig.get_paths()['purelib'], quiet=2, workers=0)"
 $(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
 	$(if $(strip $(TORCH)),$(PY) -m pip install -q --no-compile $(TORCH) && $(COMPILE))
