@@ -1,9 +1,8 @@
 """Shared helpers for the fault, bad-input and reproducibility suites.
 
-Every CLI run is a process of its own running `python -m collapse.train` with cwd=tmp_path,
-so default output dirs land in the test's tmp dir: cli() forks it from a server that has
-torch and hydra imported (tests/cli_server.py), start_cli() starts a fresh interpreter.
-Process trees are read from /proc (no psutil): the fault tests kill real processes by pid.
+Every CLI run is a real `python -m collapse.train` subprocess with cwd=tmp_path, so
+default output dirs land in the test's tmp dir. Process trees are read from /proc
+(no psutil): the fault tests kill real processes by pid.
 """
 from __future__ import annotations
 
@@ -57,78 +56,9 @@ def _env(extra: Optional[dict] = None) -> dict:
 
 def cli(args: Sequence[str], cwd: Path, env: Optional[dict] = None,
         timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    """Run `python -m collapse.train ARGS` to completion; text stdout/stderr. The process is
-    forked from this worker's CLI server (tests/cli_server.py: torch and hydra already
-    imported) unless `env` sets a variable read at interpreter or library start-up, which
-    only a fresh interpreter honours; COLLAPSE_TEST_FRESH_CLI=1 starts a fresh one always."""
-    if _needs_fresh_interpreter(env):
-        return subprocess.run([sys.executable, "-m", "collapse.train", *args], cwd=cwd, env=_env(env),
-                              capture_output=True, text=True, timeout=timeout)
-    return _CliServer.get().run(list(args), Path(cwd), _env(env), timeout)
-
-
-# Variables read when the interpreter, torch, OpenMP or a BLAS loads: too late in a forked child.
-_LOAD_TIME = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "KMP_", "GOMP_", "LD_", "MALLOC_", "CUDA", "TORCH")
-
-
-def _needs_fresh_interpreter(env: Optional[dict]) -> bool:
-    return (os.environ.get("COLLAPSE_TEST_FRESH_CLI") == "1"
-            or any(key.startswith(_LOAD_TIME) and os.environ.get(key) != value for key, value in (env or {}).items()))
-
-
-class _CliServer:
-    """This process's tests/cli_server.py, started at the first cli() and ended with it."""
-    _instance: Optional["_CliServer"] = None
-
-    @classmethod
-    def get(cls) -> "_CliServer":
-        if cls._instance is None or cls._instance.proc.poll() is not None:
-            cls._instance = cls()
-        return cls._instance
-
-    def __init__(self):
-        import atexit
-        import tempfile
-
-        requests_r, self._requests = os.pipe()
-        self._replies, replies_w = os.pipe()
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("cli_server.py")),
-                                      str(requests_r), str(replies_w)], pass_fds=(requests_r, replies_w),
-                                     env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        os.close(requests_r)
-        os.close(replies_w)
-        self._reader = os.fdopen(self._replies, "r")
-        self._outputs = Path(tempfile.mkdtemp(prefix="collapse-cli-"))
-        atexit.register(self.close)
-
-    def close(self) -> None:
-        os.close(self._requests)                # the server ends when its request pipe closes
-        self.proc.wait(timeout=30)
-        shutil.rmtree(self._outputs, ignore_errors=True)
-
-    def _reply(self, key: str, timeout: Optional[float]):
-        import select
-
-        if not select.select([self._reader], [], [], timeout)[0]:
-            return None
-        line = self._reader.readline()
-        if not line:
-            raise RuntimeError(f"tests/cli_server.py died (exit {self.proc.wait()})")
-        return json.loads(line)[key]
-
-    def run(self, args: list, cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
-        out, err = self._outputs / "stdout", self._outputs / "stderr"
-        request = {"module": "collapse.train", "args": args, "cwd": str(cwd), "env": env,
-                   "stdout": str(out), "stderr": str(err)}
-        os.write(self._requests, (json.dumps(request) + "\n").encode())
-        pid = self._reply("pid", None)
-        returncode = self._reply("returncode", timeout)
-        if returncode is None:                  # as subprocess.run: kill, reap, then raise
-            os.kill(pid, signal.SIGKILL)
-            self._reply("returncode", None)
-            raise subprocess.TimeoutExpired(["collapse.train", *args], timeout, out.read_text(), err.read_text())
-        argv = [sys.executable, "-m", "collapse.train", *args]
-        return subprocess.CompletedProcess(argv, returncode, out.read_text(), err.read_text())
+    """Run `python -m collapse.train ARGS` to completion; text stdout/stderr."""
+    return subprocess.run([sys.executable, "-m", "collapse.train", *args], cwd=cwd, env=_env(env),
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def start_cli(args: Sequence[str], cwd: Path, log: Path, module: str = "collapse.train") -> subprocess.Popen:

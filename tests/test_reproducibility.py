@@ -37,23 +37,6 @@ def test_same_process_again_after_a_different_run_gives_identical_metrics():
 
 
 @pytest.mark.slow
-def test_the_suites_forked_cli_runs_as_a_fresh_interpreter_does(tmp_path, monkeypatch):
-    """cli() forks runs from a server with torch imported (tests/cli_server.py): the same
-    record, weights, exit codes and output as a fresh `python -m collapse.train`."""
-    cases = {"run": [*TINY, "hydra.run.dir=run"], "refused": [*TINY, "trainer.batch_size=0"]}
-    seen = {}
-    for how in ("forked", "fresh"):
-        monkeypatch.setenv("COLLAPSE_TEST_FRESH_CLI", "1" if how == "fresh" else "0")
-        (tmp_path / how).mkdir()
-        seen[how] = {name: cli(args, cwd=tmp_path / how) for name, args in cases.items()}
-    forked, fresh = seen["forked"], seen["fresh"]
-    assert [p.returncode for p in forked.values()] == [p.returncode for p in fresh.values()] == [0, 2]
-    assert forked["refused"].stderr == fresh["refused"].stderr and forked["refused"].stdout == ""
-    a, b = (read_json(tmp_path / how / "run" / "metrics.json") for how in ("forked", "fresh"))
-    assert computed(a) == computed(b) and a["weights_sha256"] == b["weights_sha256"]
-
-
-@pytest.mark.slow
 def test_cli_process_and_notebook_api_give_identical_metrics_and_weights(tmp_path):
     proc = cli([*TINY, "hydra.run.dir=cli"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
