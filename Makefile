@@ -26,7 +26,8 @@ UV := $(VENV)/bin/uv pip install --python $(PY) -q --compile-bytecode
 # torch's ~2,000 modules: pip byte-compiles them one at a time; compiled here on every core
 # instead (the torch step, alternated pairs on 2 cores: 23-26 s against 28-36 s). As pip does,
 # a file that does not compile is skipped (torch ships one in Python 3.12 syntax, for its tests).
-COMPILE := $(PY) -c "import compileall, sysconfig; compileall.compile_dir(sysconfig.get_paths()['purelib'], quiet=2, workers=0)"
+COMPILE := $(PY) -c "import compileall, sysconfig; p = sysconfig.get_paths(); \
+	[compileall.compile_dir(d, quiet=2, workers=0) for d in {p['purelib'], p['platlib']}]"
 $(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
 	$(if $(strip $(TORCH)),$(PY) -m pip install -q --no-compile $(TORCH) && $(COMPILE))
 	$(PY) -m pip install -q uv
