@@ -24,8 +24,8 @@ class ParallelLauncher(Launcher):
         from collapse.sweep.cores import usable_cores, workers_for
         from collapse.sweep.engine import Engine
 
-        # the workers start now: the first waits for the fork server to import PRELOAD (~1.3 s),
-        # so the sweeper plans and composes after that, not beside it (~0.4 s for phase4)
+        # the workers start now (the first waits ~1.3 s for the fork server to import PRELOAD);
+        # they compose the sweeper's cells (compose) before they run its jobs (launch)
         self.engine = Engine(workers_for(int(self.n_jobs), usable_cores()), hydra_context, task_function, config)
 
     def compose(self, batch: Sequence[Sequence[str]]) -> None:
