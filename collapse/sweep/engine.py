@@ -17,8 +17,8 @@ on; its end report (collapse.sweep.callback) counts the job as not done and exit
 
 hydra_plugins/collapse_launcher.py holds the Hydra classes (Hydra requires plugins to
 live there); they delegate to this module. Nothing here imports torch: the workers fork
-from a server process that imported it once (multiprocessing's forkserver, PRELOAD), while
-the sweep is still being planned.
+from a server process that imported it once (multiprocessing's forkserver, PRELOAD); starting
+the first worker waits for that import, and the workers then compose the sweep's cells.
 """
 from __future__ import annotations
 
