@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # torch comes first so that pyproject's permissive `torch>=2.1` is already satisfied.
 # The default takes the CPU build (2.13.0 is on these machines' local wheel index);
 # elsewhere set e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cpu",
-# or TORCH= to let pip pick torch from pyproject's range.
+# or TORCH= to let uv pick torch from pyproject's range (a CUDA build from PyPI).
 TORCH  ?= torch==2.13.0
 SWEEP_DIR ?= outputs/sweeps/quick/$(shell date +%Y-%m-%d_%H-%M-%S)
 # pytest workers: every core (pytest-xdist); TEST_WORKERS=0 runs in one process
@@ -16,21 +16,20 @@ TEST_WORKERS ?= auto
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-# what running needs: the package and torch. torch through pip (the machine's own wheel,
-# see TORCH); the rest through uv (from PyPI, through pip): the ~150 packages of the dev
-# extra take it seconds where pip took a minute and a half. uv keeps the torch installed here.
+# what running needs: the package and torch. torch is chosen by pip (`pip download` of TORCH:
+# the machine's own wheel where pip is configured with one, its index and constraints) and
+# installed by uv with everything else (from PyPI): uv unpacks and byte-compiles on every core,
+# the torch step 10-11 s against 18 s for pip's install (2 cores); the ~150 packages of the dev
+# extra take seconds where pip took a minute and a half. Later uv calls keep that torch.
 # --compile-bytecode: uv does not byte-compile by default, and where PYTHONDONTWRITEBYTECODE is set
 # (CI and Docker images) Python never caches what it compiles: every process then compiled numpy,
 # hydra, omegaconf (and a test worker scipy, sklearn, pandas) from source, ~0.3-2.5 s each time.
 UV := $(VENV)/bin/uv pip install --python $(PY) -q --compile-bytecode
-# torch's ~2,000 modules: pip byte-compiles them one at a time; compiled here on every core
-# instead (the torch step, alternated pairs on 2 cores: 23-26 s against 28-36 s). As pip does,
-# a file that does not compile is skipped (torch ships one in Python 3.12 syntax, for its tests).
-COMPILE := $(PY) -c "import compileall, sysconfig; p = sysconfig.get_paths(); \
-	[compileall.compile_dir(d, quiet=2, workers=0) for d in {p['purelib'], p['platlib']}]"
+WHEELS := $(VENV)/torch-wheel
 $(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
-	$(if $(strip $(TORCH)),$(PY) -m pip install -q --no-compile $(TORCH) && $(COMPILE))
 	$(PY) -m pip install -q uv
+	$(if $(strip $(TORCH)),rm -rf $(WHEELS) && $(PY) -m pip download -q --no-deps -d $(WHEELS) $(TORCH) \
+		&& $(UV) $(WHEELS)/*.whl && rm -rf $(WHEELS))
 	$(UV) -e .
 	touch $@
 
