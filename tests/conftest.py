@@ -13,8 +13,12 @@ import os
 # child) only spins against the other workers. Measured on 2 cores: 496 -> 450 s of CPU for
 # the suite, 252 -> 229 s of wall. Set before numpy or torch is imported; a run's own
 # thread count (collapse.sweep.cores) does not read it.
+# A run with every core's threads (a single run, the basic launcher) still shares the cores
+# with the other worker's test: OpenMP threads that wait sleep instead of spinning (PASSIVE).
+# Alternated pairs of the suite: 526 / 541 s and 524 / 585 s of CPU (passive / spinning).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import hashlib
 import json
