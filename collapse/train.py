@@ -138,7 +138,6 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
     """The CLI's (and every sweep job's) side of runner.execute: bad input is one line
     and exit 2 for a single run; in a sweep every failure is recorded and the sweep goes
     on; an interrupt stops the process with 128 + the signal's number."""
-    from collapse.run.execute import execute
     from collapse.sweep.cores import threads_per_job
     from collapse.sweep.job import console_for_job, exit_with_parent, parent_gone
 
@@ -157,6 +156,9 @@ def _run_job(cfg: DictConfig, run_dir: Path, overrides: Sequence[str], choices: 
                 record.error = f"{type(e).__name__}: {_one_line(e)}"
                 record.write(run_dir)
             raise
+        # imported once the config is good: a refused run (one line, exit 2) never loads the run path
+        from collapse.run.execute import execute
+
         record = execute(typed, record, run_dir, threads=threads_per_job(typed.trainer.threads, launcher),
                          record_bad_input=multirun)
     except (*BAD_INPUT, OmegaConfBaseException) as e:
