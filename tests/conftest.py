@@ -33,6 +33,14 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pytest
 
+# The tests send SIGINT to the processes they start and expect Python's KeyboardInterrupt.
+# A test run started with SIGINT ignored (a background job of a non-interactive shell:
+# `(make test &)`, nohup) passes that on to every child, and Python then leaves it ignored:
+# a writer sent SIGINT went on writing until the test's 60 s timeout. Caught here, the
+# signal reaches each child as the default again (exec resets a caught signal, not an ignored one).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 # Small enough that a job takes well under a second on an idle core, big enough that
 # every split has samples and the model learns something seed-dependent.
 TINY = ("data.n_samples=400", "trainer.epochs=3", "model.hidden_dim=16")
