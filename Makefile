@@ -16,21 +16,26 @@ TEST_WORKERS ?= auto
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
+# Python caches bytecode (__pycache__ in .venv and the checkout, git-ignored) for every command
+# here, whatever PYTHONDONTWRITEBYTECODE says outside (CI and Docker images set it): without the
+# cache every process compiles what it imports from source, ~3 s for torch alone.
+unexport PYTHONDONTWRITEBYTECODE
+
 # what running needs: the package and torch. torch is chosen by pip (`pip download` of TORCH:
 # the machine's own wheel where pip is configured with one, its index and constraints) and
-# installed by uv with everything else (from PyPI): uv unpacks and byte-compiles on every core,
-# the torch step 10-11 s against 18 s for pip's install (2 cores); the ~150 packages of the dev
-# extra take seconds where pip took a minute and a half. Later uv calls keep that torch.
-# --compile-bytecode: uv does not byte-compile by default, and where PYTHONDONTWRITEBYTECODE is set
-# (CI and Docker images) Python never caches what it compiles: every process then compiled numpy,
-# hydra, omegaconf (and a test worker scipy, sklearn, pandas) from source, ~0.3-2.5 s each time.
-UV := $(VENV)/bin/uv pip install --python $(PY) -q --compile-bytecode
+# installed by uv with everything else (from PyPI): uv unpacks in parallel, the ~150 packages of
+# the dev extra in seconds where pip took a minute and a half. Later uv calls keep that torch.
+# Nothing is byte-compiled at install (uv's --compile-bytecode compiled all 8,400 files, 19 s on
+# 2 cores, where a run imports ~1,000 of them): the run path's imports are compiled once, here,
+# and any other module the first time a command imports it.
+UV := $(VENV)/bin/uv pip install --python $(PY) -q
 WHEELS := $(VENV)/torch-wheel
 $(VENV)/.installed-run: pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q uv
 	$(if $(strip $(TORCH)),rm -rf $(WHEELS) && $(PY) -m pip download -q --no-deps -d $(WHEELS) $(TORCH) \
 		&& $(UV) $(WHEELS)/*.whl && rm -rf $(WHEELS))
 	$(UV) -e .
+	$(PY) -c "import torch, collapse.train, collapse.run.execute"
 	touch $@
 
 # what testing needs: the dev extra (tracking, optuna, statsmodels, pandas, linters, xdist)
