@@ -12,6 +12,7 @@ typed Config (collapse.config) and plain numbers.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -476,7 +477,14 @@ def cli() -> float:
               f"_target_ outside model=custom and data=custom); refused from the command line - put it in a "
               f"config file, or set {ALLOW_CLI_TARGETS}=1 to allow it", file=sys.stderr)
         raise SystemExit(2)
-    return _hydra_main()
+    try:
+        return _hydra_main()
+    finally:
+        # The process ends here: the garbage is collected now, and the rest of the heap (torch's
+        # ~170,000 objects) is put out of the collector's reach. CPython's shutdown otherwise walks
+        # it in several full passes: 0.35 s of a 1-epoch run's 2.1 s. Objects still die by refcount.
+        gc.collect()
+        gc.freeze()
 
 
 if __name__ == "__main__":

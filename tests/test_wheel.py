@@ -27,9 +27,14 @@ def test_the_wheel_ships_conf_and_runs_from_an_empty_directory(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     env = {**os.environ, "PYTHONPATH": str(site)}    # the wheel's collapse, not the checkout's
-    where = subprocess.run([sys.executable, "-c", "import collapse.train as t; print(t.CONF_DIR)"], cwd=empty,
-                           env=env, capture_output=True, text=True, timeout=120)
-    assert where.stdout.strip() == str(site / "collapse" / "conf"), where.stderr
+    # the console scripts (collapse-train, collapse-summary) name functions the wheel has
+    resolve = ("import collapse.train as t, importlib.metadata as m; print(t.CONF_DIR); "
+               "print(sorted(e.name for e in m.entry_points(group='console_scripts') "
+               "if e.value.startswith('collapse.') and callable(e.load())))")
+    where = subprocess.run([sys.executable, "-c", resolve], cwd=empty, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert where.stdout.splitlines() == [str(site / "collapse" / "conf"), "['collapse-summary', 'collapse-train']"], \
+        where.stderr
     job = subprocess.run([sys.executable, "-m", "collapse.train", "model=gru", "--cfg", "job"], cwd=empty,
                          env=env, capture_output=True, text=True, timeout=120)
     assert job.returncode == 0 and "name: gru" in job.stdout, job.stderr[-2000:]

@@ -1,6 +1,4 @@
 """python -m collapse.summary SWEEP_DIR (see collapse.summary.cli)."""
-import sys
+from collapse.summary.cli import cli
 
-from collapse.summary.cli import main
-
-sys.exit(main())
+cli()

@@ -1,5 +1,6 @@
 """The summary judges effects on the test split by default (val chose the epoch), shows
 val beside it, notes where the two disagree in sign, and `--effects-split val` switches."""
+import gc
 import json
 import socket
 
@@ -59,6 +60,20 @@ def test_effects_split_val_chooses_val(tmp_path, capsys):
     assert written["effects_split"] == "val" and written["cells"][0]["settings"]["data.temporal_frames"] == "7"
     with pytest.raises(ValueError, match="effects_split='train' is invalid"):
         build_summary(sweep, effects_split="train")
+
+
+def test_main_in_process_leaves_the_collector_as_it_found_it(tmp_path, capsys):
+    # main() turns the collector off while it builds (a notebook or a test calls it, not only the CLI)
+    sweep = _write(tmp_path / "sweep")
+    try:
+        for enabled in (True, False):
+            gc.enable() if enabled else gc.disable()
+            assert main([str(sweep), "--no-plots"]) == 0
+            assert gc.isenabled() is enabled
+            assert main([str(tmp_path / "nope")]) == 2          # an early return too
+            assert gc.isenabled() is enabled
+    finally:
+        gc.enable()
 
 
 def test_each_cell_shows_its_linear_reference_and_the_headroom(tmp_path):
