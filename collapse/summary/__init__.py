@@ -5,9 +5,10 @@
     stats.py    pure statistics: ANOVA, EMMs, Holm, paired power
     report.py   text, markdown and CSV tables; summary.json
     plots.py    summary_*.png
+    html.py     summary.html: the tables and plots as one self-contained page
     search.py   the summary of a search (Optuna), which has no grid
     frame.py    load_runs: a pandas DataFrame, one row per job
-    cli.py      python -m collapse.summary
+    cli.py      python -m collapse.summary, collapse-summary
 
 Imports only collapse's contracts (records): no torch, no Hydra.
 """
