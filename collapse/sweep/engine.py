@@ -47,7 +47,9 @@ SHUTDOWN_GRACE_S = 15.0     # an interrupted job records itself (history, best w
 # of CPU for python, torch and hydra before its first job, a forked one ~0.3 s, and its
 # siblings share those pages. Modules that fail to import are left to the workers. Not
 # collapse.train itself: a worker runs it as its __main__ (runpy warns if it is loaded).
-PRELOAD = ("torch", "hydra", "cloudpickle", "collapse.config", "collapse.run.execute", "collapse.sweep.engine")
+# collapse.sweep.preloaded comes last: it freezes what the others left in the server's heap.
+PRELOAD = ("torch", "hydra", "cloudpickle", "collapse.config", "collapse.run.execute", "collapse.sweep.engine",
+           "collapse.sweep.preloaded")
 
 
 # ----------------------------------------------------------------------------- worker side

@@ -61,7 +61,7 @@ def test_workers_fork_from_one_server_yet_see_the_environment_of_their_sweep(hyd
 
     from collapse import train
     from collapse.sweep.cores import CONCURRENT_ENV
-    from collapse.sweep.engine import PRELOAD
+    from collapse.sweep.engine import PRELOAD, _context
 
     monkeypatch.delenv(CONCURRENT_ENV, raising=False)        # the sweep sets it in this process
     servers, studies = [], []
@@ -81,3 +81,19 @@ def test_workers_fork_from_one_server_yet_see_the_environment_of_their_sweep(hyd
     assert servers[0] is not None and servers[0] == servers[1]
     assert studies == [{"first"}, {"second"}]
     assert set(PRELOAD) >= {"torch", "collapse.run.execute"}
+
+    # what the server preloaded is frozen (out of the collector's reach) in what it forks
+    seen = _context().SimpleQueue()
+    probe = _context().Process(target=_heap_as_forked, args=(seen,))
+    probe.start()
+    frozen, modules = seen.get()
+    probe.join(30)
+    assert forkserver._forkserver._forkserver_pid == servers[0]
+    assert PRELOAD[-1] == "collapse.sweep.preloaded" and frozen > 100_000 and {"torch", *PRELOAD} <= modules
+
+
+def _heap_as_forked(seen) -> None:
+    import gc
+    import sys
+
+    seen.put((gc.get_freeze_count(), set(sys.modules)))
