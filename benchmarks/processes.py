@@ -11,6 +11,10 @@ from benchmarks.common import PY, TINY, Result, job_records, median, run_cmd, tr
 
 HEAVY = ("sklearn", "matplotlib", "scipy", "pandas", "mlflow", "tensorboard", "optuna")   # logger=none loads none
 BASE = "import torch, hydra"
+# A run's process ends as collapse.train.cli ends it: the garbage collected, the rest of the heap
+# frozen, so CPython's shutdown does not walk torch's objects. The scripts it is compared with end
+# the same way (the differences say what start-up costs); "process end" times Python's own ending.
+END = "\nimport gc; gc.collect(); gc.freeze()"
 # A hand-written torch script's least work before its first epoch can end: one torch.optim
 # step. torch.optim imports torch._dynamo at its first use (~1.2 s here); a run trains with
 # collapse.optim (the same arithmetic) and pays none of it: the figure says what that saves.
@@ -18,7 +22,7 @@ FLOOR = ("import torch, hydra\n"
          "m = torch.nn.Linear(8, 1).to('{device}')\n"
          "opt = torch.optim.Adam(m.parameters(), lr=1e-3)\n"
          "m(torch.zeros(4, 8, device='{device}')).sum().backward()\n"
-         "opt.step()\n")
+         "opt.step()" + END)
 WORKERS_READY = re.compile(r"worker processes ready in ([0-9.]+) s")
 _IMPORT = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)\s*$")
 
@@ -36,9 +40,11 @@ def _imports(output: str) -> dict[str, tuple[int, int]]:
 def bench_startup(quick: bool, repeats: int, tmp: Path, ctx: dict, device: str = "cpu") -> Result:
     res = Result()
     tag = "" if device == "cpu" else f" [{device}]"
-    base, floor, run, import_out = [], [], [], ""
+    base, floor, run, plain_end, import_out = [], [], [], [], ""
     for i in range(repeats):
-        base.append(run_cmd([PY, "-c", BASE], tmp).seconds)
+        ends = [(base, BASE + END), (plain_end, BASE)] if device == "cpu" else [(base, BASE + END)]
+        for times, script in (ends if i % 2 == 0 else ends[::-1]):
+            times.append(run_cmd([PY, "-c", script], tmp).seconds)
         floor.append(run_cmd([PY, "-c", FLOOR.format(device=device)], tmp).seconds)
         # --quick times the -X importtime run itself (one process less; figures are not targets there)
         importtime = ["-X", "importtime"] if quick and i == 0 and device == "cpu" else []
@@ -52,11 +58,16 @@ def bench_startup(quick: bool, repeats: int, tmp: Path, ctx: dict, device: str =
     res.figures = {"device": device, "repeats": repeats, "import_torch_hydra_s": base,
                    "first_optimizer_step_script_s": floor, "tiny_run_s": run,
                    "startup_overhead_s": overhead, "torch_optim_first_step_s": torch_share}
-    res.add(f"python -c '{BASE}'{tag}", median(base), "s")
+    res.add(f"python -c '{BASE}', ending as a run ends{tag}", median(base), "s")
     res.add(f"1-epoch tiny run (whole process){tag}", median(run), "s")
     res.add(f"start-up: run - import torch, hydra{tag}", overhead, "s", ("<=", 0.5))
     res.add(f"torch.optim's first step, which a run does not take{tag}", torch_share, "s",
             note="hand-written 1-step torch.optim script - import torch, hydra: torch._dynamo's import")
+    if plain_end:
+        res.figures["import_torch_hydra_python_ending_s"] = plain_end
+        res.add("process end: Python's own after import torch, hydra - a run's (heap frozen)",
+                median([p - b for p, b in zip(plain_end, base)]), "s",
+                note="CPython's shutdown walking the heap in full collections")
 
     if device == "cpu":
         # what the run path imports: nothing heavy unless the run needs it
