@@ -455,7 +455,7 @@ _FLAGS_WITH_VALUE = {"-sc", "--shell-completion", "-cp", "--config-path", "-cn",
                      "--config-dir", "-c", "--cfg", "-p", "--package", "--info", "--experimental-rerun"}
 
 
-def cli() -> float:
+def cli() -> None:
     """The command line (python -m collapse.train, collapse-train). Before Hydra composes
     (its own messages span lines and suggest nothing): a misspelt key or an impossible
     option value fails in one line, with a suggestion; an override that names a callable
@@ -478,7 +478,7 @@ def cli() -> float:
               f"config file, or set {ALLOW_CLI_TARGETS}=1 to allow it", file=sys.stderr)
         raise SystemExit(2)
     try:
-        return _hydra_main()
+        _hydra_main()       # returns nothing: a failure leaves through SystemExit (exit 1 or 2)
     finally:
         # The process ends here: the garbage is collected now, and the rest of the heap (torch's
         # ~170,000 objects) is put out of the collector's reach. CPython's shutdown otherwise walks
