@@ -66,7 +66,7 @@ def cli() -> None:
     code = main()
     # The garbage is collected now and the rest of the heap (pandas, matplotlib, scipy) is put
     # out of the collector's reach: CPython's shutdown otherwise walks it in several full
-    # passes, 0.35 s of a 4-job summary's 1.6 s. Objects still die by refcount.
+    # passes, 0.34 s of a 4-job summary's 1.6 s. Objects still die by refcount.
     gc.collect()
     gc.freeze()
     sys.exit(code)
