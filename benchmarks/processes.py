@@ -41,8 +41,8 @@ def bench_startup(quick: bool, repeats: int, tmp: Path, ctx: dict, device: str =
     res = Result()
     tag = "" if device == "cpu" else f" [{device}]"
     base, floor, run, plain_end, import_out = [], [], [], [], ""
+    ends = [(base, BASE + END), (plain_end, BASE)] if device == "cpu" else [(base, BASE + END)]
     for i in range(repeats):
-        ends = [(base, BASE + END), (plain_end, BASE)] if device == "cpu" else [(base, BASE + END)]
         for times, script in (ends if i % 2 == 0 else ends[::-1]):
             times.append(run_cmd([PY, "-c", script], tmp).seconds)
         floor.append(run_cmd([PY, "-c", FLOOR.format(device=device)], tmp).seconds)
@@ -65,9 +65,9 @@ def bench_startup(quick: bool, repeats: int, tmp: Path, ctx: dict, device: str =
             note="hand-written 1-step torch.optim script - import torch, hydra: torch._dynamo's import")
     if plain_end:
         res.figures["import_torch_hydra_python_ending_s"] = plain_end
-        res.add("process end: Python's own after import torch, hydra - a run's (heap frozen)",
+        res.add("process end: Python's own - a run's (heap frozen)",
                 median([p - b for p, b in zip(plain_end, base)]), "s",
-                note="CPython's shutdown walking the heap in full collections")
+                note="after import torch, hydra: CPython's shutdown walking the heap")
 
     if device == "cpu":
         # what the run path imports: nothing heavy unless the run needs it

@@ -83,8 +83,9 @@ def test_workers_fork_from_one_server_yet_see_the_environment_of_their_sweep(hyd
     assert set(PRELOAD) >= {"torch", "collapse.run.execute"}
 
     # what the server preloaded is frozen (out of the collector's reach) in what it forks
-    seen = _context().SimpleQueue()
-    probe = _context().Process(target=_heap_as_forked, args=(seen,))
+    context = _context()
+    seen = context.SimpleQueue()
+    probe = context.Process(target=_heap_as_forked, args=(seen,))
     probe.start()
     frozen, modules = seen.get()
     probe.join(30)
