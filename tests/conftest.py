@@ -52,8 +52,10 @@ SWEEP_TINY = ("data.n_samples=400", "trainer.epochs=20", "model.hidden_dim=16")
 SWEEP_GRID = ("loss.variance_lambda=0,0.5", "seed=0,1")
 N_SWEEP_JOBS = 4
 # Long enough that a worker process, which notices its sweep's death at once, is still
-# mid-job when it does (a kill lands after epoch 2; an epoch checkpoints every time).
-MID_RUN = ("data.n_samples=2500", "trainer.epochs=20", "trainer.patience=0", "model.hidden_dim=16",
+# mid-job when it does: a kill lands after epoch 2 and by epoch 6 (the tests wait for a job
+# in that window), 6 or more epochs (~40 ms each) before the job's end; an epoch
+# checkpoints every time.
+MID_RUN = ("data.n_samples=2500", "trainer.epochs=12", "trainer.patience=0", "model.hidden_dim=16",
            "checkpoint_every_s=0")
 BASIC = ("hydra/launcher=basic",)      # the sequential launcher; the default runs jobs in parallel
 TIMEOUT = 240
