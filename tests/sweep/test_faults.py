@@ -159,26 +159,22 @@ def test_a_worker_killed_while_starting_stops_the_sweep_with_one_line(tmp_path):
     assert not list(sweep_dir.glob("*/metrics.json"))
 
 
-KILLS = [  # launcher, signal, rounds killed before the final resume
-    pytest.param("default", signal.SIGKILL, 3, id="default-SIGKILL-x3"),
-    pytest.param("default", signal.SIGINT, 2, id="default-SIGINT-x2"),
-]   # the basic launcher: SIGTERM and SIGKILL in the mid-run test below
-
-
 @pytest.mark.slow
 @needs_proc
-@pytest.mark.parametrize("launcher, sig, rounds", KILLS)
-def test_whole_sweep_killed_repeatedly_then_resumed_equals_an_uninterrupted_sweep(
-        tmp_path, reference_sweep, launcher, sig, rounds):
+def test_whole_sweep_killed_repeatedly_then_resumed_equals_an_uninterrupted_sweep(tmp_path, reference_sweep):
+    """The default launcher's sweep, stopped three times at random moments - kill -9 of
+    its main process, Ctrl-C to its process group, kill -9 again - each time resumed:
+    nothing completed is rewritten, and the last resume ends equal to an uninterrupted sweep.
+    (The basic launcher: SIGTERM and SIGKILL in the mid-run test below.)"""
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     sweep_dir = tmp_path / "sweep"
-    args = sweep_args(sweep_dir, *(BASIC if launcher == "basic" else ()))
+    args = sweep_args(sweep_dir)
     kept: dict = {}
     seen = []
     # how long a job trains: the kill lands within the jobs that start as the first ones finish
     job_s = min(read_json(reference_sweep / str(n) / "metrics.json")["wall_time_s"] for n in range(N_SWEEP_JOBS))
-    for round_ in range(rounds):
+    for round_, sig in enumerate((signal.SIGKILL, signal.SIGINT, signal.SIGKILL)):
         proc = start_cli(args + (["resume=true"] if round_ else []), tmp_path, tmp_path / f"round{round_}.log")
         try:
             # at least one more job finishes in every round (progress), then a random moment
@@ -351,33 +347,43 @@ def test_a_failing_write_keeps_the_old_file_and_removes_its_temp_file(tmp_path):
 @pytest.mark.slow
 def test_diverging_and_raising_cells_are_recorded_counted_and_the_sweep_goes_on(tmp_path):
     X, y = xy(200)
-    good = write_npz(tmp_path / "good.npz", X=X, y=y)
+    good = write_npz(tmp_path / "good.npz", X=X, y=y)          # 5 frames a sample
     missing = tmp_path / "missing.npz"
     sweep_dir = tmp_path / "sweep"
-    # the failing cells come first: the jobs after them must still run
-    proc = cli(["-m", "data=npz", f"data.path={missing},{good}", "trainer.lr=1e-3,1e6", "trainer.epochs=3",
+    # two ways a job raises - its data file is missing, its config asks for more frames than the
+    # file has - and one way it diverges; the failing cells come first: the jobs after them must run
+    proc = cli(["-m", "data=npz", f"data.path={missing},{good}", "trainer.lr=1e-3,1e6", "data.temporal_frames=3,99",
+                "trainer.epochs=3",
                 # mean_pool: its ReLU head blows up at lr 1e6 (a GRU's saturating gates stay finite)
                 "model=mean_pool", "model.hidden_dim=16", f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "jobs that did not complete" in proc.stderr
     by_cell = {}
-    for num in range(4):
+    for num in range(8):
         r = read_json(sweep_dir / str(num) / "metrics.json")
-        by_cell[(Path(r["config"]["data"]["path"]).name, r["config"]["trainer"]["lr"])] = (num, r)
-    for lr in (1e-3, 1e6):
-        num, r = by_cell[("missing.npz", lr)]
-        assert r["status"] == "failed" and r["stop_reason"] == "bad_input"
-        assert str(missing) in r["error"] and "file not found" in r["error"]
+        data = r["config"]["data"]
+        by_cell[(Path(data["path"]).name, r["config"]["trainer"]["lr"], data["temporal_frames"])] = (num, r)
+    failed = [cell for cell in by_cell if cell[0] == "missing.npz" or cell[2] == 99]
+    for cell in failed:                  # a failed job leaves nothing that looks like a result
+        num, r = by_cell[cell]
+        assert r["status"] == "failed" and r["stop_reason"] == "bad_input", (cell, r["status"])
         assert not (sweep_dir / str(num) / "model.pt").exists() and r["best"] is None
-    assert by_cell[("good.npz", 1e-3)][1]["status"] == "completed"
-    diverged_num, diverged = by_cell[("good.npz", 1e6)]
+        if cell[0] == "missing.npz" and cell[2] == 3:
+            assert str(missing) in r["error"] and "file not found" in r["error"]
+        if cell[0] == "good.npz":
+            assert "data.temporal_frames=99" in r["error"], r["error"]
+    assert by_cell[("good.npz", 1e-3, 3)][1]["status"] == "completed"
+    diverged_num, diverged = by_cell[("good.npz", 1e6, 3)]
     assert diverged["status"] == "diverged" and diverged["stop_reason"] == "non_finite_loss"
 
     summary = summarize(sweep_dir, plots=False)
     assert {k: v for k, v in summary["jobs"]["by_status"].items() if v} == \
-        {"completed": 1, "failed": 2, "diverged": 1}
+        {"completed": 1, "failed": 6, "diverged": 1}
+    for cell in failed:
+        num = by_cell[cell][0]
+        assert any(p.startswith(f"job {num}:") and "failed" in p for p in summary["problems"]), summary["problems"]
     for lr in (1e-3, 1e6):
-        num = by_cell[("missing.npz", lr)][0]
+        num = by_cell[("missing.npz", lr, 3)][0]
         assert any(p.startswith(f"job {num}:") and "file not found" in p for p in summary["problems"])
     assert any(p.startswith(f"job {diverged_num}:") and "diverged" in p for p in summary["problems"])
 
