@@ -54,9 +54,11 @@ N_SWEEP_JOBS = 4
 # Long enough that a worker process, which notices its sweep's death at once, is still
 # mid-job when it does: a kill lands after epoch 2 and by epoch 6 (the tests wait for a job
 # in that window), 6 or more epochs (~40 ms each) before the job's end; an epoch
-# checkpoints every time.
+# checkpoints every time. One torch thread, as the default launcher gives each of its 2 workers
+# on 2 cores: the basic launcher would give its job both, and this model's ops are too small to
+# split (a job trained in 0.59-0.71 s on 2 threads, 0.25-0.31 s on 1, the same metrics).
 MID_RUN = ("data.n_samples=2500", "trainer.epochs=12", "trainer.patience=0", "model.hidden_dim=16",
-           "checkpoint_every_s=0")
+           "checkpoint_every_s=0", "trainer.threads=1")
 BASIC = ("hydra/launcher=basic",)      # the sequential launcher; the default runs jobs in parallel
 TIMEOUT = 240
 ROOT = Path(__file__).resolve().parent.parent     # the checkout: conf/, sweeps/, examples/

@@ -13,6 +13,7 @@ Every impossible value and every bad data file is checked in this process throug
 0.5-0.8 s for a process); each way a refusal reaches the command line (a range check, a
 key refused before composing, an appended key, an unresolvable interpolation, a data
 file) is also run through the real CLI, which prints that same message as its one line.
+A sweep with a cell that cannot compose: tests/sweep/test_engine.py, under either launcher.
 """
 from __future__ import annotations
 
@@ -277,13 +278,6 @@ def test_resuming_into_another_sweeps_dir_is_refused_with_the_reason(tmp_path, f
     # the reason: both sweeps' overrides, so the user sees what differs
     assert "loss.variance_lambda=0,0.5" in line and "loss.variance_lambda=0,1" in line
     assert _metrics_fingerprints(finished_sweep) == before
-
-
-def test_sweep_with_a_cell_that_cannot_compose_runs_nothing(tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    proc = cli(["-m", *TINY, "trainer.epochs=1,abc", f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
-    assert_hydras(proc, "trainer.epochs=abc")
-    assert_nothing_written(tmp_path)
 
 
 # ---------------------------------------------------------------- hostile input

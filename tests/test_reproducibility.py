@@ -1,10 +1,11 @@
 """Same seed and config -> identical metrics: run after run, process after process, and
-across the basic and joblib launchers (loky reuses worker processes, so anything a job
-leaves behind in its process - RNG state, torch threads, deterministic flags - would
-show up as a difference in the next job it runs)."""
+across the basic launcher and the default one (its worker processes take job after job, so
+anything a job leaves behind in its process - RNG state, torch threads, deterministic
+flags - would show up as a difference in the next job it runs)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -64,15 +65,26 @@ def test_cli_process_and_notebook_api_give_identical_metrics_and_weights(tmp_pat
 
 
 @pytest.mark.slow
-def test_basic_and_default_parallel_launchers_give_identical_metrics(tmp_path, reference_sweep):
+def test_basic_and_default_parallel_launchers_give_identical_metrics(hydra_sweep_runner, tmp_path, reference_sweep,
+                                                                    monkeypatch):
+    """The reference sweep (basic launcher, every job in one process, every core's threads)
+    against the default launcher's, run here as a notebook's sweep: its workers fork from
+    this process's fork server, one thread each, and each takes a job after another."""
+    import collapse.train as train
+    from collapse.sweep.cores import CONCURRENT_ENV
+
+    monkeypatch.delenv(CONCURRENT_ENV, raising=False)        # the sweep sets it in this process
     sweep_dir = tmp_path / "sweep"
-    proc = cli(["-m", *SWEEP_TINY, *SWEEP_GRID, f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert statuses(sweep_dir) == dict.fromkeys(range(N_SWEEP_JOBS), "completed")
-    pids = [read_json(sweep_dir / str(n) / "metrics.json")["provenance"]["pid"] for n in range(N_SWEEP_JOBS)]
+    sweep = hydra_sweep_runner(calling_file=train.__file__, calling_module=None, task_function=train.task,
+                               config_path=train.CONF_DIR, config_name="config",
+                               overrides=[*SWEEP_TINY, *SWEEP_GRID], temp_dir=sweep_dir)
+    with sweep:                     # the runner removes its temp_dir when the block ends
+        assert statuses(sweep_dir) == dict.fromkeys(range(N_SWEEP_JOBS), "completed")
+        computed_here = results(sweep_dir)
+        pids = [read_json(sweep_dir / str(n) / "metrics.json")["provenance"]["pid"] for n in range(N_SWEEP_JOBS)]
     # 4 jobs on 2 workers: at least one worker ran a second job after a first one
-    assert len(set(pids)) < N_SWEEP_JOBS, pids
+    assert len(set(pids)) < N_SWEEP_JOBS and os.getpid() not in pids, pids
     reference_pids = {read_json(Path(reference_sweep) / str(n) / "metrics.json")["provenance"]["pid"]
                       for n in range(N_SWEEP_JOBS)}
     assert len(reference_pids) == 1         # basic launcher: every job in the one process
-    assert results(sweep_dir) == results(reference_sweep)
+    assert computed_here == results(reference_sweep)
