@@ -57,28 +57,32 @@ def test_documented_sweep_command(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_runs_only_what_is_missing_and_never_rewrites(tmp_path):
+def test_resume_runs_only_what_is_missing_and_never_rewrites(hydra_sweep_runner, tmp_path, monkeypatch):
+    # the sweep runs in this process (a notebook's), the refusals and the resume on the command line
+    monkeypatch.delenv(CONCURRENT_ENV, raising=False)      # the sweep sets it in this process
     sweep_dir = tmp_path / "sweep"
-    args = ["-m", *TINY, "seed=0,1,2", f"hydra.sweep.dir={sweep_dir}"]
-    first = cli(args, cwd=tmp_path)
-    assert first.returncode == 0, first.stderr[-2000:]
-    done = {i: os.stat(sweep_dir / str(i) / "metrics.json").st_mtime_ns for i in (0, 2)}
-    before = _records(sweep_dir)
-    # 3 jobs on the default launcher: no more workers than jobs, the usable cores split among them
-    workers = min(usable_cores(), 3)
-    assert len({r["provenance"]["pid"] for r in before}) <= workers
-    assert {r["threads"] for r in before} == {max(1, usable_cores() // workers)}
-    (sweep_dir / "1" / "metrics.json").unlink()          # as if job 1 never finished
+    first = hydra_sweep_runner(calling_file=train.__file__, calling_module=None, task_function=train.task,
+                               config_path=train.CONF_DIR, config_name="config",
+                               overrides=[*TINY, "seed=0,1,2"], temp_dir=sweep_dir)
+    with first:                     # the runner removes its temp_dir when the block ends
+        done = {i: os.stat(sweep_dir / str(i) / "metrics.json").st_mtime_ns for i in (0, 2)}
+        before = _records(sweep_dir)
+        # 3 jobs on the default launcher: no more workers than jobs, the usable cores split among them
+        workers = min(usable_cores(), 3)
+        assert len({r["provenance"]["pid"] for r in before}) <= workers
+        assert {r["threads"] for r in before} == {max(1, usable_cores() // workers)}
+        (sweep_dir / "1" / "metrics.json").unlink()          # as if job 1 never finished
 
-    refused = cli(args, cwd=tmp_path)                     # same dir without resume=true
-    assert refused.returncode == 2 and "resume=true" in refused.stderr
-    other = cli(["-m", *TINY, "seed=5,6", f"hydra.sweep.dir={sweep_dir}", "resume=true"], cwd=tmp_path)
-    assert other.returncode == 2 and "another sweep" in other.stderr
+        args = ["-m", *TINY, "seed=0,1,2", f"hydra.sweep.dir={sweep_dir}"]
+        refused = cli(args, cwd=tmp_path)                     # same dir without resume=true
+        assert refused.returncode == 2 and "resume=true" in refused.stderr
+        other = cli(["-m", *TINY, "seed=5,6", f"hydra.sweep.dir={sweep_dir}", "resume=true"], cwd=tmp_path)
+        assert other.returncode == 2 and "another sweep" in other.stderr
 
-    resumed = cli(args + ["resume=true"], cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert {i: os.stat(sweep_dir / str(i) / "metrics.json").st_mtime_ns for i in (0, 2)} == done
-    after = _records(sweep_dir)
+        resumed = cli(args + ["resume=true"], cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert {i: os.stat(sweep_dir / str(i) / "metrics.json").st_mtime_ns for i in (0, 2)} == done
+        after = _records(sweep_dir)
     assert [r["best"] for r in after] == [r["best"] for r in before]   # same seed, same metrics
 
 
