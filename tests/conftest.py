@@ -246,6 +246,17 @@ def mid_run_reference(tmp_path_factory) -> Path:
     return built_once(tmp_path_factory, "mid-run", _sweep_once([*SWEEP_TINY, *SWEEP_GRID, *MID_RUN, *BASIC])) / "sweep"
 
 
+@pytest.fixture(scope="session")
+def single_cli_run(tmp_path_factory) -> Path:
+    """`python -m collapse.train TINY` run once: its directory is run/, its stdout and stderr
+    console.txt. What a plain command-line run prints and writes."""
+    def build(root: Path) -> None:
+        proc = cli([*TINY, f"hydra.run.dir={root / 'run'}"], cwd=root)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (root / "console.txt").write_text(proc.stdout + proc.stderr)
+    return built_once(tmp_path_factory, "single-cli-run", build)
+
+
 # ---------------------------------------------------------------- references
 
 def torch_optimizer(name: str, params, lr: float, weight_decay: float):

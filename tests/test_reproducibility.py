@@ -15,7 +15,7 @@ from collapse import records
 from collapse.sweep.cores import usable_cores
 from collapse.train import run
 
-from conftest import N_SWEEP_JOBS, SWEEP_GRID, SWEEP_TINY, TINY, cli, read_json, results, statuses
+from conftest import N_SWEEP_JOBS, SWEEP_GRID, SWEEP_TINY, TINY, read_json, results, statuses
 
 
 def computed(record) -> dict:
@@ -38,9 +38,8 @@ def test_same_process_again_after_a_different_run_gives_identical_metrics():
 
 
 @pytest.mark.slow
-def test_cli_process_and_notebook_api_give_identical_metrics_and_weights(tmp_path):
-    proc = cli([*TINY, "hydra.run.dir=cli"], cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_cli_process_and_notebook_api_give_identical_metrics_and_weights(tmp_path, single_cli_run):
+    cli_dir = single_cli_run / "run"                # `python -m collapse.train TINY`, run once (conftest)
     # run() keeps the process's torch threads (trainer.threads=0); a fresh CLI process takes every
     # usable core, and a test process may have been given one (conftest: OMP_NUM_THREADS under xdist)
     previous = torch.get_num_threads()
@@ -49,10 +48,10 @@ def test_cli_process_and_notebook_api_give_identical_metrics_and_weights(tmp_pat
         in_process = run(TINY, run_dir=tmp_path / "api")
     finally:
         torch.set_num_threads(previous)
-    assert computed(read_json(tmp_path / "cli" / "metrics.json")) == computed(in_process)
+    assert computed(read_json(cli_dir / "metrics.json")) == computed(in_process)
     # the whole record, not only the metrics: one execution path writes both
     volatile = ("wall_time_s", "started_at", "provenance", "job", "history")
-    on_disk = read_json(tmp_path / "cli" / "metrics.json")
+    on_disk = read_json(cli_dir / "metrics.json")
     api = read_json(tmp_path / "api" / "metrics.json")
     in_memory = json.loads(json.dumps(records.finite_or_none(in_process.to_dict())))
     for record in (on_disk, api, in_memory):
@@ -60,7 +59,7 @@ def test_cli_process_and_notebook_api_give_identical_metrics_and_weights(tmp_pat
     assert {k: v for k, v in on_disk.items() if k not in volatile} == \
         {k: v for k, v in api.items() if k not in volatile}
     assert api == in_memory
-    wa, wb = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("cli", "api"))
+    wa, wb = (torch.load(d / "model.pt", weights_only=True) for d in (cli_dir, tmp_path / "api"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
