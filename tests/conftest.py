@@ -257,6 +257,21 @@ def single_cli_run(tmp_path_factory) -> Path:
     return built_once(tmp_path_factory, "single-cli-run", build)
 
 
+@pytest.fixture(scope="session")
+def modules_after_a_run(tmp_path_factory) -> set:
+    """The modules a fresh process holds once `run()` has trained a small model with
+    pretraining and the plateau schedule, logger none: what a run imports (run once)."""
+    def build(root: Path) -> None:
+        overrides = [*TINY, "ssl=on", "ssl.epochs=1", "trainer.lr_schedule=plateau"]
+        code = ("import json, sys; from collapse.train import run; "
+                f"r = run({overrides!r}, run_dir=sys.argv[1], quiet=True); "
+                "assert r.status == 'completed', r.status; json.dump(sorted(sys.modules), open(sys.argv[2], 'w'))")
+        out = subprocess.run([sys.executable, "-c", code, str(root / "run"), str(root / "modules.json")], cwd=ROOT,
+                             env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+        assert out.returncode == 0, out.stderr[-3000:]
+    return set(json.loads((built_once(tmp_path_factory, "modules-after-a-run", build) / "modules.json").read_text()))
+
+
 # ---------------------------------------------------------------- references
 
 def torch_optimizer(name: str, params, lr: float, weight_decay: float):
