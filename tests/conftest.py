@@ -248,10 +248,13 @@ def mid_run_reference(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def single_cli_run(tmp_path_factory) -> Path:
-    """`python -m collapse.train TINY` run once: its directory is run/, its stdout and stderr
-    console.txt. What a plain command-line run prints and writes."""
+    """`python -m collapse.train TINY` run once, under umask 027: its directory is run/, its
+    stdout and stderr console.txt. What a plain command-line run prints and writes (the umask
+    test reads its files' modes: 027 gives 0640, which tells mkstemp's 0600 and a fixed 0644 apart)."""
     def build(root: Path) -> None:
-        proc = cli([*TINY, f"hydra.run.dir={root / 'run'}"], cwd=root)
+        proc = subprocess.run([sys.executable, "-m", "collapse.train", *TINY, f"hydra.run.dir={root / 'run'}"],
+                              cwd=root, env=_env(), capture_output=True, text=True, timeout=TIMEOUT,
+                              preexec_fn=lambda: os.umask(0o027))
         assert proc.returncode == 0, proc.stderr[-3000:]
         (root / "console.txt").write_text(proc.stdout + proc.stderr)
     return built_once(tmp_path_factory, "single-cli-run", build)

@@ -112,13 +112,11 @@ def test_sigterm_of_a_cli_run_is_recorded_and_resume_continues_from_the_checkpoi
 
 
 @pytest.mark.slow
-def test_files_honour_the_umask(tmp_path):
-    # 027 -> 0640 tells both wrong modes apart: mkstemp's private 0600 and a fixed 0644
-    proc = subprocess.run([sys.executable, "-m", "collapse.train", *TINY, "hydra.run.dir=run"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=TIMEOUT, preexec_fn=lambda: os.umask(0o027))
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_files_honour_the_umask(single_cli_run):
+    # conftest.single_cli_run ran under umask 027 -> 0640, which tells both wrong modes apart:
+    # mkstemp's private 0600 and a fixed 0644
     for name in (records.METRICS_FILE, records.WEIGHTS_FILE):
-        assert os.stat(tmp_path / "run" / name).st_mode & 0o777 == 0o640, name
+        assert os.stat(single_cli_run / "run" / name).st_mode & 0o777 == 0o640, name
 
 
 def test_the_record_is_typed_and_round_trips(tmp_path):
