@@ -229,13 +229,15 @@ def _sweep_once(args: Sequence[str]) -> Callable[[Path], None]:
         proc = cli(["-m", *args, f"hydra.sweep.dir={root / 'sweep'}"], cwd=root)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert statuses(root / "sweep") == dict.fromkeys(range(N_SWEEP_JOBS), "completed")
+        (root / "console.txt").write_text(proc.stdout + proc.stderr)
     return build
 
 
 @pytest.fixture(scope="session")
 def reference_sweep(tmp_path_factory) -> Path:
     """The fault tests' sweep run once, uninterrupted, with the basic launcher: what
-    every killed-and-resumed sweep must end up equal to."""
+    every killed-and-resumed sweep must end up equal to. Its stdout and stderr are
+    ../console.txt."""
     return built_once(tmp_path_factory, "reference", _sweep_once([*SWEEP_TINY, *SWEEP_GRID, *BASIC])) / "sweep"
 
 
