@@ -70,11 +70,29 @@ def _env(extra: Optional[dict] = None) -> dict:
     return env
 
 
-def cli(args: Sequence[str], cwd: Path, env: Optional[dict] = None,
-        timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
-    """Run `python -m collapse.train ARGS` to completion; text stdout/stderr."""
+def cli(args: Sequence[str], cwd: Path, env: Optional[dict] = None, timeout: float = TIMEOUT,
+        umask: Optional[int] = None) -> subprocess.CompletedProcess:
+    """Run `python -m collapse.train ARGS` to completion (under `umask` if given); text stdout/stderr."""
     return subprocess.run([sys.executable, "-m", "collapse.train", *args], cwd=cwd, env=_env(env),
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=None if umask is None else lambda: os.umask(umask))
+
+
+@pytest.fixture
+def in_process_sweep(hydra_sweep_runner, monkeypatch) -> Callable:
+    """start(overrides, sweep_dir): a multirun of collapse.train in this process, as a notebook's
+    (the default launcher's workers fork from this process's fork server). Hydra's runner removes
+    sweep_dir when its block ends: read the jobs inside `with start(...):`."""
+    from collapse import train
+    from collapse.sweep.cores import CONCURRENT_ENV
+
+    monkeypatch.delenv(CONCURRENT_ENV, raising=False)      # the sweep sets it in this process
+
+    def start(overrides: Sequence[str], sweep_dir: Path):
+        return hydra_sweep_runner(calling_file=train.__file__, calling_module=None, task_function=train.task,
+                                  config_path=train.CONF_DIR, config_name="config", overrides=list(overrides),
+                                  temp_dir=sweep_dir)
+    return start
 
 
 def start_cli(args: Sequence[str], cwd: Path, log: Path, module: str = "collapse.train") -> subprocess.Popen:
@@ -254,9 +272,7 @@ def single_cli_run(tmp_path_factory) -> Path:
     stdout and stderr console.txt. What a plain command-line run prints and writes (the umask
     test reads its files' modes: 027 gives 0640, which tells mkstemp's 0600 and a fixed 0644 apart)."""
     def build(root: Path) -> None:
-        proc = subprocess.run([sys.executable, "-m", "collapse.train", *TINY, f"hydra.run.dir={root / 'run'}"],
-                              cwd=root, env=_env(), capture_output=True, text=True, timeout=TIMEOUT,
-                              preexec_fn=lambda: os.umask(0o027))
+        proc = cli([*TINY, f"hydra.run.dir={root / 'run'}"], cwd=root, umask=0o027)
         assert proc.returncode == 0, proc.stderr[-3000:]
         (root / "console.txt").write_text(proc.stdout + proc.stderr)
     return built_once(tmp_path_factory, "single-cli-run", build)

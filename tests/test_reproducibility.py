@@ -64,20 +64,12 @@ def test_cli_process_and_notebook_api_give_identical_metrics_and_weights(tmp_pat
 
 
 @pytest.mark.slow
-def test_basic_and_default_parallel_launchers_give_identical_metrics(hydra_sweep_runner, tmp_path, reference_sweep,
-                                                                    monkeypatch):
+def test_basic_and_default_parallel_launchers_give_identical_metrics(in_process_sweep, tmp_path, reference_sweep):
     """The reference sweep (basic launcher, every job in one process, every core's threads)
     against the default launcher's, run here as a notebook's sweep: its workers fork from
     this process's fork server, one thread each, and each takes a job after another."""
-    import collapse.train as train
-    from collapse.sweep.cores import CONCURRENT_ENV
-
-    monkeypatch.delenv(CONCURRENT_ENV, raising=False)        # the sweep sets it in this process
     sweep_dir = tmp_path / "sweep"
-    sweep = hydra_sweep_runner(calling_file=train.__file__, calling_module=None, task_function=train.task,
-                               config_path=train.CONF_DIR, config_name="config",
-                               overrides=[*SWEEP_TINY, *SWEEP_GRID], temp_dir=sweep_dir)
-    with sweep:                     # the runner removes its temp_dir when the block ends
+    with in_process_sweep([*SWEEP_TINY, *SWEEP_GRID], sweep_dir):
         assert statuses(sweep_dir) == dict.fromkeys(range(N_SWEEP_JOBS), "completed")
         computed_here = results(sweep_dir)
         pids = [read_json(sweep_dir / str(n) / "metrics.json")["provenance"]["pid"] for n in range(N_SWEEP_JOBS)]

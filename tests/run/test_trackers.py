@@ -19,19 +19,17 @@ TINY = ("data.n_samples=300", "trainer.epochs=3", "model.hidden_dim=16")
 HEAVY = ("mlflow", "tensorboard", "optuna", "pandas", "torch.utils.tensorboard", "wandb")
 
 
-def _loaded_heavy(code: str) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint(' '.join(sorted(m for m in sys.modules "
-                          f"if m.split('.')[0] in {HEAVY!r} or m.startswith('torch.utils.tensorboard'))))"],
-                         capture_output=True, text=True, timeout=240)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout.split()
+def _heavy(modules) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in HEAVY or m.startswith("torch.utils.tensorboard"))
 
 
 def test_nothing_heavy_is_imported_without_a_logger(modules_after_a_run):
-    assert _loaded_heavy("import collapse.train, collapse.summary") == []
+    imported = subprocess.run([sys.executable, "-c", "import sys, collapse.train, collapse.summary; "
+                               "print(' '.join(sys.modules))"], capture_output=True, text=True, timeout=240)
+    assert imported.returncode == 0, imported.stderr[-2000:]
+    assert _heavy(imported.stdout.split()) == []
     # a fresh process after run() trained a model, logger none (conftest.modules_after_a_run)
-    assert [m for m in sorted(modules_after_a_run)
-            if m.split(".")[0] in HEAVY or m.startswith("torch.utils.tensorboard")] == []
+    assert _heavy(modules_after_a_run) == []
 
 
 def _client(cwd: Path):

@@ -34,22 +34,14 @@ def test_an_uncomposable_cell_refuses_the_sweep_before_any_job_runs(tmp_path, la
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sweeper", ["grid", "basic"])
-def test_the_parallel_launcher_runs_every_job_under_either_sweeper(hydra_sweep_runner, tmp_path, sweeper,
-                                                                   monkeypatch):
+def test_the_parallel_launcher_runs_every_job_under_either_sweeper(in_process_sweep, tmp_path, sweeper):
     """hydra/sweeper=grid (the default) has the launcher compose the jobs; Hydra's basic
     sweeper composes them itself, and the workers compose again: the same jobs either way.
     In this process, as a notebook's sweep: its workers fork from this process's fork server."""
-    from collapse import train
-    from collapse.sweep.cores import CONCURRENT_ENV
-
-    monkeypatch.delenv(CONCURRENT_ENV, raising=False)        # the sweep sets it in this process
     sweep_dir = tmp_path / "sweep"
-    sweep = hydra_sweep_runner(
-        calling_file=train.__file__, calling_module=None, task_function=train.task,
-        config_path=train.CONF_DIR, config_name="config",
-        overrides=[*TINY, "seed=0,1,2", "loss.variance_lambda=0,0.5", f"hydra/sweeper={sweeper}",
-                   "hydra.launcher.n_jobs=2"], temp_dir=sweep_dir)
-    with sweep:                     # the runner removes its temp_dir when the block ends
+    sweep = in_process_sweep([*TINY, "seed=0,1,2", "loss.variance_lambda=0,0.5", f"hydra/sweeper={sweeper}",
+                              "hydra.launcher.n_jobs=2"], sweep_dir)
+    with sweep:
         assert len(sweep.returns[0]) == 6
         runs = [json.loads((job / "metrics.json").read_text()) for job in _job_dirs(sweep_dir)]
         hydra_dir = _job_dirs(sweep_dir)[0] / ".hydra"
@@ -63,27 +55,20 @@ def test_the_parallel_launcher_runs_every_job_under_either_sweeper(hydra_sweep_r
 
 
 @pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="spawned workers")
-def test_workers_fork_from_one_server_yet_see_the_environment_of_their_sweep(hydra_sweep_runner, tmp_path,
+def test_workers_fork_from_one_server_yet_see_the_environment_of_their_sweep(in_process_sweep, tmp_path,
                                                                                monkeypatch):
     """Two sweeps in one process (a notebook's): the fork server that preloaded torch for the
     first forks the second's workers too, and those read the environment as it is at the
     second sweep (the server's own is the first's)."""
     from multiprocessing import forkserver
 
-    from collapse import train
-    from collapse.sweep.cores import CONCURRENT_ENV
     from collapse.sweep.engine import PRELOAD, _context
 
-    monkeypatch.delenv(CONCURRENT_ENV, raising=False)        # the sweep sets it in this process
     servers, studies = [], []
     for value in ("first", "second"):
         monkeypatch.setenv("COLLAPSE_TEST_SWEEP_ENV", value)
-        sweep = hydra_sweep_runner(
-            calling_file=train.__file__, calling_module=None, task_function=train.task,
-            config_path=train.CONF_DIR, config_name="config",
-            overrides=[*TINY, "seed=0,1", "hydra.launcher.n_jobs=2", "study=${oc.env:COLLAPSE_TEST_SWEEP_ENV}"],
-            temp_dir=tmp_path / value)
-        with sweep:
+        overrides = [*TINY, "seed=0,1", "hydra.launcher.n_jobs=2", "study=${oc.env:COLLAPSE_TEST_SWEEP_ENV}"]
+        with in_process_sweep(overrides, tmp_path / value):
             jobs = [json.loads((job / "metrics.json").read_text()) for job in _job_dirs(tmp_path / value)]
         servers.append(forkserver._forkserver._forkserver_pid)
         studies.append({r["study"] for r in jobs})

@@ -38,20 +38,13 @@ def sweep_args(sweep_dir: Path, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_ensemble_sweep_records_each_member_as_a_run_equal_to_single_training_and_reproducible(
-        tmp_path, hydra_sweep_runner, monkeypatch):
-    from collapse import train
-    from collapse.sweep.cores import CONCURRENT_ENV
-
+        tmp_path, in_process_sweep):
     basic, ensemble, again = tmp_path / "basic", tmp_path / "ensemble", tmp_path / "again"
     for sweep_dir, extra in ((basic, BASIC), (ensemble, ENSEMBLE)):
         proc = cli(sweep_args(sweep_dir, *extra), cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
     # run again, in this process as a notebook's sweep (workers from this process's fork server)
-    monkeypatch.delenv(CONCURRENT_ENV, raising=False)        # the sweep sets it in this process
-    rerun = hydra_sweep_runner(calling_file=train.__file__, calling_module=None, task_function=train.task,
-                               config_path=train.CONF_DIR, config_name="config",
-                               overrides=sweep_args(again, *ENSEMBLE)[1:-1], temp_dir=again)
-    with rerun:                     # the runner removes its temp_dir when the block ends
+    with in_process_sweep(sweep_args(again, *ENSEMBLE)[1:-1], again):
         assert results(again) == results(ensemble)               # a rerun: identical metrics
     console = proc.stdout + proc.stderr
     assert "as 2 stacked model(s) of 2/2 members" in console

@@ -23,12 +23,8 @@ def _records(sweep_dir):
 
 
 @pytest.mark.parametrize("launcher", [["hydra/launcher=basic"], []], ids=["basic", "default"])
-def test_in_process_multirun(hydra_sweep_runner, tmp_path, launcher, monkeypatch):
-    monkeypatch.delenv(CONCURRENT_ENV, raising=False)      # the sweep sets it in this process
-    sweep = hydra_sweep_runner(
-        calling_file=train.__file__, calling_module=None, task_function=train.task,
-        config_path=train.CONF_DIR, config_name="config",
-        overrides=TINY + ["data.temporal_frames=1,3", "seed=0,1"] + launcher, temp_dir=tmp_path / "sweep")
+def test_in_process_multirun(in_process_sweep, tmp_path, launcher):
+    sweep = in_process_sweep(TINY + ["data.temporal_frames=1,3", "seed=0,1"] + launcher, tmp_path / "sweep")
     with sweep:
         returns = sweep.returns[0]
         assert len(returns) == 4
@@ -57,14 +53,10 @@ def test_documented_sweep_command(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_runs_only_what_is_missing_and_never_rewrites(hydra_sweep_runner, tmp_path, monkeypatch):
+def test_resume_runs_only_what_is_missing_and_never_rewrites(in_process_sweep, tmp_path):
     # the sweep runs in this process (a notebook's), the refusals and the resume on the command line
-    monkeypatch.delenv(CONCURRENT_ENV, raising=False)      # the sweep sets it in this process
     sweep_dir = tmp_path / "sweep"
-    first = hydra_sweep_runner(calling_file=train.__file__, calling_module=None, task_function=train.task,
-                               config_path=train.CONF_DIR, config_name="config",
-                               overrides=[*TINY, "seed=0,1,2"], temp_dir=sweep_dir)
-    with first:                     # the runner removes its temp_dir when the block ends
+    with in_process_sweep([*TINY, "seed=0,1,2"], sweep_dir):
         done = {i: os.stat(sweep_dir / str(i) / "metrics.json").st_mtime_ns for i in (0, 2)}
         before = _records(sweep_dir)
         # 3 jobs on the default launcher: no more workers than jobs, the usable cores split among them
