@@ -1,8 +1,10 @@
 """Shared helpers for the fault, bad-input and reproducibility suites.
 
-Every CLI run is a real `python -m collapse.train` subprocess with cwd=tmp_path, so
-default output dirs land in the test's tmp dir. Process trees are read from /proc
-(no psutil): the fault tests kill real processes by pid.
+Every CLI run is a process of its own with cwd=tmp_path, so default output dirs land in the
+test's tmp dir: cli() forks it from a server that has already imported torch and Hydra
+(forked_cli says what that child shares with a fresh `python -m collapse.train` and what it
+does not); start_cli (the kill tests' runs) and cli(fresh=True) start a new interpreter.
+Process trees are read from /proc (no psutil): the fault tests kill real processes by pid.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -71,11 +74,44 @@ def _env(extra: Optional[dict] = None) -> dict:
 
 
 def cli(args: Sequence[str], cwd: Path, env: Optional[dict] = None, timeout: float = TIMEOUT,
-        umask: Optional[int] = None) -> subprocess.CompletedProcess:
-    """Run `python -m collapse.train ARGS` to completion (under `umask` if given); text stdout/stderr."""
-    return subprocess.run([sys.executable, "-m", "collapse.train", *args], cwd=cwd, env=_env(env),
-                          capture_output=True, text=True, timeout=timeout,
-                          preexec_fn=None if umask is None else lambda: os.umask(umask))
+        umask: Optional[int] = None, fresh: bool = False) -> subprocess.CompletedProcess:
+    """Run `python -m collapse.train ARGS` to completion; text stdout/stderr. A process of its
+    own, forked from the fork server that has already imported torch and Hydra (forked_cli);
+    fresh=True, or a `umask` to run under (collapse.records reads it when imported), starts a
+    new interpreter instead."""
+    command = [sys.executable, "-m", "collapse.train", *args]
+    if fresh or umask is not None:
+        return subprocess.run(command, cwd=cwd, env=_env(env), capture_output=True, text=True, timeout=timeout,
+                              preexec_fn=None if umask is None else lambda: os.umask(umask))
+    # the sweep engine's fork server: in-process sweeps' workers fork from it too
+    import forked_cli
+
+    from collapse.sweep.engine import _context
+
+    with tempfile.TemporaryDirectory(prefix="collapse-cli-") as tmp:
+        out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+        child = _context().Process(target=forked_cli.main, name="collapse-cli",
+                                   args=(list(args), str(cwd), _env(env), out, err, _fresh_sys_path()))
+        child.start()
+        child.join(timeout)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+            raise subprocess.TimeoutExpired(command, timeout)
+        return subprocess.CompletedProcess(command, child.exitcode, Path(out).read_text(), Path(err).read_text())
+
+
+_SYS_PATH: list = []
+
+
+def _fresh_sys_path() -> list:
+    """sys.path of a fresh `python -c` with no PYTHONPATH: '' first, then what site adds."""
+    if not _SYS_PATH:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        found = subprocess.run([sys.executable, "-c", "import json, sys; print(json.dumps(sys.path))"], env=env,
+                               capture_output=True, text=True, check=True).stdout
+        _SYS_PATH.extend(json.loads(found))
+    return _SYS_PATH
 
 
 @pytest.fixture
@@ -268,9 +304,10 @@ def mid_run_reference(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def single_cli_run(tmp_path_factory) -> Path:
-    """`python -m collapse.train TINY` run once, under umask 027: its directory is run/, its
-    stdout and stderr console.txt. What a plain command-line run prints and writes (the umask
-    test reads its files' modes: 027 gives 0640, which tells mkstemp's 0600 and a fixed 0644 apart)."""
+    """`python -m collapse.train TINY` run once in a fresh interpreter, under umask 027: its
+    directory is run/, its stdout and stderr console.txt. What a plain command-line run prints
+    and writes (the umask test reads its files' modes: 027 gives 0640, which tells mkstemp's 0600
+    and a fixed 0644 apart; collapse.records reads the umask when it is imported)."""
     def build(root: Path) -> None:
         proc = cli([*TINY, f"hydra.run.dir={root / 'run'}"], cwd=root, umask=0o027)
         assert proc.returncode == 0, proc.stderr[-3000:]
