@@ -75,14 +75,19 @@ def _env(extra: Optional[dict] = None) -> dict:
 
 def cli(args: Sequence[str], cwd: Path, env: Optional[dict] = None, timeout: float = TIMEOUT,
         umask: Optional[int] = None, fresh: bool = False) -> subprocess.CompletedProcess:
-    """Run `python -m collapse.train ARGS` to completion; text stdout/stderr. A process of its
-    own, forked from the fork server that has already imported torch and Hydra (forked_cli);
-    fresh=True, or a `umask` to run under (collapse.records reads it when imported), starts a
-    new interpreter instead."""
-    command = [sys.executable, "-m", "collapse.train", *args]
+    """Run `python -m collapse.train ARGS` to completion; text stdout/stderr (python_m)."""
+    return python_m("collapse.train", args, cwd, env, timeout, umask, fresh)
+
+
+def python_m(module: str, args: Sequence[str], cwd: Path, env: Optional[dict] = None, timeout: float = TIMEOUT,
+             umask: Optional[int] = None, fresh: bool = False) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` to completion, stdin empty. A process of its own, forked from the
+    fork server that has already imported torch and Hydra (forked_cli); fresh=True, or a `umask`
+    to run under (collapse.records reads it when imported), starts a new interpreter instead."""
+    command = [sys.executable, "-m", module, *args]
     if fresh or umask is not None:
-        return subprocess.run(command, cwd=cwd, env=_env(env), capture_output=True, text=True, timeout=timeout,
-                              preexec_fn=None if umask is None else lambda: os.umask(umask))
+        return subprocess.run(command, cwd=cwd, env=_env(env), stdin=subprocess.DEVNULL, capture_output=True,
+                              text=True, timeout=timeout, preexec_fn=None if umask is None else lambda: os.umask(umask))
     # the sweep engine's fork server: in-process sweeps' workers fork from it too
     import forked_cli
 
@@ -91,7 +96,7 @@ def cli(args: Sequence[str], cwd: Path, env: Optional[dict] = None, timeout: flo
     with tempfile.TemporaryDirectory(prefix="collapse-cli-") as tmp:
         out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
         child = _context().Process(target=forked_cli.main, name="collapse-cli",
-                                   args=(list(args), str(cwd), _env(env), out, err, _fresh_sys_path()))
+                                   args=(module, list(args), str(cwd), _env(env), out, err, fresh_interpreter()))
         child.start()
         child.join(timeout)
         if child.exitcode is None:
@@ -101,17 +106,20 @@ def cli(args: Sequence[str], cwd: Path, env: Optional[dict] = None, timeout: flo
         return subprocess.CompletedProcess(command, child.exitcode, Path(out).read_text(), Path(err).read_text())
 
 
-_SYS_PATH: list = []
+_FRESH: dict = {}
 
 
-def _fresh_sys_path() -> list:
-    """sys.path of a fresh `python -c` with no PYTHONPATH: '' first, then what site adds."""
-    if not _SYS_PATH:
+def fresh_interpreter() -> dict:
+    """What a new interpreter started from this one holds: sys.path with no PYTHONPATH ('' first,
+    then what site adds) and its std streams on files (encoding, errors, buffering)."""
+    if not _FRESH:
+        code = ("import json, sys; print(json.dumps({'path': sys.path, 'streams': [(s.encoding, s.errors, "
+                "s.line_buffering, s.write_through, type(s.buffer).__name__) for s in (sys.stdin, sys.stdout, "
+                "sys.stderr)]}))")
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        found = subprocess.run([sys.executable, "-c", "import json, sys; print(json.dumps(sys.path))"], env=env,
-                               capture_output=True, text=True, check=True).stdout
-        _SYS_PATH.extend(json.loads(found))
-    return _SYS_PATH
+        _FRESH.update(json.loads(subprocess.run([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
+                                                capture_output=True, text=True, check=True).stdout))
+    return _FRESH
 
 
 @pytest.fixture
