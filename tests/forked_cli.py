@@ -3,7 +3,7 @@ torch and Hydra: how conftest.cli runs `python -m collapse.train` (conftest.pyth
 
 A fresh interpreter spends ~0.3 s of CPU importing Hydra and the package, and ~1.8 s more on
 torch, before a command line's first line of collapse code; most of the suite's command lines
-are refusals that take ~0.4 s after that, or tiny runs that take ~0.5 s. The server is the one
+are refusals that take ~0.4 s after that, or tiny runs that take ~0.6 s (2 cores). The server is the one
 the sweep engine's workers fork from (collapse.sweep.engine.PRELOAD, started once per pytest
 worker). `main` makes the forked child what a fresh `python -m MODULE` is when it starts MODULE:
 its cwd, environment and sys.path (the cwd, then PYTHONPATH, then site's), stdin empty, stdout
