@@ -22,6 +22,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import functools
 import hashlib
 import json
 import shutil
@@ -106,20 +107,16 @@ def python_m(module: str, args: Sequence[str], cwd: Path, env: Optional[dict] = 
         return subprocess.CompletedProcess(command, child.exitcode, Path(out).read_text(), Path(err).read_text())
 
 
-_FRESH: dict = {}
-
-
+@functools.lru_cache(maxsize=None)
 def fresh_interpreter() -> dict:
     """What a new interpreter started from this one holds: sys.path with no PYTHONPATH ('' first,
     then what site adds) and its std streams on files (encoding, errors, buffering)."""
-    if not _FRESH:
-        code = ("import json, sys; print(json.dumps({'path': sys.path, 'streams': [(s.encoding, s.errors, "
-                "s.line_buffering, s.write_through, type(s.buffer).__name__) for s in (sys.stdin, sys.stdout, "
-                "sys.stderr)]}))")
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        _FRESH.update(json.loads(subprocess.run([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
-                                                capture_output=True, text=True, check=True).stdout))
-    return _FRESH
+    code = ("import json, sys; print(json.dumps({'path': sys.path, 'streams': [(s.encoding, s.errors, "
+            "s.line_buffering, s.write_through, type(s.buffer).__name__) for s in (sys.stdin, sys.stdout, "
+            "sys.stderr)]}))")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return json.loads(subprocess.run([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
+                                     capture_output=True, text=True, check=True).stdout)
 
 
 @pytest.fixture
